@@ -1,0 +1,159 @@
+"""Every name that crosses a process or tool boundary, defined once.
+
+Span names, attribute keys, header names, OTLP event names, Prometheus metric
+names and alert names are imported from here by the instrumentation, the
+collector, the rule/dashboard generators and the tests. A test checks that the
+rules and dashboards only use metric names listed in ``EXPORTED_METRICS``.
+"""
+
+from __future__ import annotations
+
+# --- instrumentation scope -------------------------------------------------
+SCOPE = "a2a_quiescence"
+
+# --- spans (fixed by the design card) --------------------------------------
+SPAN_PRODUCER = "a2a.active_task.producer"
+SPAN_QUEUE_CLOSE = "a2a.event_queue.close"
+SPAN_HANDLER_ACLOSE = "a2a.request_handler.aclose"
+SPAN_REGISTRY_ACLOSE = "a2a.active_task_registry.aclose"
+SPAN_TASK_ACLOSE = "a2a.active_task.aclose"
+# ours, not fixed: one CLIENT span per outbound A2A call, one per push delivery
+SPAN_CLIENT_PREFIX = "a2a.client."
+SPAN_PUSH_SEND = "a2a.push_notification.send"
+
+# --- span attributes -------------------------------------------------------
+ATTR_TASK_ID = "a2a.task.id"
+ATTR_CONTEXT_ID = "a2a.context.id"
+ATTR_OUTCOME = "a2a.active_task.producer.outcome"
+ATTR_QUEUE_ROLE = "a2a.event_queue.role"
+ATTR_CLOSE_IMMEDIATE = "a2a.event_queue.close.immediate"
+ATTR_METHOD = "a2a.method"
+ATTR_STALLED = "a2a.stalled"
+ATTR_PARKED_AT = "a2a.parked_at"
+ATTR_ASYNCIO_TASK = "asyncio.task.name"
+
+# span events
+EVENT_STALL = "a2a.stall"
+EVENT_STALL_RESOLVED = "a2a.stall.resolved"
+
+OUTCOME_COMPLETED = "completed"
+OUTCOME_FAILED = "failed"
+OUTCOME_CANCELLED = "cancelled"
+OUTCOMES = (OUTCOME_COMPLETED, OUTCOME_FAILED, OUTCOME_CANCELLED)
+
+ROLE_AGENT = "agent"
+ROLE_SUBSCRIBERS = "subscribers"
+
+# --- OpenTelemetry metric instruments (inside the agent) -------------------
+OTEL_PRODUCERS_IN_FLIGHT = "a2a.producers.in_flight"
+OTEL_PRODUCERS_STARTED = "a2a.producers.started"
+OTEL_PRODUCERS_FINISHED = "a2a.producers.finished"
+OTEL_STALLED_CLOSES = "a2a.event_queue.stalled_closes"
+OTEL_DESTROYED_PENDING = "a2a.tasks.destroyed_pending"
+OTEL_SHUTDOWN_LEAKED = "a2a.shutdown.leaked_producers"
+
+# --- wire: headers carried on A2A calls and push deliveries ----------------
+HEADER_TRACEPARENT = "traceparent"
+HEADER_BAGGAGE = "baggage"
+# unique id of one delivery attempt (SETTLEMENT.md: ids per delivery attempt)
+HEADER_MESSAGE_ID = "x-a2a-quiescence-message"
+# the sending hop (its service.name); also in baggage for other tools
+HEADER_SENDER = "x-a2a-quiescence-sender"
+# set by an instrumented receiver on its response (push deliveries use it)
+HEADER_ACK = "x-a2a-quiescence-ack"
+# set by the collector on OTLP responses: a new value means it restarted
+HEADER_COLLECTOR_ID = "x-a2a-quiescence-collector"
+BAGGAGE_SENDER = "a2a.quiescence.sender"
+
+# --- OTLP log records carrying lifecycle snapshots -------------------------
+# event.name attribute of the log record; body is a JSON object
+EVENT_HOP_SNAPSHOT = "a2a.quiescence.hop"
+EVENT_CASCADE_SNAPSHOT = "a2a.quiescence.cascade"
+LOG_ATTR_EVENT_NAME = "event.name"
+SNAPSHOT_SCHEMA_VERSION = 1
+
+# --- Prometheus (exported by the collector) --------------------------------
+LABEL_AGENT = "agent"
+M_PRODUCERS_IN_FLIGHT = "a2a_producers_in_flight"
+M_PRODUCERS_STARTED = "a2a_producers_started_total"
+M_PRODUCERS_FINISHED = "a2a_producers_finished_total"
+M_STALLED_CLOSES = "a2a_event_queue_stalled_closes"
+M_STALLS = "a2a_event_queue_stalls_total"
+M_DESTROYED_PENDING = "a2a_tasks_destroyed_pending_total"
+M_SHUTDOWN_LEAKED = "a2a_shutdown_leaked_producers"
+M_SHUTDOWN_CASCADES_OPEN = "a2a_shutdown_cascades_open"
+M_AGENT_UP = "a2a_agent_up"
+M_AGENT_LAST_SEEN = "a2a_agent_last_seen_timestamp_seconds"
+M_AGENT_RESTARTS = "a2a_agent_incarnations_total"
+M_CASCADES_OPEN = "a2a_cascades_open"
+M_CASCADES_STUCK = "a2a_cascades_stuck"
+M_MESH_SETTLED = "a2a_mesh_settled"
+M_CASCADES_SETTLED = "a2a_cascades_settled_total"
+M_DETECTION_LATENCY = "a2a_settlement_detection_latency_seconds"
+M_EDGE_MESSAGES = "a2a_edge_messages_total"
+M_RECEIVED = "a2a_quiescence_received_total"
+M_REJECTED = "a2a_quiescence_rejected_total"
+M_FORWARDED = "a2a_quiescence_forwarded_total"
+M_DROPPED = "a2a_quiescence_dropped_total"
+M_EVICTED = "a2a_quiescence_evicted_total"
+M_SNAPSHOTS = "a2a_quiescence_snapshots_total"
+
+# Names a PromQL expression may use, with the series suffixes a histogram adds.
+EXPORTED_METRICS = frozenset(
+    {
+        M_PRODUCERS_IN_FLIGHT,
+        M_PRODUCERS_STARTED,
+        M_PRODUCERS_FINISHED,
+        M_STALLED_CLOSES,
+        M_STALLS,
+        M_DESTROYED_PENDING,
+        M_SHUTDOWN_LEAKED,
+        M_SHUTDOWN_CASCADES_OPEN,
+        M_AGENT_UP,
+        M_AGENT_LAST_SEEN,
+        M_AGENT_RESTARTS,
+        M_CASCADES_OPEN,
+        M_CASCADES_STUCK,
+        M_MESH_SETTLED,
+        M_CASCADES_SETTLED,
+        M_DETECTION_LATENCY + "_bucket",
+        M_DETECTION_LATENCY + "_sum",
+        M_DETECTION_LATENCY + "_count",
+        M_EDGE_MESSAGES,
+        M_RECEIVED,
+        M_REJECTED,
+        M_FORWARDED,
+        M_DROPPED,
+        M_EVICTED,
+        M_SNAPSHOTS,
+    }
+)
+
+# rejection reasons (label `reason` on M_REJECTED)
+REJECT_MALFORMED = "malformed"
+REJECT_TOO_LARGE = "too_large"
+REJECT_CONTENT_TYPE = "unsupported_media_type"
+REJECT_UNAUTHORIZED = "unauthorized"
+REJECT_NOT_FOUND = "not_found"
+
+# --- alerts ----------------------------------------------------------------
+ALERT_LEAKED = "A2AProducerLeakedAtShutdown"
+ALERT_STUCK = "A2ACascadeStuck"
+ALERT_SHUTDOWN_IN_FLIGHT = "A2AShutdownWithCascadeInFlight"
+ALERT_CLOSE_STALLED = "A2AEventQueueCloseStalled"
+ALERT_DESTROYED_PENDING = "A2ATaskDestroyedPending"
+ALERT_COLLECTOR_DOWN = "A2AQuiescenceCollectorDown"
+ALERT_COLLECTOR_REJECTING = "A2AQuiescenceCollectorRejecting"
+
+# --- collector defaults ----------------------------------------------------
+DEFAULT_OTLP_HTTP = "127.0.0.1:4318"
+DEFAULT_OTLP_GRPC = "127.0.0.1:4317"
+DEFAULT_HTTP = "127.0.0.1:9464"
+
+# --- environment variables -------------------------------------------------
+ENV_ENDPOINT = "A2A_QUIESCENCE_ENDPOINT"  # where snapshots go (OTLP/HTTP logs URL)
+ENV_STALL_SECONDS = "A2A_QUIESCENCE_STALL_SECONDS"
+ENV_HEARTBEAT_SECONDS = "A2A_QUIESCENCE_HEARTBEAT_SECONDS"
+ENV_FLUSH_MS = "A2A_QUIESCENCE_FLUSH_MS"
+ENV_TOKEN = "A2A_QUIESCENCE_TOKEN"
+ENV_DISABLED = "A2A_QUIESCENCE_DISABLED"

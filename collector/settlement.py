@@ -1,0 +1,413 @@
+"""Cascade settlement: the channel-counting termination detector.
+
+See docs/settlement.md (and ../shared/design/SETTLEMENT.md) for the model and
+the proof. In short, per cascade (= W3C trace id) the detector keeps the latest
+snapshot of every hop incarnation and declares the cascade settled when
+
+1. every incarnation it knows of reports passive,
+2. for every sending hop p, the messages p sent (all incarnations) equal the
+   messages received from p by all hops (all incarnations), compared as a
+   count plus a 64-bit sum of the per-delivery message ids, and
+3. at least one root request has been reported received.
+
+Message ids are unique per delivery attempt and each delivery reaches exactly
+one receiver, so comparing per sender is as strong as comparing per edge: an
+id in p's sent set can only balance against a receipt of that same id.
+Settled is terminal: late or duplicate snapshots never turn it back to open.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+MASK64 = (1 << 64) - 1
+
+
+def id_hash(message_id: str) -> int:
+    """The 64-bit value a message id contributes to an edge sum."""
+    # ids are random uuid4 hex; their first 64 bits are already uniform
+    return int(message_id.replace("-", "")[:16], 16) & MASK64
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A multiset of message ids summarised as (count, sum of id hashes mod 2**64)."""
+
+    count: int = 0
+    total: int = 0
+
+    def add(self, other: "Tally") -> "Tally":
+        return Tally(self.count + other.count, (self.total + other.total) & MASK64)
+
+    def with_id(self, message_id: str) -> "Tally":
+        return Tally(self.count + 1, (self.total + id_hash(message_id)) & MASK64)
+
+    def without_id(self, message_id: str) -> "Tally":
+        return Tally(self.count - 1, (self.total - id_hash(message_id)) & MASK64)
+
+    def to_json(self) -> list[int]:
+        return [self.count, self.total]
+
+    @classmethod
+    def from_json(cls, value: Any) -> "Tally":
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or value[0] < 0
+        ):
+            raise ValueError(f"a tally is [count, sum], got {value!r}")
+        return cls(value[0], value[1] & MASK64)
+
+
+EMPTY = Tally()
+
+
+@dataclass(frozen=True)
+class CascadeSnapshot:
+    """One hop incarnation's atomic report about one cascade."""
+
+    trace_id: str
+    hop: str
+    incarnation: str
+    seq: int
+    active: int
+    roots: Tally = EMPTY
+    sent: Mapping[str, Tally] = field(default_factory=dict)  # by destination authority
+    received: Mapping[str, Tally] = field(default_factory=dict)  # by sending hop
+    aliases: tuple[str, ...] = ()  # authorities this hop was reached at
+    passive_since: float | None = None  # wall clock, seconds
+    at: float = 0.0  # wall clock when taken
+
+    def sent_total(self) -> Tally:
+        total = EMPTY
+        for tally in self.sent.values():
+            total = total.add(tally)
+        return total
+
+    @classmethod
+    def from_json(cls, trace_id: str, hop: str, body: Mapping[str, Any]) -> "CascadeSnapshot":
+        """Parse the JSON body of an ``a2a.quiescence.cascade`` log record."""
+        try:
+            incarnation = body["incarnation"]
+            seq = body["seq"]
+            active = body["active"]
+            if not isinstance(incarnation, str) or not incarnation:
+                raise ValueError("incarnation must be a non-empty string")
+            if not isinstance(seq, int) or not isinstance(active, int) or active < 0:
+                raise ValueError("seq and active must be non-negative integers")
+            sent = {str(k): Tally.from_json(v) for k, v in dict(body.get("sent") or {}).items()}
+            received = {
+                str(k): Tally.from_json(v) for k, v in dict(body.get("received") or {}).items()
+            }
+            roots = Tally.from_json(body.get("roots") or [0, 0])
+            aliases = tuple(str(a) for a in (body.get("aliases") or ()))
+            passive_since = body.get("passive_since")
+            if passive_since is not None:
+                passive_since = float(passive_since)
+            at = float(body.get("at") or 0.0)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed cascade snapshot: {exc!r}") from exc
+        return cls(
+            trace_id=trace_id,
+            hop=hop,
+            incarnation=incarnation,
+            seq=seq,
+            active=active,
+            roots=roots,
+            sent=sent,
+            received=received,
+            aliases=aliases,
+            passive_since=passive_since,
+            at=at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "incarnation": self.incarnation,
+            "seq": self.seq,
+            "active": self.active,
+            "roots": self.roots.to_json(),
+            "sent": {k: v.to_json() for k, v in self.sent.items()},
+            "received": {k: v.to_json() for k, v in self.received.items()},
+            "aliases": list(self.aliases),
+            "passive_since": self.passive_since,
+            "at": self.at,
+        }
+
+
+def evaluate(snapshots: Iterable[CascadeSnapshot]) -> tuple[bool, list[dict[str, Any]]]:
+    """Decide settlement for one cascade's current view.
+
+    Returns ``(settled, holders)``; ``holders`` says what keeps it open.
+    The view must hold at most one snapshot per incarnation.
+    """
+    snaps = list(snapshots)
+    holders: list[dict[str, Any]] = []
+    roots = EMPTY
+    sent_by: dict[str, Tally] = {}
+    received_from: dict[str, Tally] = {}
+    reporting_hops: set[str] = set()
+    for s in snaps:
+        reporting_hops.add(s.hop)
+        roots = roots.add(s.roots)
+        if s.active > 0:
+            holders.append(
+                {
+                    "kind": "active_hop",
+                    "hop": s.hop,
+                    "incarnation": s.incarnation,
+                    "work": s.active,
+                }
+            )
+        sent_by[s.hop] = sent_by.get(s.hop, EMPTY).add(s.sent_total())
+        for src, tally in s.received.items():
+            received_from[src] = received_from.get(src, EMPTY).add(tally)
+    if roots.count == 0:
+        holders.append({"kind": "root_not_reported"})
+    for hop in sorted(set(sent_by) | set(received_from)):
+        sent = sent_by.get(hop, EMPTY)
+        got = received_from.get(hop, EMPTY)
+        if sent != got:
+            holders.extend(_edge_holders(hop, snaps, sent, got, hop in reporting_hops))
+    return (not holders, holders)
+
+
+def _edge_holders(
+    sender: str, snaps: list[CascadeSnapshot], sent: Tally, got: Tally, sender_reported: bool
+) -> list[dict[str, Any]]:
+    """Name the edges out of ``sender`` whose messages are not all accounted for."""
+    if not sender_reported:
+        return [
+            {
+                "kind": "edge",
+                "from": sender,
+                "to": None,
+                "in_flight": None,
+                "detail": f"receipts from {sender!r}, which has not reported",
+            }
+        ]
+    by_dest: dict[str, Tally] = {}
+    for s in snaps:
+        if s.hop == sender:
+            for dest, tally in s.sent.items():
+                by_dest[dest] = by_dest.get(dest, EMPTY).add(tally)
+    out = []
+    for dest, tally in sorted(by_dest.items()):
+        receivers = sorted({s.hop for s in snaps if dest in s.aliases})
+        got_there = EMPTY
+        for s in snaps:
+            if dest in s.aliases:
+                got_there = got_there.add(s.received.get(sender, EMPTY))
+        if receivers and got_there == tally:
+            continue
+        out.append(
+            {
+                "kind": "edge",
+                "from": sender,
+                "to": receivers[0] if len(receivers) == 1 else (receivers or None),
+                "destination": dest,
+                "in_flight": tally.count - got_there.count,
+                "detail": (
+                    f"{tally.count - got_there.count} message(s) {sender}->{dest} not reported received"
+                    if receivers
+                    else f"no reports from {dest} (not instrumented, not reachable, or not yet reported)"
+                ),
+            }
+        )
+    if not out:
+        out.append(
+            {
+                "kind": "edge",
+                "from": sender,
+                "to": None,
+                "in_flight": sent.count - got.count,
+                "detail": f"messages sent by {sender} and received from it do not balance",
+            }
+        )
+    return out
+
+
+@dataclass
+class Cascade:
+    trace_id: str
+    first_seen: float
+    last_progress: float
+    view: dict[str, CascadeSnapshot] = field(default_factory=dict)  # by incarnation
+    settled_at: float | None = None
+    settled_roots: int = 0
+    detection_latency: float | None = None
+    activity_after_settle: bool = False
+    holders: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 0
+
+    @property
+    def settled(self) -> bool:
+        return self.settled_at is not None
+
+
+class Detector:
+    """Per-cascade settlement state with bounded memory.
+
+    ``on_change(cascade)`` is called after every ingest that changed a cascade;
+    ``on_settle(cascade)`` once per settlement (and again if a later root wave
+    settles too).
+    """
+
+    def __init__(
+        self,
+        *,
+        stuck_after: float = 30.0,
+        retention: float = 300.0,
+        max_cascades: int = 100_000,
+        max_tombstones: int = 200_000,
+        clock: Callable[[], float] = time.time,
+        on_settle: Callable[[Cascade], None] | None = None,
+        on_change: Callable[[Cascade], None] | None = None,
+    ) -> None:
+        self.stuck_after = stuck_after
+        self.retention = retention
+        self.max_cascades = max_cascades
+        self.max_tombstones = max_tombstones
+        self.clock = clock
+        self.on_settle = on_settle
+        self.on_change = on_change
+        self.cascades: OrderedDict[str, Cascade] = OrderedDict()
+        self.tombstones: OrderedDict[str, float] = OrderedDict()  # forgotten settled ids
+        self.evicted_open = 0
+        self.late_after_forget = 0
+        self.settled_total = 0
+        self.snapshots_total = 0
+        self.stale_total = 0
+
+    # -- ingest ---------------------------------------------------------------
+    def ingest(self, snap: CascadeSnapshot) -> Cascade | None:
+        self.snapshots_total += 1
+        if snap.trace_id in self.tombstones:
+            self.late_after_forget += 1
+            return None
+        now = self.clock()
+        cascade = self.cascades.get(snap.trace_id)
+        if cascade is None:
+            cascade = Cascade(snap.trace_id, first_seen=now, last_progress=now)
+            self.cascades[snap.trace_id] = cascade
+            self._bound()
+        current = cascade.view.get(snap.incarnation)
+        if current is not None and current.seq >= snap.seq:
+            self.stale_total += 1
+            return cascade
+        cascade.view[snap.incarnation] = snap
+        cascade.last_progress = now
+        cascade.version += 1
+        self._decide(cascade, now)
+        if self.on_change is not None:
+            self.on_change(cascade)
+        return cascade
+
+    def _decide(self, cascade: Cascade, now: float) -> None:
+        settled, holders = evaluate(cascade.view.values())
+        cascade.holders = holders
+        roots = sum(s.roots.count for s in cascade.view.values())
+        if cascade.settled:
+            if not settled:
+                cascade.activity_after_settle = True
+            elif roots > cascade.settled_roots:
+                cascade.settled_roots = roots
+                if self.on_settle is not None:
+                    self.on_settle(cascade)
+            return
+        if settled:
+            cascade.settled_at = now
+            cascade.settled_roots = roots
+            passive = [s.passive_since for s in cascade.view.values() if s.passive_since]
+            if passive:
+                cascade.detection_latency = max(0.0, now - max(passive))
+            self.settled_total += 1
+            if self.on_settle is not None:
+                self.on_settle(cascade)
+
+    def _bound(self) -> None:
+        while len(self.cascades) > self.max_cascades:
+            trace_id, old = self.cascades.popitem(last=False)
+            if old.settled:
+                self._tombstone(trace_id)
+            else:
+                self.evicted_open += 1
+
+    def _tombstone(self, trace_id: str) -> None:
+        self.tombstones[trace_id] = self.clock()
+        while len(self.tombstones) > self.max_tombstones:
+            self.tombstones.popitem(last=False)
+
+    # -- queries --------------------------------------------------------------
+    def status(self, cascade: Cascade, now: float | None = None) -> str:
+        if cascade.settled:
+            return "settled"
+        now = self.clock() if now is None else now
+        if now - cascade.last_progress >= self.stuck_after:
+            return "stuck"
+        return "open"
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget settled cascades older than the retention period."""
+        now = self.clock() if now is None else now
+        gone = [
+            t
+            for t, c in self.cascades.items()
+            if c.settled_at is not None and now - c.settled_at >= self.retention
+        ]
+        for trace_id in gone:
+            del self.cascades[trace_id]
+            self._tombstone(trace_id)
+        return len(gone)
+
+    def describe(self, trace_id: str, now: float | None = None) -> dict[str, Any]:
+        now = self.clock() if now is None else now
+        cascade = self.cascades.get(trace_id)
+        if cascade is None:
+            if trace_id in self.tombstones:
+                return {"trace_id": trace_id, "status": "settled", "forgotten": True}
+            return {"trace_id": trace_id, "status": "unknown", "holders": []}
+        status = self.status(cascade, now)
+        snaps = sorted(cascade.view.values(), key=lambda s: (s.hop, s.incarnation))
+        return {
+            "trace_id": trace_id,
+            "status": status,
+            "settled": cascade.settled,
+            "settled_at": cascade.settled_at,
+            "roots_received": sum(s.roots.count for s in snaps),
+            "settled_roots": cascade.settled_roots if cascade.settled else 0,
+            "detection_latency_seconds": cascade.detection_latency,
+            "activity_after_settle": cascade.activity_after_settle,
+            "first_seen": cascade.first_seen,
+            "last_progress": cascade.last_progress,
+            "seconds_without_progress": round(now - cascade.last_progress, 3),
+            "holders": [] if cascade.settled else cascade.holders,
+            "hops": [
+                {
+                    "hop": s.hop,
+                    "incarnation": s.incarnation,
+                    "seq": s.seq,
+                    "active": s.active,
+                    "sent": s.sent_total().count,
+                    "received": sum(t.count for t in s.received.values()),
+                    "roots": s.roots.count,
+                }
+                for s in snaps
+            ],
+        }
+
+    def counts(self, now: float | None = None) -> tuple[int, int]:
+        """(open including stuck, stuck)."""
+        now = self.clock() if now is None else now
+        open_ = stuck = 0
+        for c in self.cascades.values():
+            if c.settled:
+                continue
+            open_ += 1
+            if now - c.last_progress >= self.stuck_after:
+                stuck += 1
+        return open_, stuck
