@@ -1,0 +1,180 @@
+"""Start and stop the real parts (collector, agents, webhook) as subprocesses.
+
+Used by the demo, the integration tests and the benchmarks. Agents run the
+way users run them: ``opentelemetry-instrument python -m a2a_quiescence.demo.mesh``.
+Everything listens on 127.0.0.1; everything started is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll until ``url`` answers 2xx (readiness, not a timing guess)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            r = httpx.get(url, timeout=1.0)
+            if r.status_code < 300:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.02)
+    raise TimeoutError(f"{url} not ready after {timeout}s ({last})")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class Mesh:
+    workdir: Path
+    collector: Proc | None = None
+    otlp_port: int = 0
+    agents: dict[str, Proc] = field(default_factory=dict)
+    webhook: Proc | None = None
+    events: Path | None = None
+
+    @property
+    def api(self) -> str:
+        assert self.collector is not None
+        return self.collector.url
+
+    def start_collector(self, *extra: str, stuck_after: float = 30.0, agent_timeout: float = 10.0) -> Proc:
+        http_port, self.otlp_port = free_port(), free_port()
+        log = self.workdir / "collector.log"
+        popen = subprocess.Popen(
+            [
+                _bin("a2a-quiescence"), "collector",
+                "--http-listen", f"127.0.0.1:{http_port}",
+                "--otlp-listen", f"127.0.0.1:{self.otlp_port}",
+                "--otlp-grpc-listen", "off",
+                "--stuck-after", str(stuck_after),
+                "--agent-timeout", str(agent_timeout),
+                "--log-level", "warning",
+                *extra,
+            ],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        )
+        self.collector = Proc("collector", popen, http_port, log)
+        wait_http(f"{self.collector.url}/readyz", proc=popen)
+        return self.collector
+
+    def agent_env(self, name: str, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in list(env):
+            if key.startswith("OTEL_") or key.startswith("A2A_QUIESCENCE_"):
+                del env[key]
+        env.update(
+            {
+                "OTEL_SERVICE_NAME": name,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_METRICS_EXPORTER": "otlp",
+                "OTEL_LOGS_EXPORTER": "none",
+                "OTEL_BSP_SCHEDULE_DELAY": "200",
+                "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED": "false",
+                "A2A_QUIESCENCE_HEARTBEAT_SECONDS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def start_agent(
+        self,
+        name: str,
+        peers: Iterable[str] = (),
+        *,
+        port: int | None = None,
+        instrument: bool = True,
+        no_aclose: bool = False,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> Proc:
+        port = port or free_port()
+        cmd = [sys.executable, "-m", "a2a_quiescence.demo.mesh", "--name", name, "--port", str(port)]
+        if instrument:
+            cmd = [_bin("opentelemetry-instrument")] + cmd
+        for peer in peers:
+            cmd += ["--peer", f"{peer}={self.agents[peer].url}"]
+        if self.webhook is not None:
+            cmd += ["--webhook", f"{self.webhook.url}/push"]
+        if self.events is not None:
+            cmd += ["--events", str(self.events)]
+        if no_aclose:
+            cmd.append("--no-aclose")
+        log = self.workdir / f"{name}.log"
+        popen = subprocess.Popen(cmd, env=self.agent_env(name, **(env or {})), stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        proc = Proc(name, popen, port, log)
+        self.agents[name] = proc
+        if wait:
+            wait_http(f"{proc.url}/.well-known/agent-card.json", proc=popen)
+        return proc
+
+    def start_webhook(self) -> Proc:
+        port = free_port()
+        cmd = [sys.executable, "-m", "a2a_quiescence.demo.mesh", "--role", "webhook", "--name", "webhook", "--port", str(port)]
+        if self.events is not None:
+            cmd += ["--events", str(self.events)]
+        log = self.workdir / "webhook.log"
+        popen = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        self.webhook = Proc("webhook", popen, port, log)
+        wait_http(f"{self.webhook.url}/push", proc=popen)
+        return self.webhook
+
+    def stop_all(self) -> None:
+        for proc in list(self.agents.values()) + [p for p in (self.webhook, self.collector) if p is not None]:
+            proc.stop()
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.api}/metrics", timeout=5).text

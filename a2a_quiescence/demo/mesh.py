@@ -1,0 +1,294 @@
+"""A small A2A mesh for the demo, the tests and the benchmarks.
+
+Every agent runs the same ``PlanExecutor``: the request's text is a JSON
+*plan* that says how long to work, which peers to delegate to (blocking or
+not, streamed or not, with a push webhook or not) and how to end (finish,
+fail, hang until cancelled, or be slow). So one code path serves a plain
+A -> B -> C relay, random fan-out for the chaos test, and the #1101 hang.
+
+Agents record their own ground truth (JSON lines, one per event, with wall
+clock times) when ``--events FILE`` is given, so tests can compare the
+settlement signal with what really happened.
+
+Run one agent:  python -m a2a_quiescence.demo.mesh --name B --port 8002 \
+                    --peer C=http://127.0.0.1:8003
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import uvicorn
+from a2a.client import ClientConfig, create_client
+from a2a.client.client import ClientCallContext
+from a2a.helpers.proto_helpers import get_message_text, new_text_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import (
+    BasePushNotificationSender,
+    InMemoryPushNotificationConfigStore,
+    InMemoryTaskStore,
+    TaskUpdater,
+)
+from a2a.types import a2a_pb2 as pb
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+logger = logging.getLogger("a2a_quiescence.demo")
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, separators=(",", ":"))
+
+
+class GroundTruth:
+    """Append-only JSON-lines log of what an agent did (thread-safe)."""
+
+    def __init__(self, path: str | None, agent: str) -> None:
+        self.path = path
+        self.agent = agent
+        self._lock = threading.Lock()
+
+    def record(self, event: str, trace_id: str | None = None, **fields: Any) -> None:
+        if not self.path:
+            return
+        line = json.dumps({"t": time.time(), "agent": self.agent, "event": event, "trace_id": trace_id, **fields})
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _current_trace_id() -> str | None:
+    """The cascade id as the instrumentation sees it (None when not instrumented)."""
+    try:
+        from a2a_quiescence.instrumentation.patches import CASCADE
+
+        return CASCADE.get()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class PlanExecutor(AgentExecutor):
+    """Executes the JSON plan carried in the request text."""
+
+    def __init__(self, name: str, peers: dict[str, str], truth: GroundTruth, webhook: str | None) -> None:
+        self.name = name
+        self.peers = peers
+        self.truth = truth
+        self.webhook = webhook
+        self._clients: dict[tuple[str, bool], Any] = {}
+        self._httpx = httpx.AsyncClient(timeout=30.0)
+
+    async def _client(self, peer: str, streaming: bool) -> Any:
+        key = (peer, streaming)
+        if key not in self._clients:
+            url = self.peers[peer]
+            self._clients[key] = await create_client(
+                url, client_config=ClientConfig(streaming=streaming, httpx_client=self._httpx)
+            )
+        return self._clients[key]
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        text = get_message_text(context.message) if context.message else "{}"
+        try:
+            plan = json.loads(text or "{}")
+        except json.JSONDecodeError:
+            plan = {"reply": text}
+        trace_id = _current_trace_id()
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        self.truth.record("work_start", trace_id, task_id=context.task_id)
+        try:
+            if context.current_task is None:
+                await event_queue.enqueue_event(
+                    pb.Task(
+                        id=context.task_id,
+                        context_id=context.context_id,
+                        status=pb.TaskStatus(state=pb.TaskState.TASK_STATE_SUBMITTED),
+                        history=[context.message] if context.message else [],
+                    )
+                )
+            await updater.start_work()
+            if plan.get("work_ms"):
+                await asyncio.sleep(plan["work_ms"] / 1000.0)
+            calls = [self._call(c, trace_id) for c in plan.get("calls", [])]
+            if plan.get("parallel", True):
+                await asyncio.gather(*calls)
+            else:
+                for call in calls:
+                    await call
+            outcome = plan.get("outcome", "finish")
+            if outcome == "hang":
+                self.truth.record("hang", trace_id, task_id=context.task_id)
+                await asyncio.Event().wait()
+            if outcome == "fail":
+                raise RuntimeError(f"{self.name}: planned failure")
+            if plan.get("stream_events"):
+                for i in range(int(plan["stream_events"])):
+                    await updater.add_artifact([pb.Part(text=f"{self.name} chunk {i}")], name=f"chunk-{i}")
+                    if plan.get("event_gap_ms"):
+                        await asyncio.sleep(plan["event_gap_ms"] / 1000.0)
+            await updater.complete(updater.new_agent_message([pb.Part(text=f"{self.name} done")]))
+        finally:
+            self.truth.record("work_end", trace_id, task_id=context.task_id)
+
+    async def _call(self, call: dict[str, Any], trace_id: str | None) -> None:
+        peer = call["to"]
+        streaming = bool(call.get("stream", False))
+        client = await self._client(peer, streaming)
+        config = pb.SendMessageConfiguration(return_immediately=not call.get("blocking", True))
+        if call.get("push") and self.webhook:
+            config.task_push_notification_config.CopyFrom(
+                pb.TaskPushNotificationConfig(url=self.webhook, token=f"{self.name}->{peer}")
+            )
+        request = pb.SendMessageRequest(
+            message=new_text_message(plan_text(call.get("plan", {})), role=pb.Role.ROLE_USER),
+            configuration=config,
+        )
+        self.truth.record("call_start", trace_id, to=peer)
+        try:
+            async for _event in client.send_message(request):
+                pass
+        except Exception as exc:  # noqa: BLE001 - a failed delegation is part of the plan space
+            self.truth.record("call_error", trace_id, to=peer, error=repr(exc))
+        finally:
+            self.truth.record("call_end", trace_id, to=peer)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        await updater.cancel()
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                await client.close()
+        await self._httpx.aclose()
+
+
+def agent_card(name: str, url: str) -> pb.AgentCard:
+    return pb.AgentCard(
+        name=name,
+        description=f"a2a-quiescence demo agent {name}",
+        version="1.0",
+        supported_interfaces=[pb.AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
+        capabilities=pb.AgentCapabilities(streaming=True, push_notifications=True),
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[pb.AgentSkill(id="plan", name="plan", description="runs a JSON plan", tags=["demo"])],
+    )
+
+
+def build_app(
+    name: str,
+    port: int,
+    peers: dict[str, str],
+    *,
+    events: str | None = None,
+    webhook: str | None = None,
+    aclose_on_shutdown: bool = True,
+) -> tuple[Starlette, Any, PlanExecutor]:
+    """A Starlette app serving one plan agent over JSON-RPC."""
+    url = f"http://127.0.0.1:{port}/"
+    truth = GroundTruth(events, name)
+    executor = PlanExecutor(name, peers, truth, webhook)
+    push_http = httpx.AsyncClient(timeout=10.0)
+    push_store = InMemoryPushNotificationConfigStore()
+    handler = DefaultRequestHandler(
+        agent_executor=executor,
+        task_store=InMemoryTaskStore(),
+        agent_card=agent_card(name, url),
+        push_config_store=push_store,
+        push_sender=BasePushNotificationSender(push_http, push_store),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
+        truth.record("up", None, pid=os.getpid())
+        yield
+        if aclose_on_shutdown:
+            await handler.aclose()
+        await executor.aclose()
+        await push_http.aclose()
+
+    routes = create_agent_card_routes(agent_card(name, url)) + create_jsonrpc_routes(handler, rpc_url="/")
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return app, handler, executor
+
+
+def webhook_app(events: str | None) -> Starlette:
+    """A push-notification receiver that records every delivery."""
+    truth = GroundTruth(events, "webhook")
+    received: list[dict[str, Any]] = []
+
+    async def receive(request: Request) -> JSONResponse:
+        body = await request.json()
+        item = {"token": request.headers.get("x-a2a-notification-token"), "traceparent": request.headers.get("traceparent")}
+        received.append(item)
+        trace_id = (item["traceparent"] or "--").split("-")[1] if item["traceparent"] else None
+        truth.record("push_received", trace_id, token=item["token"], kind=next(iter(body), None))
+        return JSONResponse({"ok": True})
+
+    async def listing(_request: Request) -> JSONResponse:
+        return JSONResponse(received)
+
+    return Starlette(routes=[Route("/push", receive, methods=["POST"]), Route("/push", listing, methods=["GET"])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one a2a-quiescence demo agent (or the push webhook).")
+    parser.add_argument("--name", required=True, help="agent name (use OTEL_SERVICE_NAME for the hop name)")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--peer", action="append", default=[], metavar="NAME=URL", help="a peer this agent may call")
+    parser.add_argument("--webhook", help="push-notification URL given to the peers this agent calls")
+    parser.add_argument("--events", help="append ground-truth events (JSON lines) to this file")
+    parser.add_argument("--no-aclose", action="store_true", help="do not call aclose() at shutdown (leaks producers)")
+    parser.add_argument("--role", choices=["agent", "webhook"], default="agent")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.role == "webhook":
+        app = webhook_app(args.events)
+    else:
+        peers = dict(p.split("=", 1) for p in args.peer)
+        app, _handler, _executor = build_app(
+            args.name, args.port, peers, events=args.events, webhook=args.webhook, aclose_on_shutdown=not args.no_aclose
+        )
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def traceparent(trace_id: str) -> str:
+    """A W3C traceparent that starts a cascade with a known id (for uninstrumented callers)."""
+    return f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+
+
+async def send_plan(
+    url: str, plan: dict[str, Any], *, trace_id: str | None = None, streaming: bool = False, timeout: float = 30.0
+) -> list[Any]:
+    """Send a plan to an agent as an outside client; returns the responses."""
+    headers = {"traceparent": traceparent(trace_id)} if trace_id else {}
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        client = await create_client(url, client_config=ClientConfig(streaming=streaming, httpx_client=http))
+        request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
+        out = []
+        async for event in client.send_message(request, context=ClientCallContext(service_parameters=headers)):
+            out.append(event)
+        return out
+
+
+if __name__ == "__main__":
+    main()

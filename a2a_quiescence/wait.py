@@ -1,0 +1,151 @@
+"""Waiting for a cascade to settle: `a2a-quiescence wait` and `wait_for_quiescence`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:9464"
+
+
+class NotSettled(Exception):
+    """The cascade did not settle in time; ``state`` says what holds it."""
+
+    def __init__(self, trace_id: str, state: dict[str, Any]) -> None:
+        self.trace_id = trace_id
+        self.state = state
+        super().__init__(f"cascade {trace_id} not settled: {describe_holders(state)}")
+
+
+def describe_holders(state: dict[str, Any]) -> str:
+    status = state.get("status", "unknown")
+    if status == "unknown":
+        return "unknown to the collector (no hop has reported it)"
+    parts = []
+    for h in state.get("holders", []):
+        if h.get("kind") == "active_hop":
+            extra = f", {h['hop_state']}" if h.get("hop_state") and h["hop_state"] != "alive" else ""
+            parts.append(f"hop {h['hop']} active ({h['work']} unit(s) of work{extra})")
+        elif h.get("kind") == "edge":
+            parts.append(f"edge {h.get('from')}->{h.get('to') or h.get('destination')}: {h.get('detail')}")
+        elif h.get("kind") == "root_not_reported":
+            parts.append("root request not yet reported")
+    return f"{status}; " + ("; ".join(parts) if parts else "no holder reported")
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    token = token or os.environ.get("A2A_QUIESCENCE_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _poll_chunks(timeout: float) -> list[float]:
+    # the server caps one long-poll; split long waits into several
+    chunks = []
+    while timeout > 0:
+        step = min(timeout, 60.0)
+        chunks.append(step)
+        timeout -= step
+    return chunks or [0.0]
+
+
+async def wait_for_quiescence(
+    trace_id: str,
+    *,
+    endpoint: str = DEFAULT_ENDPOINT,
+    timeout: float = 30.0,
+    roots: int = 1,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Wait until cascade ``trace_id`` has settled; returns the collector's view.
+
+    Raises ``NotSettled`` when it has not settled within ``timeout`` seconds and
+    ``httpx.HTTPError`` when the collector cannot be reached.
+    """
+    url = f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait"
+    async with httpx.AsyncClient(headers=_headers(token), timeout=timeout + 10) as client:
+        deadline = time.monotonic() + timeout
+        state: dict[str, Any] = {}
+        for _ in _poll_chunks(timeout):
+            step = max(0.0, min(60.0, deadline - time.monotonic()))
+            response = await client.get(url, params={"timeout": f"{step:.3f}", "roots": roots})
+            if response.status_code == 200:
+                return response.json()
+            if response.status_code != 408:
+                response.raise_for_status()
+            state = response.json()
+            if time.monotonic() >= deadline:
+                break
+        raise NotSettled(trace_id, state)
+
+
+def wait_sync(trace_id: str, *, endpoint: str, timeout: float, roots: int = 1, token: str | None = None) -> dict[str, Any]:
+    url = f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait"
+    with httpx.Client(headers=_headers(token), timeout=timeout + 10) as client:
+        deadline = time.monotonic() + timeout
+        state: dict[str, Any] = {}
+        for _ in _poll_chunks(timeout):
+            step = max(0.0, min(60.0, deadline - time.monotonic()))
+            response = client.get(url, params={"timeout": f"{step:.3f}", "roots": roots})
+            if response.status_code == 200:
+                return response.json()
+            if response.status_code != 408:
+                response.raise_for_status()
+            state = response.json()
+            if time.monotonic() >= deadline:
+                break
+        raise NotSettled(trace_id, state)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "wait",
+        help="wait until a cascade has settled",
+        description=(
+            "Wait until the cascade TRACE_ID (the W3C trace id of its root request) has settled: "
+            "every hop passive and every message accounted for. Exit 0 when settled, 1 when not "
+            "settled in time (printing what still holds it), 2 on usage or connection errors."
+        ),
+    )
+    p.add_argument("trace_id", metavar="TRACE_ID", help="32 hex digits")
+    p.add_argument("--endpoint", default=os.environ.get("A2A_QUIESCENCE_API", DEFAULT_ENDPOINT),
+                   help="collector HTTP API base URL (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default %(default)s)")
+    p.add_argument("--roots", type=int, default=1, help="wait until at least this many root requests have settled")
+    p.add_argument("--token", default=None, help="bearer token (default: env A2A_QUIESCENCE_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print the collector's JSON answer")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    trace_id = args.trace_id.lower()
+    if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
+        print(f"a2a-quiescence wait: TRACE_ID must be 32 hex digits, got {args.trace_id!r}", file=sys.stderr)
+        return 2
+    if args.timeout < 0:
+        print("a2a-quiescence wait: --timeout must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        state = wait_sync(trace_id, endpoint=args.endpoint, timeout=args.timeout, roots=args.roots, token=args.token)
+    except NotSettled as exc:
+        if args.json:
+            print(json.dumps(exc.state, indent=2))
+        print(f"not settled after {args.timeout:g}s: {describe_holders(exc.state)}", file=sys.stderr)
+        return 1
+    except httpx.HTTPStatusError as exc:
+        print(f"a2a-quiescence wait: collector answered {exc.response.status_code}: {exc.response.text[:200]}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"a2a-quiescence wait: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(state, indent=2))
+    else:
+        latency = state.get("detection_latency_seconds")
+        print(f"settled: {trace_id}" + (f" (detected {latency * 1000:.1f} ms after the last hop went passive)" if latency is not None else ""))
+    return 0

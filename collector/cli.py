@@ -1,0 +1,127 @@
+"""`a2a-quiescence collector`: run the sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from a2a_quiescence import names
+from a2a_quiescence.collector.server import Collector, Config, split_hostport
+
+ENV = "A2A_QUIESCENCE_"
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(ENV + name, default)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "collector",
+        help="run the sidecar collector",
+        description=(
+            "Run the a2a-quiescence sidecar: receive agents' telemetry over OTLP (HTTP and gRPC), "
+            "keep per-agent state (also after an agent exits), export it on /metrics, and answer "
+            "whether cascades have settled (GET /v1/cascades/{trace_id}[/wait], GET /v1/mesh). "
+            "Every flag can also be set with an environment variable A2A_QUIESCENCE_<FLAG> "
+            "(upper case, dashes as underscores), e.g. A2A_QUIESCENCE_HTTP_LISTEN."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--otlp-listen", default=_env("OTLP_LISTEN", names.DEFAULT_OTLP_HTTP),
+                   help="HOST:PORT for OTLP/HTTP (/v1/traces, /v1/metrics, /v1/logs); 'off' disables")
+    p.add_argument("--otlp-grpc-listen", default=_env("OTLP_GRPC_LISTEN", names.DEFAULT_OTLP_GRPC),
+                   help="HOST:PORT for OTLP/gRPC; 'off' disables")
+    p.add_argument("--http-listen", default=_env("HTTP_LISTEN", names.DEFAULT_HTTP),
+                   help="HOST:PORT for /metrics, /healthz, /readyz, the settlement API and the status page")
+    p.add_argument("--allow-remote", action="store_true", default=_env("ALLOW_REMOTE", "") in ("1", "true"),
+                   help="permit listening on non-loopback addresses (off: loopback only)")
+    p.add_argument("--token", default=os.environ.get(names.ENV_TOKEN),
+                   help=f"bearer token required on OTLP ingest and the /v1 API (env {names.ENV_TOKEN})")
+    p.add_argument("--token-file", default=_env("TOKEN_FILE", None), help="read the bearer token from this file")
+    p.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+                   help="largest accepted request body, before and after decompression (413 above)")
+    p.add_argument("--max-agents", type=int, default=int(_env("MAX_AGENTS", "1000")),
+                   help="agents tracked at most (oldest evicted, counted)")
+    p.add_argument("--max-cascades", type=int, default=int(_env("MAX_CASCADES", "100000")),
+                   help="cascades tracked at most (oldest evicted, counted)")
+    p.add_argument("--stuck-after", type=float, default=float(_env("STUCK_AFTER", "30")),
+                   help="seconds without progress after which an open cascade is reported stuck")
+    p.add_argument("--retention", type=float, default=float(_env("RETENTION", "300")),
+                   help="seconds a settled cascade stays queryable in detail")
+    p.add_argument("--agent-timeout", type=float, default=float(_env("AGENT_TIMEOUT", "10")),
+                   help="seconds of silence after which an agent process counts as gone (its in-flight producers as leaked)")
+    p.add_argument("--forward", default=_env("FORWARD", None),
+                   help="base URL of an upstream OTLP/HTTP endpoint to forward everything to (Tempo, Jaeger, an OTel Collector)")
+    p.add_argument("--forward-queue", type=int, default=int(_env("FORWARD_QUEUE", "1000")),
+                   help="requests held for forwarding at most (beyond: dropped, counted)")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def _check_listen(value: str | None, allow_remote: bool, flag: str) -> str | None:
+    if value is None or value.lower() == "off":
+        return None
+    host, _port = split_hostport(value)
+    if not allow_remote:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(f"{flag} {value}: not a loopback address; pass --allow-remote to listen there")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    token = args.token
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise ValueError(f"--token-file {args.token_file} is empty")
+    http_listen = _check_listen(args.http_listen, args.allow_remote, "--http-listen")
+    if http_listen is None:
+        raise ValueError("--http-listen cannot be off")
+    return Config(
+        otlp_listen=_check_listen(args.otlp_listen, args.allow_remote, "--otlp-listen"),
+        grpc_listen=_check_listen(args.otlp_grpc_listen, args.allow_remote, "--otlp-grpc-listen"),
+        http_listen=http_listen,
+        token=token or None,
+        max_body_bytes=args.max_body_bytes,
+        max_agents=args.max_agents,
+        max_cascades=args.max_cascades,
+        stuck_after=args.stuck_after,
+        retention=args.retention,
+        agent_timeout=args.agent_timeout,
+        forward=args.forward,
+        forward_queue=args.forward_queue,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as exc:
+        print(f"a2a-quiescence collector: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        collector = Collector(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, collector.stop)
+        try:
+            await collector.serve()
+        except OSError as exc:
+            print(f"a2a-quiescence collector: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return asyncio.run(main())

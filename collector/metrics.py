@@ -1,0 +1,151 @@
+"""Prometheus exposition of the sidecar's state (a custom collector: the
+values live in ``MeshState``; nothing here is a global mutated elsewhere)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from a2a_quiescence import names
+from a2a_quiescence.collector.state import MeshState
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _base(name: str) -> str:
+    return name[: -len("_total")] if name.endswith("_total") else name
+
+
+class LatencyHistogram:
+    def __init__(self) -> None:
+        self.counts = [0] * len(LATENCY_BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if value <= bound:
+                self.counts[i] += 1
+
+
+class StateCollector(Collector):
+    def __init__(self, state: MeshState, latency: LatencyHistogram) -> None:
+        self.state = state
+        self.latency = latency
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.state
+        st.refresh()
+        agent = names.LABEL_AGENT
+        in_flight = GaugeMetricFamily(
+            names.M_PRODUCERS_IN_FLIGHT, "ActiveTask producers spawned and not finished, per agent", labels=[agent]
+        )
+        started = CounterMetricFamily(_base(names.M_PRODUCERS_STARTED), "ActiveTask producers spawned", labels=[agent])
+        finished = CounterMetricFamily(
+            _base(names.M_PRODUCERS_FINISHED), "ActiveTask producers finished, by outcome", labels=[agent, "outcome"]
+        )
+        stalled = GaugeMetricFamily(
+            names.M_STALLED_CLOSES, "EventQueue closes / acloses stalled past the watchdog threshold now", labels=[agent]
+        )
+        stalls = CounterMetricFamily(_base(names.M_STALLS), "Stalled EventQueue closes / acloses seen", labels=[agent])
+        destroyed = CounterMetricFamily(
+            _base(names.M_DESTROYED_PENDING), "asyncio tasks destroyed while pending", labels=[agent]
+        )
+        leaked = GaugeMetricFamily(
+            names.M_SHUTDOWN_LEAKED,
+            "Producers in flight when the agent's last shutdown completed (0: clean; reset by a new incarnation)",
+            labels=[agent],
+        )
+        shut_open = GaugeMetricFamily(
+            names.M_SHUTDOWN_CASCADES_OPEN,
+            "Cascades the agent took part in that were still open when its last shutdown completed",
+            labels=[agent],
+        )
+        up = GaugeMetricFamily(names.M_AGENT_UP, "1 while the agent's latest incarnation reports", labels=[agent])
+        last_seen = GaugeMetricFamily(
+            names.M_AGENT_LAST_SEEN, "When the agent last reported (unix seconds)", labels=[agent]
+        )
+        restarts = CounterMetricFamily(
+            _base(names.M_AGENT_RESTARTS), "Agent process incarnations seen", labels=[agent]
+        )
+        for a in list(st.agents.values()):
+            v = st.agent_view(a)
+            in_flight.add_metric([a.name], v["in_flight"])
+            started.add_metric([a.name], v["totals"]["producers_started"])
+            for outcome in names.OUTCOMES:
+                finished.add_metric([a.name, outcome], v["finished"].get(outcome, 0))
+            stalled.add_metric([a.name], v["stalled"])
+            stalls.add_metric([a.name], v["totals"]["stalls_total"])
+            destroyed.add_metric([a.name], v["totals"]["destroyed_pending_total"])
+            if v["leaked"] is not None:
+                leaked.add_metric([a.name], v["leaked"])
+                shut_open.add_metric([a.name], v["shutdown_cascades_open"] or 0)
+            up.add_metric([a.name], v["up"])
+            last_seen.add_metric([a.name], v["last_seen"])
+            restarts.add_metric([a.name], v["incarnations"])
+        yield from (in_flight, started, finished, stalled, stalls, destroyed, leaked, shut_open, up, last_seen, restarts)
+
+        open_, stuck = st.detector.counts()
+        yield GaugeMetricFamily(names.M_CASCADES_OPEN, "Cascades not yet settled (including stuck)", value=open_)
+        yield GaugeMetricFamily(
+            names.M_CASCADES_STUCK, "Open cascades with no progress past the stuck threshold", value=stuck
+        )
+        yield GaugeMetricFamily(names.M_MESH_SETTLED, "1 when no cascade is open", value=1 if open_ == 0 else 0)
+        yield CounterMetricFamily(
+            _base(names.M_CASCADES_SETTLED), "Cascades declared settled", value=st.detector.settled_total
+        )
+        h = self.latency
+        buckets = []
+        running = 0
+        for bound, n in zip(LATENCY_BUCKETS, h.counts):
+            running = n  # counts are already cumulative per bound
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", h.count))
+        yield HistogramMetricFamily(
+            names.M_DETECTION_LATENCY,
+            "Time from the last hop going passive to the detector declaring the cascade settled",
+            buckets=buckets,
+            sum_value=h.sum,
+            unit="seconds",
+        )
+        edges = CounterMetricFamily(
+            _base(names.M_EDGE_MESSAGES), "A2A messages received per edge between hops", labels=["from", "to"]
+        )
+        for (src, dst), n in sorted(st.edges.items()):
+            edges.add_metric([src, dst], n)
+        yield edges
+        received = CounterMetricFamily(_base(names.M_RECEIVED), "OTLP export requests accepted", labels=["signal"])
+        for signal, n in sorted(st.received.items()):
+            received.add_metric([signal], n)
+        yield received
+        rejected = CounterMetricFamily(_base(names.M_REJECTED), "Requests or snapshots refused", labels=["reason"])
+        for reason in (
+            names.REJECT_MALFORMED,
+            names.REJECT_TOO_LARGE,
+            names.REJECT_CONTENT_TYPE,
+            names.REJECT_UNAUTHORIZED,
+            names.REJECT_NOT_FOUND,
+        ):
+            rejected.add_metric([reason], st.rejected.get(reason, 0))
+        yield rejected
+        yield CounterMetricFamily(_base(names.M_FORWARDED), "OTLP requests forwarded upstream", value=st.forwarded)
+        yield CounterMetricFamily(
+            _base(names.M_DROPPED), "OTLP requests dropped from the forward queue", value=st.dropped
+        )
+        evicted = CounterMetricFamily(_base(names.M_EVICTED), "State evicted to bound memory", labels=["kind"])
+        for kind, n in sorted(st.evicted.items()):
+            evicted.add_metric([kind], n)
+        yield evicted
+        snaps = CounterMetricFamily(_base(names.M_SNAPSHOTS), "Lifecycle snapshots ingested", labels=["kind"])
+        for kind, n in sorted(st.snapshots.items()):
+            snaps.add_metric([kind], n)
+        yield snaps

@@ -1,0 +1,399 @@
+"""The sidecar process: OTLP/HTTP and OTLP/gRPC in; /metrics, the settlement
+API and a status page out; optional forwarding upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from a2a_quiescence import names
+from a2a_quiescence.collector import otlp
+from a2a_quiescence.collector.metrics import LatencyHistogram, StateCollector
+from a2a_quiescence.collector.settlement import Cascade, Detector
+from a2a_quiescence.collector.state import MeshState
+
+logger = logging.getLogger("a2a_quiescence.collector")
+
+
+@dataclass
+class Config:
+    otlp_listen: str | None = names.DEFAULT_OTLP_HTTP
+    grpc_listen: str | None = names.DEFAULT_OTLP_GRPC
+    http_listen: str = names.DEFAULT_HTTP
+    token: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_agents: int = 1000
+    max_cascades: int = 100_000
+    stuck_after: float = 30.0
+    retention: float = 300.0
+    agent_timeout: float = 10.0
+    forward: str | None = None
+    forward_queue: int = 1000
+    forward_retries: int = 3
+    max_wait: float = 300.0
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class Collector:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.id = uuid.uuid4().hex
+        self.latency = LatencyHistogram()
+        self._changed: dict[str, asyncio.Event] = {}
+        self.detector = Detector(
+            stuck_after=config.stuck_after,
+            retention=config.retention,
+            max_cascades=config.max_cascades,
+            on_change=self._on_change,
+            on_settle=self._on_settle,
+        )
+        self.state = MeshState(detector=self.detector, agent_timeout=config.agent_timeout, max_agents=config.max_agents)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(StateCollector(self.state, self.latency))
+        self.ready = False
+        self.bound: dict[str, tuple[str, int]] = {}
+        self._forward_queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] | None = None
+        self._stop = asyncio.Event()
+
+    # -- settlement notifications ------------------------------------------------
+    def _on_change(self, cascade: Cascade) -> None:
+        event = self._changed.pop(cascade.trace_id, None)
+        if event is not None:
+            event.set()
+
+    def _on_settle(self, cascade: Cascade) -> None:
+        if cascade.detection_latency is not None and cascade.settled_roots and cascade.settled_at is not None:
+            if getattr(cascade, "_observed", False) is False:
+                self.latency.observe(cascade.detection_latency)
+                cascade._observed = True  # type: ignore[attr-defined]
+
+    # -- ingest ------------------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        if not self.config.token:
+            return True
+        if not header or not header.lower().startswith("bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self.config.token.encode())
+
+    def ingest(self, signal: str, message: Any) -> int:
+        """Apply a decoded export request; returns how many snapshots were rejected."""
+        self.state.received[signal] = self.state.received.get(signal, 0) + 1
+        if signal != "logs":
+            return 0
+        bad = 0
+        for item in otlp.snapshots(message):
+            if isinstance(item, otlp.PayloadError):
+                self.state.reject(item.reason)
+                bad += 1
+                continue
+            try:
+                if item.kind == names.EVENT_HOP_SNAPSHOT:
+                    self.state.ingest_hop(item.agent, item.body)
+                else:
+                    assert item.trace_id is not None
+                    self.state.ingest_cascade(item.agent, item.trace_id, item.body)
+            except ValueError as exc:
+                logger.debug("rejected snapshot from %s: %s", item.agent, exc)
+                self.state.reject(names.REJECT_MALFORMED)
+                bad += 1
+        return bad
+
+    async def otlp_http(self, request: Request) -> Response:
+        signal = request.path_params["signal"]
+        headers = {names.HEADER_COLLECTOR_ID: self.id}
+        if signal not in otlp.SIGNALS:
+            self.state.reject(names.REJECT_NOT_FOUND)
+            return JSONResponse({"error": f"unknown signal {signal!r}"}, 404, headers=headers)
+        if not self.authorized(request.headers.get("authorization")):
+            self.state.reject(names.REJECT_UNAUTHORIZED)
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"}, 401, headers={**headers, "www-authenticate": "Bearer"}
+            )
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            self.state.reject(names.REJECT_TOO_LARGE)
+            return JSONResponse({"error": f"body larger than {limit} bytes"}, 413, headers=headers)
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                self.state.reject(names.REJECT_TOO_LARGE)
+                return JSONResponse({"error": f"body larger than {limit} bytes"}, 413, headers=headers)
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        content_type = request.headers.get("content-type")
+        try:
+            kind = otlp.media_type(content_type)
+            if kind not in (otlp.PROTOBUF, otlp.JSON):
+                raise otlp.PayloadError(415, names.REJECT_CONTENT_TYPE, f"unsupported content-type {kind!r}")
+            body = otlp.decompress(raw, request.headers.get("content-encoding"), limit)
+            message = otlp.decode(signal, body, content_type)
+        except otlp.PayloadError as exc:
+            self.state.reject(exc.reason)
+            return JSONResponse({"error": str(exc), "reason": exc.reason}, exc.status, headers=headers)
+        bad = self.ingest(signal, message)
+        self._forward(signal, raw, request.headers)
+        if bad:
+            # OTLP partial success: accepted, with the count of records refused
+            return JSONResponse(
+                {"partialSuccess": {"rejectedLogRecords": bad, "errorMessage": "malformed a2a-quiescence snapshot(s)"}},
+                200,
+                headers=headers,
+            )
+        if kind == otlp.PROTOBUF:
+            return Response(b"", 200, media_type=otlp.PROTOBUF, headers=headers)
+        return JSONResponse({}, 200, headers=headers)
+
+    # -- forwarding --------------------------------------------------------------
+    def _forward(self, signal: str, raw: bytes, headers: Any) -> None:
+        if self._forward_queue is None:
+            return
+        keep = {k: headers[k] for k in ("content-type", "content-encoding") if k in headers}
+        try:
+            self._forward_queue.put_nowait((signal, raw, keep))
+        except asyncio.QueueFull:
+            self.state.dropped += 1
+
+    async def _forwarder(self) -> None:
+        assert self._forward_queue is not None
+        base = (self.config.forward or "").rstrip("/")
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            while True:
+                signal, raw, headers = await self._forward_queue.get()
+                delay = 0.1
+                for attempt in range(self.config.forward_retries + 1):
+                    try:
+                        response = await client.post(f"{base}/v1/{signal}", content=raw, headers=headers)
+                        if response.status_code < 300:
+                            self.state.forwarded += 1
+                            break
+                        retryable = response.status_code in (429, 502, 503, 504)
+                    except httpx.HTTPError:
+                        retryable = True
+                    if not retryable or attempt == self.config.forward_retries:
+                        self.state.dropped += 1
+                        break
+                    await asyncio.sleep(delay)
+                    delay *= 2
+
+    # -- API -----------------------------------------------------------------------
+    def describe(self, trace_id: str) -> dict[str, Any]:
+        self.state.refresh()
+        out = self.detector.describe(trace_id)
+        for holder in out.get("holders", []):
+            if holder.get("kind") == "active_hop":
+                holder["hop_state"] = self.state.incarnation_state(holder["hop"], holder["incarnation"])
+        return out
+
+    def mesh(self) -> dict[str, Any]:
+        self.state.refresh()
+        now = time.time()
+        open_, stuck = [], []
+        settled = []
+        for trace_id, cascade in self.detector.cascades.items():
+            status = self.detector.status(cascade, now)
+            if status == "settled":
+                settled.append({"trace_id": trace_id, "settled_at": cascade.settled_at})
+            elif status == "stuck":
+                stuck.append(self.describe(trace_id))
+            else:
+                open_.append(self.describe(trace_id))
+        settled.sort(key=lambda c: c["settled_at"] or 0, reverse=True)
+        return {
+            "quiet": not open_ and not stuck,
+            "open": len(open_) + len(stuck),
+            "stuck": len(stuck),
+            "settled_total": self.detector.settled_total,
+            "cascades": {"open": open_[:100], "stuck": stuck[:100], "recently_settled": settled[:50]},
+            "agents": self.state.describe_agents(),
+        }
+
+    def _api_auth(self, request: Request) -> Response | None:
+        if self.authorized(request.headers.get("authorization")):
+            return None
+        self.state.reject(names.REJECT_UNAUTHORIZED)
+        return JSONResponse({"error": "missing or wrong bearer token"}, 401, headers={"www-authenticate": "Bearer"})
+
+    async def api_cascade(self, request: Request) -> Response:
+        if (denied := self._api_auth(request)) is not None:
+            return denied
+        trace_id = _trace_id(request)
+        if trace_id is None:
+            return JSONResponse({"error": "trace id must be 32 hex digits"}, 400)
+        return JSONResponse(self.describe(trace_id))
+
+    async def api_wait(self, request: Request) -> Response:
+        if (denied := self._api_auth(request)) is not None:
+            return denied
+        trace_id = _trace_id(request)
+        if trace_id is None:
+            return JSONResponse({"error": "trace id must be 32 hex digits"}, 400)
+        try:
+            timeout = float(request.query_params.get("timeout", "30"))
+            roots = int(request.query_params.get("roots", "1"))
+            if not 0 <= timeout <= self.config.max_wait or roots < 1:
+                raise ValueError
+        except ValueError:
+            return JSONResponse(
+                {"error": f"timeout must be 0..{self.config.max_wait} seconds and roots a positive integer"}, 400
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            cascade = self.detector.cascades.get(trace_id)
+            if cascade is not None and cascade.settled and cascade.settled_roots >= roots:
+                return JSONResponse(self.describe(trace_id))
+            if cascade is None and trace_id in self.detector.tombstones:
+                return JSONResponse(self.describe(trace_id))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return JSONResponse(self.describe(trace_id), 408)
+            event = self._changed.setdefault(trace_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def api_mesh(self, request: Request) -> Response:
+        if (denied := self._api_auth(request)) is not None:
+            return denied
+        return JSONResponse(self.mesh())
+
+    async def metrics(self, _request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        if self.ready:
+            return JSONResponse({"status": "ready", "listening": {k: f"{h}:{p}" for k, (h, p) in self.bound.items()}})
+        return JSONResponse({"status": "starting"}, 503)
+
+    async def status_page(self, _request: Request) -> Response:
+        mesh = self.mesh()
+        rows = "".join(
+            f"<tr><td>{html.escape(a['agent'])}</td><td>{a['producers_in_flight']}</td>"
+            f"<td>{a['shutdown_leaked_producers'] if a['shutdown_leaked_producers'] is not None else '-'}</td>"
+            f"<td>{'up' if a['up'] else 'down'}</td></tr>"
+            for a in mesh["agents"]
+        )
+        held = "".join(
+            f"<li><code>{html.escape(c['trace_id'])}</code> {html.escape(c['status'])}: "
+            + html.escape("; ".join(h.get("detail") or f"{h.get('kind')} {h.get('hop', '')}" for h in c["holders"]))
+            + "</li>"
+            for c in mesh["cascades"]["stuck"] + mesh["cascades"]["open"]
+        )
+        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>a2a-quiescence</title></head>
+<body><h1>a2a-quiescence</h1>
+<p>Mesh: <strong>{'settled' if mesh['quiet'] else 'busy'}</strong> &middot; open {mesh['open']} &middot;
+stuck {mesh['stuck']} &middot; settled so far {mesh['settled_total']}</p>
+<h2>Agents</h2><table border="1"><tr><th>agent</th><th>producers in flight</th><th>leaked at last shutdown</th><th>state</th></tr>{rows}</table>
+<h2>Open cascades</h2><ul>{held or '<li>none</li>'}</ul>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/v1/mesh">/v1/mesh</a></p></body></html>"""
+        return HTMLResponse(page)
+
+    # -- wiring ----------------------------------------------------------------------
+    def otlp_app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/{signal}", self.otlp_http, methods=["POST"])])
+
+    def api_app(self) -> Starlette:
+        routes = [
+            Route("/", self.status_page),
+            Route("/metrics", self.metrics),
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/v1/mesh", self.api_mesh),
+            Route("/v1/cascades/{trace_id}", self.api_cascade),
+            Route("/v1/cascades/{trace_id}/wait", self.api_wait),
+        ]
+        if self.config.otlp_listen and self.config.otlp_listen == self.config.http_listen:
+            routes.append(Route("/v1/{signal}", self.otlp_http, methods=["POST"]))
+        return Starlette(routes=routes)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.detector.expire()
+            self.state.refresh()
+
+    async def serve(self) -> None:
+        """Run until ``stop()`` (or SIGTERM/SIGINT via the CLI)."""
+        import uvicorn
+
+        servers: list[uvicorn.Server] = []
+        listens = [("http", self.config.http_listen, self.api_app())]
+        if self.config.otlp_listen and self.config.otlp_listen != self.config.http_listen:
+            listens.append(("otlp_http", self.config.otlp_listen, self.otlp_app()))
+        for name, listen, app in listens:
+            host, port = split_hostport(listen)
+            server = uvicorn.Server(
+                uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+            )
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            servers.append(server)
+        grpc_server = None
+        tasks = [asyncio.create_task(s.serve(), name=f"uvicorn:{i}") for i, s in enumerate(servers)]
+        if self.config.forward:
+            self._forward_queue = asyncio.Queue(maxsize=self.config.forward_queue)
+            tasks.append(asyncio.create_task(self._forwarder(), name="forwarder"))
+        tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        try:
+            if self.config.grpc_listen:
+                from a2a_quiescence.collector.grpc_receiver import start_grpc
+
+                grpc_server, port = await start_grpc(self, self.config.grpc_listen)
+                self.bound["otlp_grpc"] = (split_hostport(self.config.grpc_listen)[0], port)
+            while not all(s.started for s in servers):
+                if any(t.done() for t in tasks[: len(servers)]):
+                    raise OSError(f"could not bind: {[listen for _, listen, _ in listens]}")
+                await asyncio.sleep(0.01)
+            for (name, _listen, _app), server in zip(listens, servers):
+                sock = server.servers[0].sockets[0].getsockname()
+                self.bound[name] = (sock[0], sock[1])
+            if "otlp_http" not in self.bound and self.config.otlp_listen:
+                self.bound["otlp_http"] = self.bound["http"]
+            self.ready = True
+            logger.info("a2a-quiescence collector listening: %s", self.bound)
+            await self._stop.wait()
+        finally:
+            self.ready = False
+            for server in servers:
+                server.should_exit = True
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1.0)
+            await asyncio.gather(*tasks[: len(servers)], return_exceptions=True)
+            for task in tasks[len(servers) :]:
+                task.cancel()
+            await asyncio.gather(*tasks[len(servers) :], return_exceptions=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _trace_id(request: Request) -> str | None:
+    value = request.path_params["trace_id"].lower()
+    if len(value) == 32 and all(c in "0123456789abcdef" for c in value) and value != "0" * 32:
+        return value
+    return None

@@ -1,0 +1,249 @@
+"""The sidecar's view of its agents (per hop) and of the mesh (per cascade).
+
+Counters come from cumulative per-incarnation snapshots: the latest snapshot
+of an incarnation replaces the previous one, so a resent snapshot is never
+counted twice, and an agent's total is the sum over its incarnations, so a
+restart never makes a counter go backwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from a2a_quiescence import names
+from a2a_quiescence.collector.settlement import Cascade, CascadeSnapshot, Detector
+
+
+@dataclass
+class Incarnation:
+    id: str
+    first_seen: float
+    last_seen: float
+    seq: int = -1
+    body: dict[str, Any] = field(default_factory=dict)
+    lost: bool = False  # silent past the agent timeout without a shutdown record
+    shutdown_cascades_open: int | None = None
+
+    @property
+    def started_at(self) -> float:
+        return float(self.body.get("started_at") or self.first_seen)
+
+    @property
+    def shutdown(self) -> dict[str, Any] | None:
+        value = self.body.get("shutdown")
+        return value if isinstance(value, dict) else None
+
+    def counter(self, key: str) -> int:
+        value = self.body.get(key)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+
+@dataclass
+class Agent:
+    name: str
+    incarnations: OrderedDict[str, Incarnation] = field(default_factory=OrderedDict)
+    retired: dict[str, int] = field(default_factory=dict)  # counters of evicted incarnations
+    incarnations_total: int = 0
+    last_seen: float = 0.0
+
+    def latest(self) -> Incarnation | None:
+        if not self.incarnations:
+            return None
+        return max(self.incarnations.values(), key=lambda i: (i.started_at, i.first_seen))
+
+
+COUNTERS = ("producers_started", "stalls_total", "destroyed_pending_total")
+MAX_INCARNATIONS_PER_AGENT = 32
+
+
+class MeshState:
+    def __init__(
+        self,
+        *,
+        detector: Detector,
+        agent_timeout: float = 10.0,
+        max_agents: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.detector = detector
+        self.agent_timeout = agent_timeout
+        self.max_agents = max_agents
+        self.clock = clock
+        self.agents: OrderedDict[str, Agent] = OrderedDict()
+        self.received: dict[str, int] = {"traces": 0, "metrics": 0, "logs": 0}
+        self.rejected: dict[str, int] = {}
+        self.snapshots: dict[str, int] = {"hop": 0, "cascade": 0}
+        self.evicted: dict[str, int] = {"agent": 0, "incarnation": 0, "cascade": 0}
+        self.forwarded = 0
+        self.dropped = 0
+        self.edges: dict[tuple[str, str], int] = {}
+        self._edge_seen: dict[tuple[str, str, str], int] = {}  # (incarnation, trace, src) -> count
+        self.latencies: list[float] = []  # drained by the metrics collector
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    # -- hop snapshots ----------------------------------------------------------
+    def _agent(self, name: str) -> Agent:
+        agent = self.agents.get(name)
+        if agent is None:
+            agent = self.agents[name] = Agent(name)
+            while len(self.agents) > self.max_agents:
+                self.agents.popitem(last=False)
+                self.evicted["agent"] += 1
+        else:
+            self.agents.move_to_end(name)
+        return agent
+
+    def _incarnation(self, agent: Agent, inc_id: str, now: float) -> Incarnation:
+        inc = agent.incarnations.get(inc_id)
+        if inc is None:
+            inc = agent.incarnations[inc_id] = Incarnation(inc_id, first_seen=now, last_seen=now)
+            agent.incarnations_total += 1
+            while len(agent.incarnations) > MAX_INCARNATIONS_PER_AGENT:
+                _, old = agent.incarnations.popitem(last=False)
+                for key in COUNTERS:
+                    agent.retired[key] = agent.retired.get(key, 0) + old.counter(key)
+                for outcome, n in (old.body.get("producers_finished") or {}).items():
+                    k = "finished:" + outcome
+                    agent.retired[k] = agent.retired.get(k, 0) + int(n)
+                self.evicted["incarnation"] += 1
+        return inc
+
+    def ingest_hop(self, agent_name: str, body: dict[str, Any]) -> None:
+        inc_id = body.get("incarnation")
+        seq = body.get("seq")
+        if not isinstance(inc_id, str) or not inc_id or not isinstance(seq, int):
+            raise ValueError("hop snapshot needs incarnation and seq")
+        now = self.clock()
+        agent = self._agent(agent_name)
+        inc = self._incarnation(agent, inc_id, now)
+        inc.last_seen = now
+        agent.last_seen = now
+        inc.lost = False
+        self.snapshots["hop"] += 1
+        if seq <= inc.seq:
+            return
+        had_shutdown = inc.shutdown is not None
+        inc.seq = seq
+        inc.body = body
+        if inc.shutdown is not None and (not had_shutdown or inc.shutdown_cascades_open is None):
+            inc.shutdown_cascades_open = self._open_cascades_with(agent_name)
+        elif inc.shutdown is not None:
+            inc.shutdown_cascades_open = self._open_cascades_with(agent_name)
+
+    def _open_cascades_with(self, agent_name: str) -> int:
+        count = 0
+        for cascade in self.detector.cascades.values():
+            if cascade.settled:
+                continue
+            if any(s.hop == agent_name for s in cascade.view.values()):
+                count += 1
+        return count
+
+    # -- cascade snapshots -------------------------------------------------------
+    def ingest_cascade(self, agent_name: str, trace_id: str, body: dict[str, Any]) -> Cascade | None:
+        snap = CascadeSnapshot.from_json(trace_id, agent_name, body)
+        self.snapshots["cascade"] += 1
+        now = self.clock()
+        agent = self._agent(agent_name)
+        inc = self._incarnation(agent, snap.incarnation, now)
+        inc.last_seen = now
+        agent.last_seen = now
+        for src, tally in snap.received.items():
+            key = (snap.incarnation, trace_id, src)
+            before = self._edge_seen.get(key, 0)
+            if tally.count > before:
+                self._edge_seen[key] = tally.count
+                edge = (src, agent_name)
+                self.edges[edge] = self.edges.get(edge, 0) + (tally.count - before)
+        if len(self._edge_seen) > 200_000:
+            self._edge_seen.clear()  # bounded; only the per-edge counter's fine detail is lost
+        before_evicted = self.detector.evicted_open
+        cascade = self.detector.ingest(snap)
+        self.evicted["cascade"] += self.detector.evicted_open - before_evicted
+        return cascade
+
+    # -- liveness ------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Mark incarnations that went silent as lost (SIGKILL, OOM, network)."""
+        now = self.clock()
+        for agent in self.agents.values():
+            for inc in agent.incarnations.values():
+                if inc.shutdown is None and not inc.lost and now - inc.last_seen > self.agent_timeout:
+                    inc.lost = True
+                    inc.shutdown_cascades_open = self._open_cascades_with(agent.name)
+
+    def incarnation_state(self, agent_name: str, inc_id: str) -> str:
+        agent = self.agents.get(agent_name)
+        inc = agent.incarnations.get(inc_id) if agent else None
+        if inc is None:
+            return "unknown"
+        if inc.shutdown is not None:
+            return "shut_down"
+        if inc.lost or self.clock() - inc.last_seen > self.agent_timeout:
+            return "lost"
+        return "alive"
+
+    def agent_view(self, agent: Agent) -> dict[str, Any]:
+        """Per-agent values for /metrics and the API."""
+        live = [
+            i for i in agent.incarnations.values()
+            if i.shutdown is None and not i.lost and self.clock() - i.last_seen <= self.agent_timeout
+        ]
+        latest = agent.latest()
+        finished: dict[str, int] = {o: agent.retired.get("finished:" + o, 0) for o in names.OUTCOMES}
+        totals = {k: agent.retired.get(k, 0) for k in COUNTERS}
+        for inc in agent.incarnations.values():
+            for k in COUNTERS:
+                totals[k] += inc.counter(k)
+            for outcome, n in (inc.body.get("producers_finished") or {}).items():
+                if isinstance(n, int) and n >= 0:
+                    finished[outcome] = finished.get(outcome, 0) + n
+        leaked = None
+        cascades_open = None
+        if latest is not None:
+            if latest.shutdown is not None:
+                leaked = int(latest.shutdown.get("leaked_producers") or 0)
+                cascades_open = latest.shutdown_cascades_open or 0
+            elif latest.lost or self.clock() - latest.last_seen > self.agent_timeout:
+                # died without a shutdown record: whatever it held is lost
+                leaked = latest.counter("producers_in_flight")
+                cascades_open = latest.shutdown_cascades_open or 0
+            else:
+                leaked = 0  # a new incarnation resets the shutdown record
+                cascades_open = 0
+        return {
+            "in_flight": sum(i.counter("producers_in_flight") for i in live),
+            "stalled": sum(i.counter("stalled_closes_in_flight") for i in live),
+            "totals": totals,
+            "finished": finished,
+            "leaked": leaked,
+            "shutdown_cascades_open": cascades_open,
+            "up": 1 if latest is not None and latest in live else 0,
+            "last_seen": agent.last_seen,
+            "incarnations": agent.incarnations_total,
+        }
+
+    def describe_agents(self) -> list[dict[str, Any]]:
+        out = []
+        for agent in self.agents.values():
+            view = self.agent_view(agent)
+            latest = agent.latest()
+            out.append(
+                {
+                    "agent": agent.name,
+                    "producers_in_flight": view["in_flight"],
+                    "stalled_closes_in_flight": view["stalled"],
+                    "shutdown_leaked_producers": view["leaked"],
+                    "up": bool(view["up"]),
+                    "last_seen": agent.last_seen,
+                    "incarnation": latest.id if latest else None,
+                    "shutdown": latest.shutdown if latest else None,
+                    "recent": (latest.body.get("recent") if latest else None) or [],
+                }
+            )
+        return out

@@ -1,0 +1,245 @@
+"""``promtool test rules`` cases for the generated rule file, as Python data.
+
+Every alert has a case where it fires, with its expected labels and rendered
+annotations written out in full, and a case where it must not fire. The
+descriptions are spelled out here rather than derived from the templates in
+``rules.py``, so the test checks what the templates really render.
+``render_rules_test_yaml()`` gives ``generated/prometheus-rules-test.yaml``.
+"""
+
+from __future__ import annotations
+
+from a2a_quiescence import names as n
+from a2a_quiescence.dashboards import rules
+from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, runbook_url
+
+RULES_FILE = "prometheus-rules.yaml"
+INSTANCE = "collector-0:9464"
+# Labels Prometheus attaches to every series it scrapes from the collector.
+TARGET = {"job": COLLECTOR_JOB, "instance": INSTANCE}
+
+_BY_NAME = {alert.name: alert for alert in rules.ALERTS}
+
+
+def series(metric: str, values: str, **labels: str) -> dict[str, str]:
+    all_labels = {**TARGET, **labels}
+    rendered = ", ".join(f'{key}="{value}"' for key, value in sorted(all_labels.items()))
+    return {"series": f"{metric}{{{rendered}}}", "values": values}
+
+
+def fires(alert: str, at: str, description: str, **labels: str) -> dict[str, object]:
+    rule = _BY_NAME[alert]
+    return {
+        "eval_time": at,
+        "alertname": alert,
+        "exp_alerts": [
+            {
+                "exp_labels": {**labels, "severity": rule.severity},
+                "exp_annotations": {
+                    "summary": rule.summary,
+                    "description": description,
+                    "runbook_url": runbook_url(alert),
+                },
+            }
+        ],
+    }
+
+
+def silent(alert: str, at: str) -> dict[str, object]:
+    return {"eval_time": at, "alertname": alert, "exp_alerts": []}
+
+
+def case(name: str, input_series: list[dict[str, str]], *alert_tests: dict[str, object],
+         expr_tests: list[dict[str, object]] | None = None) -> dict[str, object]:
+    test: dict[str, object] = {"name": name, "interval": "1m", "input_series": input_series}
+    if alert_tests:
+        test["alert_rule_test"] = list(alert_tests)
+    if expr_tests:
+        test["promql_expr_test"] = expr_tests
+    return test
+
+
+def test_cases() -> list[dict[str, object]]:
+    leaked_description = (
+        "Agent billing completed its last shutdown with 2 producer(s) still in "
+        "flight; their work was abandoned and their callers may never get an answer."
+    )
+    down_tail = " is down or has no targets; leaked producers and stuck cascades go unseen while it is."
+    return [
+        case(
+            "leaked producers at shutdown fire at once",
+            [series(n.M_SHUTDOWN_LEAKED, "2x5", agent="billing")],
+            fires(n.ALERT_LEAKED, "0m", leaked_description, agent="billing", **TARGET),
+            fires(n.ALERT_LEAKED, "5m", leaked_description, agent="billing", **TARGET),
+        ),
+        case(
+            "a clean shutdown, and an agent never shut down, do not fire",
+            [
+                series(n.M_SHUTDOWN_LEAKED, "0x5", agent="search"),
+                series(n.M_AGENT_UP, "1x5", agent="planner"),
+            ],
+            silent(n.ALERT_LEAKED, "0m"),
+            silent(n.ALERT_LEAKED, "5m"),
+        ),
+        case(
+            "a stuck cascade fires",
+            [series(n.M_CASCADES_STUCK, "1x5"), series(n.M_CASCADES_OPEN, "3x5")],
+            fires(
+                n.ALERT_STUCK,
+                "1m",
+                "1 cascade(s) are open with no progress past the collector's "
+                f"--stuck-after threshold (collector {INSTANCE}); the mesh cannot "
+                "settle until they finish.",
+                **TARGET,
+            ),
+        ),
+        case(
+            "open cascades that still progress do not fire",
+            [series(n.M_CASCADES_STUCK, "0x5"), series(n.M_CASCADES_OPEN, "3x5")],
+            silent(n.ALERT_STUCK, "1m"),
+        ),
+        case(
+            "a shutdown with a cascade still open fires",
+            [series(n.M_SHUTDOWN_CASCADES_OPEN, "1x5", agent="search")],
+            fires(
+                n.ALERT_SHUTDOWN_IN_FLIGHT,
+                "1m",
+                "Agent search completed its last shutdown while 1 cascade(s) it "
+                "took part in were still open elsewhere in the mesh.",
+                agent="search",
+                **TARGET,
+            ),
+        ),
+        case(
+            "a shutdown after every cascade settled does not fire",
+            [series(n.M_SHUTDOWN_CASCADES_OPEN, "0x5", agent="search")],
+            silent(n.ALERT_SHUTDOWN_IN_FLIGHT, "1m"),
+        ),
+        case(
+            "a stalled EventQueue close fires while it lasts",
+            [
+                series(n.M_STALLED_CLOSES, "0 1 1 0 0", agent="billing"),
+                series(n.M_STALLS, "0 1 1 1 1", agent="billing"),
+            ],
+            silent(n.ALERT_CLOSE_STALLED, "0m"),
+            fires(
+                n.ALERT_CLOSE_STALLED,
+                "2m",
+                "Agent billing has 1 EventQueue close call(s) stalled past the "
+                "watchdog threshold (the a2a-sdk #1101 hang); the producers "
+                "waiting on them will not finish on their own.",
+                agent="billing",
+                **TARGET,
+            ),
+            # the stall resolved: the counter remembers it, the alert does not
+            silent(n.ALERT_CLOSE_STALLED, "4m"),
+        ),
+        case(
+            "a task destroyed while pending fires, then clears after the window",
+            [series(n.M_DESTROYED_PENDING, "0 0 1+0x20", agent="planner")],
+            silent(n.ALERT_DESTROYED_PENDING, "1m"),
+            fires(
+                n.ALERT_DESTROYED_PENDING,
+                "3m",
+                "Agent planner reported \"Task was destroyed but it is pending!\" "
+                f"in the last {rules.DESTROYED_PENDING_WINDOW}: work was dropped "
+                "without finishing or being cancelled.",
+                agent="planner",
+                **TARGET,
+            ),
+            silent(n.ALERT_DESTROYED_PENDING, "20m"),
+        ),
+        case(
+            "a failing scrape of the collector fires",
+            [{"series": f'up{{instance="{INSTANCE}", job="{COLLECTOR_JOB}"}}', "values": "0x5"}],
+            silent(n.ALERT_COLLECTOR_DOWN, "0m"),
+            fires(
+                n.ALERT_COLLECTOR_DOWN,
+                "2m",
+                f"Scrape job {COLLECTOR_JOB} at {INSTANCE}{down_tail}",
+                **TARGET,
+            ),
+        ),
+        case(
+            "a collector missing from Prometheus altogether fires",
+            [{"series": 'up{instance="localhost:9090", job="prometheus"}', "values": "1x5"}],
+            fires(
+                n.ALERT_COLLECTOR_DOWN,
+                "2m",
+                f"Scrape job {COLLECTOR_JOB}{down_tail}",
+                job=COLLECTOR_JOB,
+            ),
+        ),
+        case(
+            "a healthy collector does not fire",
+            [{"series": f'up{{instance="{INSTANCE}", job="{COLLECTOR_JOB}"}}', "values": "1x5"}],
+            silent(n.ALERT_COLLECTOR_DOWN, "2m"),
+        ),
+        case(
+            "steady rejections fire",
+            [series(n.M_REJECTED, "0+6x10", reason=n.REJECT_UNAUTHORIZED)],
+            fires(
+                n.ALERT_COLLECTOR_REJECTING,
+                "8m",
+                f"Collector {INSTANCE} is rejecting OTLP payloads (reason "
+                f"{n.REJECT_UNAUTHORIZED}, 100m/s); the per-hop state and "
+                "settlement answers are missing those events.",
+                reason=n.REJECT_UNAUTHORIZED,
+                **TARGET,
+            ),
+        ),
+        case(
+            "old rejections that stopped do not fire",
+            [series(n.M_REJECTED, "5x10", reason=n.REJECT_MALFORMED)],
+            silent(n.ALERT_COLLECTOR_REJECTING, "8m"),
+        ),
+        case(
+            "recording rules",
+            [
+                # one detection per second, all between 0.5 s and 1 s
+                series(f"{n.M_DETECTION_LATENCY}_bucket", "0x10", le="0.5"),
+                series(f"{n.M_DETECTION_LATENCY}_bucket", "0+60x10", le="1"),
+                series(f"{n.M_DETECTION_LATENCY}_bucket", "0+60x10", le="+Inf"),
+                series(n.M_PRODUCERS_IN_FLIGHT, "2x10", agent="billing"),
+                {
+                    "series": (
+                        f'{n.M_PRODUCERS_IN_FLIGHT}{{agent="billing", '
+                        f'instance="collector-1:9464", job="{COLLECTOR_JOB}"}}'
+                    ),
+                    "values": "1x10",
+                },
+            ],
+            expr_tests=[
+                {
+                    "expr": rules.R_DETECTION_LATENCY_P50,
+                    "eval_time": "5m",
+                    "exp_samples": [{"labels": rules.R_DETECTION_LATENCY_P50, "value": 0.75}],
+                },
+                {
+                    "expr": rules.R_DETECTION_LATENCY_P99,
+                    "eval_time": "5m",
+                    "exp_samples": [{"labels": rules.R_DETECTION_LATENCY_P99, "value": 0.995}],
+                },
+                {
+                    "expr": rules.R_PRODUCERS_IN_FLIGHT,
+                    "eval_time": "5m",
+                    "exp_samples": [
+                        {"labels": f'{rules.R_PRODUCERS_IN_FLIGHT}{{agent="billing"}}', "value": 3}
+                    ],
+                },
+            ],
+        ),
+    ]
+
+
+def rules_test_file() -> dict[str, object]:
+    return {
+        "rule_files": [RULES_FILE],
+        "evaluation_interval": "1m",
+        "tests": test_cases(),
+    }
+
+
+def render_rules_test_yaml() -> str:
+    """Text of ``generated/prometheus-rules-test.yaml``."""
+    return rules.HEADER.format(source="alert_cases.py") + rules.to_yaml(rules_test_file())

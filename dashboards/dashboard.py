@@ -1,0 +1,499 @@
+"""The Grafana "A2A mesh" dashboard, built with grafana-foundation-sdk.
+
+``build_dashboard()`` returns the SDK object, ``dashboard_json()`` the JSON
+text that is committed, and ``promql_expressions()`` lists every PromQL
+query in a dashboard JSON with Grafana's variables substituted, so a test
+against a real Prometheus can run each panel query.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from grafana_foundation_sdk.builders import bargauge, common
+from grafana_foundation_sdk.builders import dashboard as gd
+from grafana_foundation_sdk.builders import nodegraph, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+from a2a_quiescence import names as n
+from a2a_quiescence.dashboards import rules
+from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, DASHBOARD_TITLE, DASHBOARD_UID
+
+# --- dashboard variables ---------------------------------------------------
+VAR_PROMETHEUS = "datasource"
+VAR_TRACES = "traces"
+VAR_AGENT = "agent"
+TRACE_BACKENDS = ("tempo", "jaeger")
+
+PROM = dm.DataSourceRef(type_val="prometheus", uid=f"${{{VAR_PROMETHEUS}}}")
+AGENT_MATCH = f'{n.LABEL_AGENT}=~"${VAR_AGENT}"'
+# Grafana's own variables, with the values promql_expressions() puts in.
+GRAFANA_BUILTINS = {
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "1h",
+    "__range_s": "3600",
+}
+
+
+def _q(expr: str, ref: str = "A", legend: str | None = None, *, instant: bool = False,
+       table: bool = False) -> prometheus.Dataquery:
+    query = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(PROM)
+    if legend is not None:
+        query = query.legend_format(legend)
+    if instant:
+        query = query.instant()
+    if table:
+        query = query.format(PromQueryFormat.TABLE)
+    return query
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
+    return (
+        gd.ThresholdsConfig()
+        .mode(dm.ThresholdsMode.ABSOLUTE)
+        .steps([dm.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+GREEN_RED = _thresholds((None, "green"), (1, "red"))
+
+
+def _last() -> common.ReduceDataOptions:
+    return common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+
+
+def _legend() -> common.VizLegendOptions:
+    return (
+        common.VizLegendOptions()
+        .display_mode(cm.LegendDisplayMode.TABLE)
+        .placement(cm.LegendPlacement.BOTTOM)
+        .show_legend(True)
+        .calcs(["lastNotNull", "max"])
+    )
+
+
+# --- trace links -----------------------------------------------------------
+def _trace_query(backend: str, service: str, span: str | None = None,
+                 stalled: bool = False) -> dict[str, object]:
+    """One Explore query for the trace backend (Tempo TraceQL or Jaeger search)."""
+    if backend == "tempo":
+        conditions = [f'resource.service.name=~"{service}"']
+        if span:
+            conditions.append(f'name="{span}"')
+        if stalled:
+            conditions.append(f"span.{n.ATTR_STALLED}=true")
+        return {"queryType": "traceql", "query": "{" + " && ".join(conditions) + "}"}
+    query: dict[str, object] = {"queryType": "search", "service": service}
+    if span:
+        query["operation"] = span
+    if stalled:
+        query["tags"] = f"{n.ATTR_STALLED}=true"
+    return query
+
+
+def explore_url(backend: str, query: dict[str, object]) -> str:
+    """Grafana Explore link running ``query`` on the ``$traces`` datasource."""
+    ref = {"type": backend, "uid": f"${{{VAR_TRACES}}}"}
+    pane = {
+        "datasource": f"${{{VAR_TRACES}}}",
+        "queries": [{"refId": "A", "datasource": ref, **query}],
+        "range": {"from": "${__from}", "to": "${__to}"},
+    }
+    encoded = quote(json.dumps({"traces": pane}, separators=(",", ":")), safe="")
+    # Grafana must still see its ${...} placeholders to interpolate them.
+    encoded = re.sub(
+        r"%24%7B([A-Za-z0-9_.]+(?:%3A[a-z]+)?)%7D",
+        lambda m: "${" + m.group(1).replace("%3A", ":") + "}",
+        encoded,
+    )
+    return f"/explore?schemaVersion=1&panes={encoded}"
+
+
+def _panel_link(backend: str, title: str, span: str | None = None,
+                stalled: bool = False) -> gd.DashboardLink:
+    service = f"${{{VAR_AGENT}:regex}}" if backend == "tempo" else f"${{{VAR_AGENT}}}"
+    return (
+        gd.DashboardLink(title)
+        .url(explore_url(backend, _trace_query(backend, service, span, stalled)))
+        .target_blank(True)
+        .tooltip("Opens the matching traces in Explore on the $traces datasource")
+    )
+
+
+def _agent_data_link(backend: str, span: str | None = None,
+                     stalled: bool = False) -> gd.DashboardLink:
+    service = "${__field.labels.agent}"
+    return (
+        gd.DashboardLink("Traces of ${__field.labels.agent}")
+        .url(explore_url(backend, _trace_query(backend, service, span, stalled)))
+        .target_blank(True)
+    )
+
+
+# --- node graph ------------------------------------------------------------
+def _edge_increase() -> str:
+    return f"increase({n.M_EDGE_MESSAGES}[$__range])"
+
+
+def node_graph_queries() -> tuple[str, str]:
+    """(nodes, edges) PromQL shaped for Grafana's node graph (id/source/target)."""
+    edges = _edge_increase()
+    endpoint = 'label_replace(sum by ({side}) ({edges}), "id", "$1", "{side}", "(.+)")'
+    nodes = (
+        f'sum by (id) (label_replace({rules.R_PRODUCERS_IN_FLIGHT}, "id", "$1", "{n.LABEL_AGENT}", "(.+)"))'
+        # hops that only appear on an edge (no in-flight gauge, e.g. a plain client)
+        f" or sum by (id) (0 * {endpoint.format(side='from', edges=edges)})"
+        f" or sum by (id) (0 * {endpoint.format(side='to', edges=edges)})"
+    )
+    edge_query = (
+        'label_join(label_replace(label_replace('
+        f"sum by (from, to) ({edges}), "
+        '"source", "$1", "from", "(.+)"), "target", "$1", "to", "(.+)"), '
+        '"id", "->", "from", "to")'
+    )
+    return nodes, edge_query
+
+
+# --- the dashboard ---------------------------------------------------------
+def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
+    """The "A2A mesh" dashboard; ``trace_backend`` is ``tempo`` or ``jaeger``."""
+    if trace_backend not in TRACE_BACKENDS:
+        raise ValueError(f"trace_backend must be one of {TRACE_BACKENDS}")
+    tb = trace_backend
+    nodes_expr, edges_expr = node_graph_queries()
+    latency_p50 = rules.R_DETECTION_LATENCY_P50
+    latency_p99 = rules.R_DETECTION_LATENCY_P99
+    stuck_link = _panel_link(tb, "Open cascades in traces")
+
+    panels: list[tuple[str, list[Any]]] = [
+        ("Quiescence", [
+            stat.Panel()
+            .title("Mesh settled")
+            .description(
+                "1 when no delegation cascade is open anywhere in the mesh. With several "
+                "collectors the mesh is settled only when every one of them says so."
+            )
+            .with_target(_q(f"min({n.M_MESH_SETTLED})", instant=True))
+            .unit("bool_yes_no")
+            .mappings([dm.ValueMap(options={
+                "0": dm.ValueMappingResult(text="Not settled", color="orange"),
+                "1": dm.ValueMappingResult(text="Settled", color="green"),
+            })])
+            .reduce_options(_last())
+            .color_mode(cm.BigValueColorMode.BACKGROUND)
+            .span(4).height(6),
+            stat.Panel()
+            .title("Open cascades")
+            .description("Cascades (root trace ids) with work still in flight on some hop; includes stuck ones.")
+            .with_target(_q(f"sum({n.M_CASCADES_OPEN})", instant=True))
+            .unit("short")
+            .reduce_options(_last())
+            .thresholds(_thresholds((None, "green"), (1, "blue")))
+            .span(4).height(6),
+            stat.Panel()
+            .title("Stuck cascades")
+            .description(
+                "Open cascades with no progress for longer than the collector's --stuck-after. "
+                "Anything above 0 fires A2ACascadeStuck."
+            )
+            .with_target(_q(f"sum({n.M_CASCADES_STUCK})", instant=True))
+            .unit("short")
+            .reduce_options(_last())
+            .thresholds(GREEN_RED)
+            .color_mode(cm.BigValueColorMode.BACKGROUND)
+            .links([stuck_link])
+            .span(4).height(6),
+            timeseries.Panel()
+            .title("Settlement detection latency")
+            .description(
+                "Time from a cascade's last hop finishing to the collector declaring it settled, "
+                "p50 and p99 over 5 minutes (recording rules), and the mean."
+            )
+            .with_target(_q(latency_p50, "A", "p50"))
+            .with_target(_q(latency_p99, "B", "p99"))
+            .with_target(_q(
+                f"sum(rate({n.M_DETECTION_LATENCY}_sum[$__rate_interval]))"
+                f" / sum(rate({n.M_DETECTION_LATENCY}_count[$__rate_interval]))",
+                "C", "mean"))
+            .unit("s")
+            .legend(_legend())
+            .span(12).height(6),
+            timeseries.Panel()
+            .title("Cascades over time")
+            .description("Open and stuck cascades, and how many settle per second.")
+            .with_target(_q(f"sum({n.M_CASCADES_OPEN})", "A", "open"))
+            .with_target(_q(f"sum({n.M_CASCADES_STUCK})", "B", "stuck"))
+            .with_target(_q(f"sum(rate({n.M_CASCADES_SETTLED}[$__rate_interval]))", "C", "settled/s"))
+            .unit("short")
+            .legend(_legend())
+            .span(24).height(7),
+        ]),
+        ("Producers", [
+            timeseries.Panel()
+            .title("In-flight producers per hop")
+            .description(
+                "AgentExecutor producers running now on each hop (agent = OTEL_SERVICE_NAME). "
+                "A line that never returns to 0 is a producer that never ends."
+            )
+            .with_target(_q(f"{rules.R_PRODUCERS_IN_FLIGHT}{{{AGENT_MATCH}}}", "A", "{{agent}}"))
+            .unit("short")
+            .legend(_legend())
+            .links([_panel_link(tb, "Producer spans of $agent", n.SPAN_PRODUCER)])
+            .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
+            .span(12).height(8),
+            timeseries.Panel()
+            .title("Producers started and finished")
+            .description("Producers started per second, and finished per second by outcome (completed, failed, cancelled).")
+            .with_target(_q(
+                f"sum by (agent) (rate({n.M_PRODUCERS_STARTED}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                "A", "{{agent}} started"))
+            .with_target(_q(
+                f"sum by (agent, outcome) (rate({n.M_PRODUCERS_FINISHED}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                "B", "{{agent}} {{outcome}}"))
+            .unit("ops")
+            .legend(_legend())
+            .span(12).height(8),
+        ]),
+        ("Shutdown", [
+            bargauge.Panel()
+            .title("Producers leaked at last shutdown")
+            .description(
+                "Producers still in flight when each agent's last shutdown completed. 0 is a clean "
+                "shutdown; agents that never shut down are absent. Above 0 fires A2AProducerLeakedAtShutdown."
+            )
+            .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_LEAKED}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
+            .unit("short")
+            .thresholds(GREEN_RED)
+            .reduce_options(_last())
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
+            .span(8).height(8),
+            bargauge.Panel()
+            .title("Cascades open at last shutdown")
+            .description(
+                "Cascades each agent took part in that were still open elsewhere in the mesh when its "
+                "last shutdown completed. Above 0 fires A2AShutdownWithCascadeInFlight."
+            )
+            .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_CASCADES_OPEN}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
+            .unit("short")
+            .thresholds(GREEN_RED)
+            .reduce_options(_last())
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .data_links([_agent_data_link(tb)])
+            .span(8).height(8),
+            timeseries.Panel()
+            .title("Agents up and restarts")
+            .description(
+                "1 while an agent's latest incarnation is heard from and not shut down; "
+                "restarts counts new incarnations in the interval."
+            )
+            .with_target(_q(f"max by (agent) ({n.M_AGENT_UP}{{{AGENT_MATCH}}})", "A", "{{agent}} up"))
+            .with_target(_q(
+                f"sum by (agent) (increase({n.M_AGENT_RESTARTS}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                "B", "{{agent}} restarts"))
+            .with_target(_q(
+                f"time() - max by (agent) ({n.M_AGENT_LAST_SEEN}{{{AGENT_MATCH}}})",
+                "C", "{{agent}} seconds since last heard")).unit("short")
+            .override_by_query("C", [dm.DynamicConfigValue(id_val="unit", value="s")])
+            .legend(_legend())
+            .span(8).height(8),
+        ]),
+        ("Event queues and tasks", [
+            timeseries.Panel()
+            .title("Stalled EventQueue closes")
+            .description(
+                "EventQueue.close(immediate=False) / aclose calls stalled past the watchdog threshold "
+                "right now: the a2a-sdk #1101 hang while it happens. Above 0 fires A2AEventQueueCloseStalled."
+            )
+            .with_target(_q(f"sum by (agent) ({n.M_STALLED_CLOSES}{{{AGENT_MATCH}}})", "A", "{{agent}} stalled now"))
+            .with_target(_q(
+                f"sum by (agent) (increase({n.M_STALLS}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                "B", "{{agent}} new stalls"))
+            .unit("short")
+            .legend(_legend())
+            .links([_panel_link(tb, "Stalled close spans of $agent", n.SPAN_QUEUE_CLOSE, stalled=True)])
+            .data_links([_agent_data_link(tb, n.SPAN_QUEUE_CLOSE, stalled=True)])
+            .span(12).height(8),
+            timeseries.Panel()
+            .title("Tasks destroyed while pending")
+            .description(
+                "asyncio tasks garbage-collected while still pending (\"Task was destroyed but it is "
+                "pending!\"), per interval. Any fires A2ATaskDestroyedPending."
+            )
+            .with_target(_q(
+                f"sum by (agent) (increase({n.M_DESTROYED_PENDING}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                "A", "{{agent}}"))
+            .unit("short")
+            .legend(_legend())
+            .data_links([_agent_data_link(tb)])
+            .span(12).height(8),
+        ]),
+        ("Mesh topology", [
+            nodegraph.Panel()
+            .title("Hops and edges")
+            .description(
+                "Every hop (node, main stat = producers in flight) and the A2A messages sent along each "
+                "edge over the dashboard's time range."
+            )
+            .with_target(_q(nodes_expr, "nodes", instant=True, table=True))
+            .with_target(_q(edges_expr, "edges", instant=True, table=True))
+            .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
+                "excludeByName": {"Time": True, "from": True, "to": True},
+                "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"},
+            }))
+            .unit("short")
+            .nodes(nodegraph.NodeOptions().main_stat_unit("short"))
+            .edges(nodegraph.EdgeOptions().main_stat_unit("short"))
+            .span(24).height(10),
+        ]),
+        ("Collector", [
+            stat.Panel()
+            .title("Collectors up")
+            .description(f"Collector targets Prometheus scrapes successfully (job {COLLECTOR_JOB}) out of all of them.")
+            .with_target(_q(f'sum(up{{job="{COLLECTOR_JOB}"}})', "A", "up", instant=True))
+            .with_target(_q(f'count(up{{job="{COLLECTOR_JOB}"}})', "B", "targets", instant=True))
+            .unit("short")
+            .reduce_options(_last())
+            .span(6).height(8),
+            timeseries.Panel()
+            .title("Telemetry received and rejected")
+            .description("OTLP payloads the collector accepted per second by signal, and rejected by reason.")
+            .with_target(_q(f"sum by (signal) (rate({n.M_RECEIVED}[$__rate_interval]))", "A", "received {{signal}}"))
+            .with_target(_q(f"sum by (reason) (rate({n.M_REJECTED}[$__rate_interval]))", "B", "rejected {{reason}}"))
+            .unit("ops")
+            .legend(_legend())
+            .span(9).height(8),
+            timeseries.Panel()
+            .title("Forwarding, evictions and snapshots")
+            .description(
+                "Payloads forwarded to the trace backend or dropped, state evicted by kind, and "
+                "snapshots taken by kind, per second."
+            )
+            .with_target(_q(f"sum(rate({n.M_FORWARDED}[$__rate_interval]))", "A", "forwarded"))
+            .with_target(_q(f"sum(rate({n.M_DROPPED}[$__rate_interval]))", "B", "dropped"))
+            .with_target(_q(f"sum by (kind) (rate({n.M_EVICTED}[$__rate_interval]))", "C", "evicted {{kind}}"))
+            .with_target(_q(f"sum by (kind) (rate({n.M_SNAPSHOTS}[$__rate_interval]))", "D", "snapshots {{kind}}"))
+            .unit("ops")
+            .legend(_legend())
+            .span(9).height(8),
+        ]),
+    ]
+
+    board = (
+        gd.Dashboard(DASHBOARD_TITLE)
+        .uid(DASHBOARD_UID)
+        .description(
+            "What is in flight on every hop of the A2A mesh, what was left behind at shutdown, "
+            "and whether every delegation cascade has settled."
+        )
+        .tags(["a2a", "a2a-quiescence"])
+        .refresh("30s")
+        .time("now-1h", "now")
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .with_variable(
+            gd.DatasourceVariable(VAR_PROMETHEUS).label("Prometheus").type("prometheus")
+            .description("Prometheus that scrapes the a2a-quiescence collectors.")
+        )
+        .with_variable(
+            gd.DatasourceVariable(VAR_TRACES).label("Traces").type(tb)
+            .description("Trace backend the collector forwards spans to; used by the trace links.")
+        )
+        .with_variable(
+            gd.QueryVariable(VAR_AGENT).label("Agent")
+            .description("Hops (OTEL_SERVICE_NAME) to show.")
+            .datasource(PROM)
+            .query(f"label_values({rules.R_PRODUCERS_IN_FLIGHT}, {n.LABEL_AGENT})")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .link(
+            gd.DashboardLink("Traces of the selected agents")
+            .url(explore_url(tb, _trace_query(
+                tb, f"${{{VAR_AGENT}:regex}}" if tb == "tempo" else f"${{{VAR_AGENT}}}")))
+            .target_blank(True)
+        )
+    )
+    panel_id = 0
+    for row_title, row_panels in panels:
+        panel_id += 1
+        board = board.with_row(gd.Row(row_title).id(panel_id))
+        for panel in row_panels:
+            panel_id += 1
+            board = board.with_panel(panel.id(panel_id))
+    return board
+
+
+def dashboard_dict(trace_backend: str = "tempo") -> dict[str, Any]:
+    return json.loads(JSONEncoder().encode(build_dashboard(trace_backend).build()))
+
+
+def dashboard_json(trace_backend: str = "tempo") -> str:
+    """Text of ``generated/a2a-mesh.json``."""
+    return json.dumps(dashboard_dict(trace_backend), indent=2, sort_keys=True) + "\n"
+
+
+# --- reading a dashboard back ----------------------------------------------
+def iter_panels(board: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    """Every panel, including those nested in collapsed rows; rows themselves too."""
+    for panel in board.get("panels", []):
+        yield panel
+        yield from panel.get("panels", []) or []
+
+
+def substitute_variables(expr: str, board: dict[str, Any],
+                         values: dict[str, str] | None = None) -> str:
+    """``expr`` with Grafana's built-in and the dashboard's own variables filled in.
+
+    Built-ins take ``GRAFANA_BUILTINS``; query and custom variables take their
+    ``allValue`` (``.*`` for the agent selector) unless ``values`` says otherwise.
+    """
+    fill = dict(GRAFANA_BUILTINS)
+    for variable in board.get("templating", {}).get("list", []):
+        if variable.get("type") in ("query", "custom"):
+            fill[variable["name"]] = variable.get("allValue") or ".*"
+    fill.update(values or {})
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2) or match.group(3)
+        if name not in fill:
+            raise KeyError(f"unknown variable ${name} in {expr!r}")
+        return fill[name]
+
+    names = "|".join(re.escape(name) for name in sorted(fill, key=len, reverse=True))
+    pattern = rf"\$\{{({names})(?::[a-z]+)?\}}|\[\[({names})\]\]|\$({names})(?![A-Za-z0-9_])"
+    return re.sub(pattern, replace, expr)
+
+
+def promql_expressions(board: dict[str, Any] | str, values: dict[str, str] | None = None) -> list[str]:
+    """Every PromQL expression in a dashboard, ready to send to Prometheus.
+
+    ``board`` is the dashboard JSON (text or parsed). Includes each panel
+    target's ``expr`` and each Prometheus query variable's series selector
+    (``label_values(X, label)`` gives ``X``). Variables are substituted with
+    ``substitute_variables``.
+    """
+    if isinstance(board, str):
+        board = json.loads(board)
+    exprs: list[str] = []
+    for variable in board.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query")
+        query = query.get("query", "") if isinstance(query, dict) else query or ""
+        match = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", query)
+        exprs.append(match.group(1) if match else query)
+    for panel in iter_panels(board):
+        for target in panel.get("targets", []) or []:
+            if target.get("expr"):
+                exprs.append(target["expr"])
+    return [substitute_variables(expr, board, values) for expr in exprs]

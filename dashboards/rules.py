@@ -1,0 +1,192 @@
+"""Prometheus alerting and recording rules for the collector's metrics.
+
+Everything is plain Python data; ``render_rules_yaml()`` turns it into a
+Prometheus rule file (``groups:``). Metric and alert names come from
+``a2a_quiescence.names``; recording rule names are defined here, once, and the
+dashboard imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from a2a_quiescence import names as n
+from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, runbook_url
+
+# --- recording rules (level:metric:operations) -----------------------------
+R_DETECTION_LATENCY_P50 = f"mesh:{n.M_DETECTION_LATENCY}:p50_rate5m"
+R_DETECTION_LATENCY_P99 = f"mesh:{n.M_DETECTION_LATENCY}:p99_rate5m"
+R_PRODUCERS_IN_FLIGHT = f"{n.LABEL_AGENT}:{n.M_PRODUCERS_IN_FLIGHT}:sum"
+
+RECORDING_RULES: dict[str, str] = {
+    R_DETECTION_LATENCY_P50: (
+        f"histogram_quantile(0.5, sum by (le) (rate({n.M_DETECTION_LATENCY}_bucket[5m])))"
+    ),
+    R_DETECTION_LATENCY_P99: (
+        f"histogram_quantile(0.99, sum by (le) (rate({n.M_DETECTION_LATENCY}_bucket[5m])))"
+    ),
+    # One series per hop even when several collectors (or a restarted one)
+    # report the same agent.
+    R_PRODUCERS_IN_FLIGHT: f"sum by ({n.LABEL_AGENT}) ({n.M_PRODUCERS_IN_FLIGHT})",
+}
+
+RECORDING_GROUP = "a2a-quiescence.rules"
+ALERT_GROUP = "a2a-quiescence.alerts"
+
+# Window of the A2ATaskDestroyedPending increase; named in its description.
+DESTROYED_PENDING_WINDOW = "10m"
+COLLECTOR_UP = f'up{{job="{COLLECTOR_JOB}"}}'
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule. ``for_`` is Prometheus' ``for:``."""
+
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+
+    def to_rule(self) -> dict[str, object]:
+        return {
+            "alert": self.name,
+            "expr": self.expr,
+            "for": self.for_,
+            "labels": {"severity": self.severity},
+            "annotations": {
+                "summary": self.summary,
+                "description": self.description,
+                "runbook_url": runbook_url(self.name),
+            },
+        }
+
+
+ALERTS: tuple[Alert, ...] = (
+    Alert(
+        name=n.ALERT_LEAKED,
+        expr=f"{n.M_SHUTDOWN_LEAKED} > 0",
+        # A completed shutdown is a one-off fact: there is nothing to wait for.
+        for_="0m",
+        severity="warning",
+        summary="An agent shut down with producers still running.",
+        description=(
+            "Agent {{ $labels.agent }} completed its last shutdown with "
+            "{{ $value }} producer(s) still in flight; their work was abandoned "
+            "and their callers may never get an answer."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_STUCK,
+        expr=f"{n.M_CASCADES_STUCK} > 0",
+        # The collector already waited --stuck-after before calling it stuck.
+        for_="0m",
+        severity="warning",
+        summary="A delegation cascade stopped making progress.",
+        description=(
+            "{{ $value }} cascade(s) are open with no progress past the "
+            "collector's --stuck-after threshold (collector {{ $labels.instance }}); "
+            "the mesh cannot settle until they finish."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_SHUTDOWN_IN_FLIGHT,
+        expr=f"{n.M_SHUTDOWN_CASCADES_OPEN} > 0",
+        for_="0m",
+        severity="warning",
+        summary="An agent shut down while a cascade it took part in was still open.",
+        description=(
+            "Agent {{ $labels.agent }} completed its last shutdown while "
+            "{{ $value }} cascade(s) it took part in were still open elsewhere "
+            "in the mesh."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_CLOSE_STALLED,
+        expr=f"{n.M_STALLED_CLOSES} > 0",
+        # The in-agent watchdog already waited its threshold.
+        for_="0m",
+        severity="warning",
+        summary="EventQueue.close(immediate=False) is hanging.",
+        description=(
+            "Agent {{ $labels.agent }} has {{ $value }} EventQueue close call(s) "
+            "stalled past the watchdog threshold (the a2a-sdk #1101 hang); the "
+            "producers waiting on them will not finish on their own."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_DESTROYED_PENDING,
+        expr=(
+            f"increase({n.M_DESTROYED_PENDING}[{DESTROYED_PENDING_WINDOW}]) > 0"
+        ),
+        for_="0m",
+        severity="warning",
+        summary="asyncio tasks were destroyed while still pending.",
+        description=(
+            "Agent {{ $labels.agent }} reported \"Task was destroyed but it is "
+            f"pending!\" in the last {DESTROYED_PENDING_WINDOW}: work was dropped "
+            "without finishing or being cancelled."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_COLLECTOR_DOWN,
+        expr=f"{COLLECTOR_UP} == 0 or absent({COLLECTOR_UP})",
+        for_="1m",
+        severity="critical",
+        summary="Prometheus cannot scrape the a2a-quiescence collector.",
+        description=(
+            f"Scrape job {COLLECTOR_JOB}"
+            "{{ with $labels.instance }} at {{ . }}{{ end }} is down or has no "
+            "targets; leaked producers and stuck cascades go unseen while it is."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_COLLECTOR_REJECTING,
+        expr=(
+            f"sum by (job, instance, reason) (rate({n.M_REJECTED}[5m])) > 0"
+        ),
+        for_="2m",
+        severity="warning",
+        summary="The collector is rejecting telemetry.",
+        description=(
+            "Collector {{ $labels.instance }} is rejecting OTLP payloads "
+            "(reason {{ $labels.reason }}, {{ $value | humanize }}/s); the "
+            "per-hop state and settlement answers are missing those events."
+        ),
+    ),
+)
+
+
+def rule_groups() -> dict[str, object]:
+    """The whole rule file as Python data."""
+    return {
+        "groups": [
+            {
+                "name": RECORDING_GROUP,
+                "rules": [
+                    {"record": record, "expr": expr}
+                    for record, expr in RECORDING_RULES.items()
+                ],
+            },
+            {"name": ALERT_GROUP, "rules": [alert.to_rule() for alert in ALERTS]},
+        ]
+    }
+
+
+def to_yaml(data: object) -> str:
+    """YAML text for generated files: keys in written order, no line wrapping."""
+    import yaml  # only the generators and tests need PyYAML
+
+    return yaml.safe_dump(data, sort_keys=False, width=1_000_000, allow_unicode=True)
+
+
+HEADER = (
+    "# Generated by `python -m a2a_quiescence.dashboards.generate` from "
+    "dashboards/{source}. Do not edit.\n"
+)
+
+
+def render_rules_yaml() -> str:
+    """Text of ``generated/prometheus-rules.yaml``."""
+    return HEADER.format(source="rules.py") + to_yaml(rule_groups())

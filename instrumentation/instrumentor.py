@@ -1,0 +1,163 @@
+"""The `A2AQuiescenceInstrumentor` (entry point `a2a_quiescence`)."""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+from typing import Any, Collection
+
+import wrapt
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import unwrap
+
+from a2a_quiescence import __version__, names
+from a2a_quiescence.instrumentation import patches
+from a2a_quiescence.instrumentation.package import _instruments
+from a2a_quiescence.instrumentation.reporter import Reporter
+from a2a_quiescence.instrumentation.tracker import HopTracker
+
+logger = logging.getLogger(__name__)
+
+_AT = "a2a.server.agent_execution.active_task"
+_REG = "a2a.server.agent_execution.active_task_registry"
+_V2 = "a2a.server.request_handlers.default_request_handler_v2"
+_V1 = "a2a.server.request_handlers.default_request_handler"
+_EQ = "a2a.server.events.event_queue_v2"
+_PUSH = "a2a.server.tasks.base_push_notification_sender"
+
+_SERVER_CALLS = ("on_message_send", "on_cancel_task")
+_SERVER_STREAMS = ("on_message_send_stream", "on_subscribe_to_task")
+_CLIENT_CALLS = ("send_message", "cancel_task")
+_CLIENT_STREAMS = ("send_message_streaming", "subscribe")
+_TRANSPORTS = (
+    ("a2a.client.transports.jsonrpc", "JsonRpcTransport"),
+    ("a2a.client.transports.rest", "RestTransport"),
+    ("a2a.client.transports.grpc", "GrpcTransport"),
+)
+
+
+def _service_name(tracer_provider: Any) -> str:
+    resource = getattr(tracer_provider, "resource", None)
+    if resource is not None:
+        name = resource.attributes.get("service.name")
+        if name:
+            return str(name)
+    return os.environ.get("OTEL_SERVICE_NAME") or "unknown_service"
+
+
+class A2AQuiescenceInstrumentor(BaseInstrumentor):
+    """Instruments a2a-sdk servers and clients for a2a-quiescence.
+
+    ``instrument(**kwargs)`` accepts the usual ``tracer_provider`` and
+    ``meter_provider``, plus ``stall_seconds`` (watchdog threshold, default 5,
+    env ``A2A_QUIESCENCE_STALL_SECONDS``), ``report`` (False: keep snapshots in
+    process, send nothing), ``endpoint`` (OTLP/HTTP logs URL for snapshots,
+    default from ``A2A_QUIESCENCE_ENDPOINT`` or the OTLP variables) and
+    ``flush_interval`` / ``heartbeat`` (seconds).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._patched: list[tuple[Any, str]] = []
+        self.runtime: patches.Runtime | None = None
+        self.reporter: Reporter | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    # -- patching helpers -------------------------------------------------------
+    def _wrap(self, module: str, owner: str, attr: str, wrapper: Any) -> None:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            return
+        cls = getattr(mod, owner, None)
+        if cls is None or attr not in cls.__dict__:
+            return  # not in this a2a-sdk version (e.g. aclose before 1.1.2)
+        wrapt.wrap_function_wrapper(cls, attr, wrapper)
+        self._patched.append((cls, attr))
+
+    def _instrument(self, **kwargs: Any) -> None:
+        if os.environ.get(names.ENV_DISABLED, "").lower() in ("1", "true", "yes"):
+            return
+        tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
+        meter_provider = kwargs.get("meter_provider") or metrics.get_meter_provider()
+        tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(names.SCOPE, __version__, meter_provider=meter_provider)
+        stall = kwargs.get("stall_seconds")
+        if stall is None:
+            stall = float(os.environ.get(names.ENV_STALL_SECONDS, "5"))
+        service = kwargs.get("service_name") or _service_name(tracer_provider)
+        tracker = HopTracker()
+        rt = patches.Runtime(tracer, meter, tracker, service, float(stall))
+        self.runtime = rt
+
+        reporter = None
+        endpoint = kwargs.get("endpoint")
+        if kwargs.get("report", True) and (endpoint or os.environ.get(names.ENV_ENDPOINT)) != "none":
+            try:
+                reporter = Reporter(
+                    tracker,
+                    service,
+                    endpoint=endpoint,
+                    flush_interval=kwargs.get("flush_interval"),
+                    heartbeat=kwargs.get("heartbeat"),
+                )
+                reporter.start()
+            except Exception as exc:  # noqa: BLE001 - a bad setting must not stop the agent
+                logger.error("a2a-quiescence: snapshots disabled: %s", exc)
+                reporter = None
+        self.reporter = reporter
+
+        def flush() -> None:
+            if reporter is not None:
+                reporter.flush()
+            for provider in (tracer_provider, meter_provider):
+                force = getattr(provider, "force_flush", None)
+                if force is not None:
+                    try:
+                        force(2000)
+                    except Exception as exc:  # noqa: BLE001
+                        patches._report_internal_error("force_flush", exc)
+
+        rt.flush = flush
+        patches.RT = rt
+
+        self._wrap(_AT, "ActiveTask", "__init__", patches.active_task_init)
+        self._wrap(_AT, "ActiveTask", "start", patches.active_task_start)
+        self._wrap(_AT, "ActiveTask", "cancel", patches.active_task_cancel)
+        self._wrap(_AT, "ActiveTask", "aclose", patches.task_aclose)
+        self._wrap(_REG, "ActiveTaskRegistry", "aclose", patches.registry_aclose)
+        self._wrap(_V2, "DefaultRequestHandlerV2", "aclose", patches.handler_aclose)
+        for module, owner in ((_V2, "DefaultRequestHandlerV2"), (_V1, "LegacyRequestHandler"), (_V1, "DefaultRequestHandler")):
+            for method in _SERVER_CALLS:
+                self._wrap(module, owner, method, patches.server_call(method))
+            for method in _SERVER_STREAMS:
+                self._wrap(module, owner, method, patches.server_stream(method))
+        self._wrap(_EQ, "EventQueueSource", "close", patches.queue_close)
+        for module, owner in _TRANSPORTS:
+            for method in _CLIENT_CALLS:
+                self._wrap(module, owner, method, patches.client_call(method))
+            for method in _CLIENT_STREAMS:
+                self._wrap(module, owner, method, patches.client_stream(method))
+        self._wrap(_PUSH, "BasePushNotificationSender", "_dispatch_notification", patches.push_dispatch)
+        self._wrap("httpx", "AsyncClient", "post", patches.httpx_post)
+        self._wrap("uvicorn.server", "Server", "shutdown", patches.uvicorn_shutdown)
+        atexit.register(patches.at_exit)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        atexit.unregister(patches.at_exit)
+        for cls, attr in reversed(self._patched):
+            unwrap(cls, attr)
+        self._patched.clear()
+        rt = self.runtime
+        if rt is not None:
+            patches.remove_loop_hooks(rt)
+        patches.RT = None
+        if self.reporter is not None:
+            self.reporter.stop(flush=True)
+            self.reporter = None
+        self.runtime = None

@@ -1,0 +1,1 @@
+_instruments = ("a2a-sdk >= 1.1.2, < 1.4",)

@@ -1,0 +1,812 @@
+"""The wrappers put around a2a-sdk (and uvicorn, httpx) by the instrumentor.
+
+Every wrapper is fail-open: our own code runs inside ``_guard`` blocks that log
+an error once per site and swallow it; the wrapped call itself is always made
+exactly once, and its result, exception or cancellation reaches the caller
+unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+import urllib.parse
+import uuid
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from opentelemetry import baggage, context as otel_context, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from a2a_quiescence import names
+from a2a_quiescence.instrumentation.tracker import HopTracker, WorkToken
+
+logger = logging.getLogger("a2a_quiescence.instrumentation")
+
+_TRACECONTEXT = TraceContextTextMapPropagator()
+_BAGGAGE = W3CBaggagePropagator()
+
+# the cascade (trace id, 32 hex) whose work the current code runs on behalf of
+CASCADE: contextvars.ContextVar[str | None] = contextvars.ContextVar("a2a_quiescence_cascade", default=None)
+# headers to add to the push delivery made by the current task
+_PUSH_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "a2a_quiescence_push_headers", default=None
+)
+
+_warned: set[str] = set()
+
+
+def _report_internal_error(site: str, exc: BaseException) -> None:
+    if site not in _warned:
+        _warned.add(site)
+        logger.error("a2a-quiescence: internal error in %s (further errors here are silent): %r", site, exc, exc_info=exc)
+
+
+@contextmanager
+def _guard(site: str) -> Iterator[None]:
+    """Run instrumentation code; never let its failure reach the agent."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - fail-open by design
+        _report_internal_error(site, exc)
+
+
+class Runtime:
+    """What the wrappers need: tracer, instruments, the hop tracker, settings."""
+
+    def __init__(self, tracer: trace.Tracer, meter: Any, tracker: HopTracker, service_name: str, stall_seconds: float) -> None:
+        self.tracer = tracer
+        self.tracker = tracker
+        self.service_name = service_name
+        self.stall_seconds = stall_seconds
+        self.flush: Callable[[], None] = lambda: None
+        self.in_flight = meter.create_up_down_counter(
+            names.OTEL_PRODUCERS_IN_FLIGHT, unit="{producer}", description="ActiveTask producers spawned and not yet finished"
+        )
+        self.started = meter.create_counter(
+            names.OTEL_PRODUCERS_STARTED, unit="{producer}", description="ActiveTask producers spawned"
+        )
+        self.finished = meter.create_counter(
+            names.OTEL_PRODUCERS_FINISHED, unit="{producer}", description="ActiveTask producers finished, by outcome"
+        )
+        self.stalled = meter.create_up_down_counter(
+            names.OTEL_STALLED_CLOSES,
+            unit="{close}",
+            description="EventQueue closes and acloses that have not returned after the stall threshold",
+        )
+        self.destroyed = meter.create_counter(
+            names.OTEL_DESTROYED_PENDING, unit="{task}", description="asyncio tasks destroyed while pending"
+        )
+
+        def _leaked(_options: Any) -> Any:
+            from opentelemetry.metrics import Observation
+
+            shutdown = tracker.shutdown
+            if shutdown is None:
+                return []
+            return [Observation(shutdown["leaked_producers"])]
+
+        meter.create_observable_gauge(
+            names.OTEL_SHUTDOWN_LEAKED,
+            callbacks=[_leaked],
+            unit="{producer}",
+            description="Producers in flight when the last shutdown completed",
+        )
+        # task id -> trace id of the request that spawned its producer (bounded)
+        self.task_trace: dict[str, str] = {}
+        self.loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+RT: Runtime | None = None
+
+
+# --- helpers -------------------------------------------------------------------
+def _trace_hex(span_context: trace.SpanContext) -> str:
+    return format(span_context.trace_id, "032x")
+
+
+def _synthetic_span(cascade: str) -> trace.Span:
+    """A stand-in parent carrying the cascade's trace id when no real span has it."""
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=int(cascade, 16),
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    )
+
+
+def _authority(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc:
+        return parts.netloc.lower()
+    return url.lower()
+
+
+def _current_cascade() -> str | None:
+    cascade = CASCADE.get()
+    if cascade:
+        return cascade
+    return None
+
+
+def _outbound_headers(rt: Runtime, message_id: str | None) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    ctx = baggage.set_baggage(names.BAGGAGE_SENDER, rt.service_name)
+    _TRACECONTEXT.inject(carrier, context=ctx)
+    _BAGGAGE.inject(carrier, context=ctx)
+    carrier[names.HEADER_SENDER] = rt.service_name
+    if message_id:
+        carrier[names.HEADER_MESSAGE_ID] = message_id
+    return carrier
+
+
+# --- event loop hooks: spawned work, destroyed-pending tasks -------------------
+def ensure_loop_hooks(rt: Runtime) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if loop in rt.loops:
+        return
+    previous_factory = loop.get_task_factory()
+    previous_handler = loop.get_exception_handler()
+    rt.loops[loop] = (previous_factory, previous_handler)
+
+    def factory(loop_: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
+        if previous_factory is not None:
+            task = previous_factory(loop_, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop_, **kwargs)
+        runtime = RT
+        if runtime is not None:
+            with _guard("task_factory"):
+                ctx = kwargs.get("context")
+                cascade = ctx.get(CASCADE) if ctx is not None else CASCADE.get()
+                if cascade:
+                    token = runtime.tracker.acquire(cascade)
+                    tracker = runtime.tracker
+                    task.add_done_callback(lambda _t, tok=token, tr=tracker: tr.release(tok))
+        return task
+
+    def handler(loop_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        runtime = RT
+        if runtime is not None:
+            with _guard("exception_handler"):
+                _maybe_destroyed_pending(runtime, context)
+        # chain: never swallow what the loop reports
+        if previous_handler is not None:
+            previous_handler(loop_, context)
+        else:
+            loop_.default_exception_handler(context)
+
+    loop.set_task_factory(factory)
+    loop.set_exception_handler(handler)
+
+
+def remove_loop_hooks(rt: Runtime) -> None:
+    for loop, (factory, handler) in list(rt.loops.items()):
+        with _guard("remove_loop_hooks"):
+            if not loop.is_closed():
+                loop.set_task_factory(factory)
+                loop.set_exception_handler(handler)
+    rt.loops.clear()
+
+
+def _where(task: asyncio.Task) -> str:
+    try:
+        frames = task.get_stack()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+    if not frames:
+        return "unknown"
+    f = frames[-1]
+    return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+
+
+def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any]) -> None:
+    message = str(context.get("message", ""))
+    task = context.get("task")
+    if "destroyed but it is pending" not in message or task is None:
+        return
+    name = task.get_name() if hasattr(task, "get_name") else repr(task)
+    task_id = name.split(":", 1)[1] if ":" in name else ""
+    trace_id = rt.task_trace.get(task_id, "")
+    detail = {
+        names.ATTR_ASYNCIO_TASK: name,
+        names.ATTR_TASK_ID: task_id,
+        "trace_id": trace_id,
+        names.ATTR_PARKED_AT: _where(task),
+    }
+    rt.tracker.destroyed_pending_seen(detail)
+    rt.destroyed.add(1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0]})
+    span = rt.tracer.start_span("a2a.task.destroyed_pending", attributes={k: v for k, v in detail.items() if v})
+    span.set_status(Status(StatusCode.ERROR, message))
+    span.end()
+    rt.flush()
+
+
+# --- stall watchdog ------------------------------------------------------------
+class _Watch:
+    """Reports a close/aclose that has not returned after the stall threshold."""
+
+    def __init__(self, rt: Runtime, span: trace.Span, what: str, task_id: str) -> None:
+        self.rt = rt
+        self.span = span
+        self.what = what
+        self.task_id = task_id
+        self.stalled = False
+        self.handle: asyncio.TimerHandle | None = None
+        self.waiter = asyncio.current_task()
+        if rt.stall_seconds > 0:
+            self.handle = asyncio.get_running_loop().call_later(rt.stall_seconds, self._fire)
+
+    def _fire(self) -> None:
+        with _guard("watchdog"):
+            self.stalled = True
+            parked = _where(self.waiter) if self.waiter is not None else "unknown"
+            attrs = {names.ATTR_TASK_ID: self.task_id, names.ATTR_PARKED_AT: parked, "a2a.stall.operation": self.what}
+            self.span.add_event(names.EVENT_STALL, attrs)
+            self.span.set_attribute(names.ATTR_STALLED, True)
+            self.rt.stalled.add(1)
+            self.rt.tracker.stall_began(attrs | {"threshold_seconds": self.rt.stall_seconds})
+
+    def done(self) -> None:
+        with _guard("watchdog"):
+            if self.handle is not None:
+                self.handle.cancel()
+            if self.stalled:
+                self.span.add_event(names.EVENT_STALL_RESOLVED)
+                self.rt.stalled.add(-1)
+                self.rt.tracker.stall_ended()
+
+
+# --- ActiveTask ----------------------------------------------------------------
+_QUEUE_ROLES: "weakref.WeakKeyDictionary[Any, tuple[str, Any]]" = weakref.WeakKeyDictionary()
+_TASK_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+class _ExecutorProxy:
+    """Stands in for an ActiveTask's AgentExecutor to learn how execute ended."""
+
+    def __init__(self, executor: Any, state: dict[str, Any]) -> None:
+        self._a2aq_executor = executor
+        self._a2aq_state = state
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._a2aq_executor.execute(*args, **kwargs)
+        except asyncio.CancelledError:
+            self._a2aq_state.setdefault("outcome", names.OUTCOME_CANCELLED)
+            raise
+        except BaseException:
+            self._a2aq_state.setdefault("outcome", names.OUTCOME_FAILED)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._a2aq_executor, name)
+
+
+def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    result = wrapped(*args, **kwargs)
+    rt = RT
+    if rt is not None:
+        with _guard("ActiveTask.__init__"):
+            state: dict[str, Any] = {}
+            _TASK_STATE[instance] = state
+            _QUEUE_ROLES[instance._event_queue_agent] = (names.ROLE_AGENT, instance)
+            _QUEUE_ROLES[instance._event_queue_subscribers] = (names.ROLE_SUBSCRIBERS, instance)
+            instance._agent_executor = _ExecutorProxy(instance._agent_executor, state)
+    return result
+
+
+async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = RT
+    span = None
+    token = None
+    if rt is not None and getattr(instance, "_producer_task", None) is None:
+        with _guard("ActiveTask.start"):
+            ensure_loop_hooks(rt)
+            tm = getattr(instance, "_task_manager", None)
+            attrs = {names.ATTR_TASK_ID: str(instance.task_id)}
+            context_id = getattr(tm, "context_id", None)
+            if context_id:
+                attrs[names.ATTR_CONTEXT_ID] = str(context_id)
+            span = rt.tracer.start_span(names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
+            # spawned tasks copy this context: the producer's own spans nest under it
+            token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        if token is not None:
+            with _guard("ActiveTask.start/detach"):
+                otel_context.detach(token)
+        if rt is not None and span is not None:
+            with _guard("ActiveTask.start/after"):
+                producer = getattr(instance, "_producer_task", None)
+                if producer is not None and not _TASK_STATE.get(instance, {}).get("tracked"):
+                    _track_producer(rt, instance, producer, span)
+                # else: no producer was spawned; the span is never ended, so never exported
+
+
+def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:
+    state = _TASK_STATE.setdefault(instance, {})
+    state["tracked"] = True
+    task_id = str(instance.task_id)
+    cascade = _current_cascade()
+    if cascade:
+        rt.task_trace[task_id] = cascade
+        if len(rt.task_trace) > 10_000:
+            rt.task_trace.pop(next(iter(rt.task_trace)))
+    rt.tracker.producer_started()
+    rt.started.add(1)
+    rt.in_flight.add(1)
+
+    def finished(task: asyncio.Task) -> None:
+        with _guard("producer done"):
+            outcome = state.get("outcome")
+            if task.cancelled():
+                outcome = names.OUTCOME_CANCELLED
+            elif outcome is None:
+                exc = task.exception()
+                outcome = names.OUTCOME_FAILED if exc is not None else names.OUTCOME_COMPLETED
+            span.set_attribute(names.ATTR_OUTCOME, outcome)
+            if outcome == names.OUTCOME_FAILED:
+                span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
+            span.end()
+            rt.tracker.producer_finished(outcome)
+            rt.finished.add(1, {names.ATTR_OUTCOME: outcome})
+            rt.in_flight.add(-1)
+
+    producer.add_done_callback(finished)
+
+
+async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    with _guard("ActiveTask.cancel"):
+        state = _TASK_STATE.get(instance)
+        if state is not None:
+            state.setdefault("outcome", names.OUTCOME_CANCELLED)
+    return await wrapped(*args, **kwargs)
+
+
+def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = None) -> Callable:
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = RT
+        span = watch = token = None
+        if rt is not None:
+            with _guard(span_name):
+                task_id = str(getattr(instance, "task_id", "") or "")
+                attrs = {names.ATTR_TASK_ID: task_id} if task_id else {}
+                if span_name == names.SPAN_TASK_ACLOSE:
+                    state = _TASK_STATE.get(instance)
+                    producer = getattr(instance, "_producer_task", None)
+                    if state is not None and producer is not None and not producer.done():
+                        state.setdefault("outcome", names.OUTCOME_CANCELLED)
+                span = rt.tracer.start_span(span_name, attributes=attrs)
+                token = otel_context.attach(trace.set_span_in_context(span))
+                watch = _Watch(rt, span, span_name, task_id)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            if rt is not None and span is not None:
+                with _guard(span_name + "/end"):
+                    if watch is not None:
+                        watch.done()
+                    if token is not None:
+                        otel_context.detach(token)
+                    span.end()
+                    if on_end is not None:
+                        on_end(rt)
+
+    return wrapper
+
+
+def _shutdown_completed(reason: str) -> Callable[[Runtime], None]:
+    def record(rt: Runtime) -> None:
+        record_shutdown(rt, reason)
+
+    return record
+
+
+def record_shutdown(rt: Runtime, reason: str) -> int:
+    leaked = rt.tracker.shutdown_completed(reason)
+    rt.flush()
+    return leaked
+
+
+handler_aclose = _aclose_wrapper(names.SPAN_HANDLER_ACLOSE, _shutdown_completed("request_handler.aclose"))
+registry_aclose = _aclose_wrapper(names.SPAN_REGISTRY_ACLOSE)
+task_aclose = _aclose_wrapper(names.SPAN_TASK_ACLOSE)
+
+
+async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = RT
+    span = watch = None
+    if rt is not None:
+        with _guard("EventQueue.close"):
+            owner = _QUEUE_ROLES.get(instance)
+            if owner is not None and not getattr(instance, "_is_closed", False):
+                role, active_task = owner
+                immediate = bool(kwargs.get("immediate", args[0] if args else False))
+                task_id = str(getattr(active_task, "task_id", ""))
+                span = rt.tracer.start_span(
+                    names.SPAN_QUEUE_CLOSE,
+                    attributes={
+                        names.ATTR_QUEUE_ROLE: role,
+                        names.ATTR_CLOSE_IMMEDIATE: immediate,
+                        names.ATTR_TASK_ID: task_id,
+                    },
+                )
+                watch = _Watch(rt, span, "event_queue.close", task_id)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        if span is not None:
+            with _guard("EventQueue.close/end"):
+                if watch is not None:
+                    watch.done()
+                span.end()
+
+
+# --- server side: receipts -----------------------------------------------------
+def _server_begin(rt: Runtime, method: str, args: Any, kwargs: Any) -> tuple[Any, Any, WorkToken | None, trace.Span | None]:
+    """Extract context, record the receipt atomically with becoming active."""
+    ensure_loop_hooks(rt)
+    call_context = kwargs.get("context")
+    if call_context is None and len(args) > 1:
+        call_context = args[1]
+    headers: dict[str, str] = {}
+    state = getattr(call_context, "state", None)
+    if isinstance(state, dict) and isinstance(state.get("headers"), dict):
+        headers = {str(k).lower(): str(v) for k, v in state["headers"].items()}
+    incoming = _BAGGAGE.extract(headers, context=_TRACECONTEXT.extract(headers))
+    incoming_sc = trace.get_current_span(incoming).get_span_context()
+    current_sc = trace.get_current_span().get_span_context()
+    if current_sc.is_valid and (not incoming_sc.is_valid or current_sc.trace_id == incoming_sc.trace_id):
+        parent = otel_context.get_current()  # an ASGI/HTTP instrumentation already continued the trace
+    else:
+        parent = incoming
+    span = rt.tracer.start_span(
+        "a2a.server." + method, kind=SpanKind.SERVER, context=parent, attributes={names.ATTR_METHOD: method}
+    )
+    sc = span.get_span_context()
+    if not sc.is_valid:
+        # no SDK tracer: still need a cascade id, so continue the incoming one or make one
+        trace_id = _trace_hex(incoming_sc) if incoming_sc.is_valid else uuid.uuid4().hex
+    else:
+        trace_id = _trace_hex(sc)
+    sender = headers.get(names.HEADER_SENDER) or baggage.get_baggage(names.BAGGAGE_SENDER, incoming)
+    message_id = headers.get(names.HEADER_MESSAGE_ID)
+    if not (sender and message_id):
+        sender, message_id = None, uuid.uuid4().hex  # a root request from outside the mesh
+    work = rt.tracker.receive(trace_id, str(sender) if sender else None, message_id, headers.get("host"))
+    ctx = trace.set_span_in_context(span, parent)
+    return ctx, trace_id, work, span
+
+
+def server_call(method: str) -> Callable:
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = RT
+        if rt is None:
+            return await wrapped(*args, **kwargs)
+        work = span = otel_token = cascade_token = None
+        with _guard("server " + method):
+            ctx, trace_id, work, span = _server_begin(rt, method, args, kwargs)
+            otel_token = otel_context.attach(ctx)
+            cascade_token = CASCADE.set(trace_id)
+        try:
+            return await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if span is not None:
+                with _guard("server span error"):
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            with _guard("server end " + method):
+                if cascade_token is not None:
+                    CASCADE.reset(cascade_token)
+                if otel_token is not None:
+                    otel_context.detach(otel_token)
+                if span is not None:
+                    span.end()
+                if work is not None:
+                    rt.tracker.release(work)
+
+    return wrapper
+
+
+def server_stream(method: str) -> Callable:
+    def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = RT
+        if rt is None:
+            return wrapped(*args, **kwargs)
+        return _server_stream(rt, method, wrapped, args, kwargs)
+
+    return wrapper
+
+
+async def _server_stream(rt: Runtime, method: str, wrapped: Callable, args: Any, kwargs: Any) -> Any:
+    work = span = None
+    trace_id = None
+    ctx = None
+    with _guard("server " + method):
+        ctx, trace_id, work, span = _server_begin(rt, method, args, kwargs)
+    try:
+        if ctx is None:
+            async for item in wrapped(*args, **kwargs):
+                yield item
+            return
+        # create and drive the generator inside our context, item by item
+        agen = _in_context(ctx, trace_id, lambda: wrapped(*args, **kwargs))
+        try:
+            while True:
+                try:
+                    item = await _in_context_await(ctx, trace_id, agen.__anext__)
+                except StopAsyncIteration:
+                    break
+                yield item
+        finally:
+            await _in_context_await(ctx, trace_id, agen.aclose)
+    except BaseException as exc:
+        if span is not None:
+            with _guard("server span error"):
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        with _guard("server end " + method):
+            if span is not None:
+                span.end()
+            if work is not None:
+                rt.tracker.release(work)
+
+
+def _in_context(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
+    token = otel_context.attach(ctx)
+    ctoken = CASCADE.set(trace_id)
+    try:
+        return fn()
+    finally:
+        CASCADE.reset(ctoken)
+        otel_context.detach(token)
+
+
+async def _in_context_await(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
+    token = otel_context.attach(ctx)
+    ctoken = CASCADE.set(trace_id)
+    try:
+        return await fn()
+    finally:
+        CASCADE.reset(ctoken)
+        otel_context.detach(token)
+
+
+# --- client side: sends --------------------------------------------------------
+def _provably_not_sent(exc: BaseException) -> bool:
+    """A connection that was never made carried nothing: the send may be withdrawn."""
+    seen = 0
+    while exc is not None and seen < 8:
+        name = type(exc).__name__
+        if name in ("ConnectError", "ConnectionRefusedError") or isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class _ClientCall:
+    def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any]) -> None:
+        self.rt = rt
+        self.method = method
+        self.work: WorkToken | None = None
+        self.root: WorkToken | None = None
+        self.span: trace.Span | None = None
+        self.otel_token = self.cascade_token = None
+        self.destination = _authority(str(getattr(instance, "url", "") or getattr(instance, "_url", "") or "unknown"))
+        self.message_id = uuid.uuid4().hex
+        ensure_loop_hooks(rt)
+        cascade = _current_cascade()
+        parent = otel_context.get_current()
+        if cascade is None:
+            # a caller that set its own traceparent names the cascade itself
+            given = _given_trace_id(kwargs.get("context"))
+            if given is not None:
+                cascade = given
+                self.root = rt.tracker.start_root(cascade)
+        current = trace.get_current_span().get_span_context()
+        if cascade is not None and (not current.is_valid or _trace_hex(current) != cascade):
+            parent = trace.set_span_in_context(_synthetic_span(cascade))
+        self.span = rt.tracer.start_span(
+            names.SPAN_CLIENT_PREFIX + method,
+            kind=SpanKind.CLIENT,
+            context=parent,
+            attributes={names.ATTR_METHOD: method, "server.address": self.destination},
+        )
+        sc = self.span.get_span_context()
+        if cascade is None and self.root is None:
+            # this process starts the cascade: it is the root hop
+            cascade = _trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
+            self.root = rt.tracker.start_root(cascade)
+        self.cascade = cascade
+        self.work = rt.tracker.acquire(cascade)
+        rt.tracker.send(self.work, self.destination, self.message_id)
+        carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
+        ctx = trace.set_span_in_context(carrier_span)
+        self.otel_token = otel_context.attach(ctx)
+        self.cascade_token = CASCADE.set(cascade)
+        headers = _outbound_headers(rt, self.message_id)
+        call_context = kwargs.get("context")
+        kwargs["context"] = _with_headers(call_context, headers)
+        otel_context.detach(self.otel_token)
+        CASCADE.reset(self.cascade_token)
+        self.otel_token = self.cascade_token = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.span is not None:
+            self.span.record_exception(exc)
+            self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        if self.work is not None and _provably_not_sent(exc):
+            self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
+
+    def end(self) -> None:
+        if self.span is not None:
+            self.span.end()
+        if self.work is not None:
+            self.rt.tracker.release(self.work)
+        if self.root is not None:
+            self.rt.tracker.release(self.root)
+
+
+def _given_trace_id(call_context: Any) -> str | None:
+    params = getattr(call_context, "service_parameters", None) or {}
+    for key, value in params.items():
+        if str(key).lower() == names.HEADER_TRACEPARENT:
+            sc = trace.get_current_span(_TRACECONTEXT.extract({"traceparent": str(value)})).get_span_context()
+            if sc.is_valid:
+                return _trace_hex(sc)
+    return None
+
+
+def _with_headers(call_context: Any, headers: dict[str, str]) -> Any:
+    from a2a.client.client import ClientCallContext
+
+    if call_context is None:
+        return ClientCallContext(service_parameters=dict(headers))
+    params = dict(call_context.service_parameters or {})
+    for key, value in headers.items():
+        params.setdefault(key, value)
+    # a copy: the caller's context object is left as it was
+    return call_context.model_copy(update={"service_parameters": params})
+
+
+def client_call(method: str) -> Callable:
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = RT
+        call = None
+        if rt is not None:
+            with _guard("client " + method):
+                call = _ClientCall(rt, method, instance, kwargs)
+        try:
+            return await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if call is not None:
+                with _guard("client fail " + method):
+                    call.fail(exc)
+            raise
+        finally:
+            if call is not None:
+                with _guard("client end " + method):
+                    call.end()
+
+    return wrapper
+
+
+def client_stream(method: str) -> Callable:
+    def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = RT
+        if rt is None:
+            return wrapped(*args, **kwargs)
+        return _client_stream(rt, method, wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    call = None
+    with _guard("client " + method):
+        call = _ClientCall(rt, method, instance, kwargs)
+    agen = wrapped(*args, **kwargs)
+    try:
+        while True:
+            try:
+                item = await agen.__anext__()
+            except StopAsyncIteration:
+                break
+            yield item
+    except BaseException as exc:
+        if call is not None:
+            with _guard("client fail " + method):
+                call.fail(exc)
+        raise
+    finally:
+        try:
+            await agen.aclose()
+        finally:
+            if call is not None:
+                with _guard("client end " + method):
+                    call.end()
+
+
+# --- push deliveries -------------------------------------------------------------
+async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = RT
+    span = work = token = None
+    if rt is not None:
+        with _guard("push"):
+            push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
+            url = str(getattr(push_info, "url", "") or "")
+            span = rt.tracer.start_span(
+                names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT, attributes={"url.full": url, "server.address": _authority(url)}
+            )
+            cascade = _current_cascade()
+            if cascade:
+                # in flight on the sender until the POST completes (the webhook is outside the mesh)
+                work = rt.tracker.acquire(cascade)
+            ctx = trace.set_span_in_context(span)
+            otel_token = otel_context.attach(ctx)
+            try:
+                token = _PUSH_HEADERS.set(_outbound_headers(rt, None))
+            finally:
+                otel_context.detach(otel_token)
+    try:
+        result = await wrapped(*args, **kwargs)
+        if span is not None and result is False:
+            with _guard("push result"):
+                span.set_status(Status(StatusCode.ERROR, "push delivery failed"))
+        return result
+    finally:
+        with _guard("push end"):
+            if token is not None:
+                _PUSH_HEADERS.reset(token)
+            if span is not None:
+                span.end()
+            if work is not None and rt is not None:
+                rt.tracker.release(work)
+
+
+async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    extra = _PUSH_HEADERS.get()
+    if extra:
+        with _guard("push headers"):
+            headers = dict(kwargs.get("headers") or {})
+            for key, value in extra.items():
+                headers.setdefault(key, value)
+            kwargs["headers"] = headers
+    return await wrapped(*args, **kwargs)
+
+
+# --- server shutdown -------------------------------------------------------------
+async def uvicorn_shutdown(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        rt = RT
+        if rt is not None:
+            with _guard("uvicorn shutdown"):
+                # uvicorn re-raises SIGTERM right after this: atexit will not run
+                record_shutdown(rt, "server_shutdown")
+
+
+def at_exit() -> None:
+    rt = RT
+    if rt is not None:
+        with _guard("atexit"):
+            if rt.tracker.shutdown is None or rt.tracker.producers_in_flight:
+                record_shutdown(rt, "interpreter_exit")
