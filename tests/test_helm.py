@@ -332,7 +332,7 @@ def test_agent_environment(values: str) -> None:
     assert env["OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"]["value"] == "false"
     assert "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS" not in env
     assert agent["command"][0] == "opentelemetry-instrument"
-    assert agent["command"][1:] == ["python", "-m", "a2a_quiescence.demo.agent"]
+    assert agent["command"][1:] == ["python", "-m", "a2a_quiescence.demo.mesh"]
 
     secrets = by_kind(docs, "Secret")
     sidecar = sidecar_of(spec)

@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one a2a-quiescence demo agent (or the push webhook).")
     parser.add_argument("--name", required=True, help="agent name (use OTEL_SERVICE_NAME for the hop name)")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument("--peer", action="append", default=[], metavar="NAME=URL", help="a peer this agent may call")
     parser.add_argument("--webhook", help="push-notification URL given to the peers this agent calls")
     parser.add_argument("--events", help="append ground-truth events (JSON lines) to this file")
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         app, _handler, _executor = build_app(
             args.name, args.port, peers, events=args.events, webhook=args.webhook, aclose_on_shutdown=not args.no_aclose
         )
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
 
 
 def new_trace_id() -> str:
