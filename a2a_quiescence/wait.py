@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -67,21 +68,10 @@ async def wait_for_quiescence(
     Raises ``NotSettled`` when it has not settled within ``timeout`` seconds and
     ``httpx.HTTPError`` when the collector cannot be reached.
     """
-    url = f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait"
-    async with httpx.AsyncClient(headers=_headers(token), timeout=timeout + 10) as client:
-        deadline = time.monotonic() + timeout
-        state: dict[str, Any] = {}
-        for _ in _poll_chunks(timeout):
-            step = max(0.0, min(60.0, deadline - time.monotonic()))
-            response = await client.get(url, params={"timeout": f"{step:.3f}", "roots": roots})
-            if response.status_code == 200:
-                return response.json()
-            if response.status_code != 408:
-                response.raise_for_status()
-            state = response.json()
-            if time.monotonic() >= deadline:
-                break
-        raise NotSettled(trace_id, state)
+    # one blocking long-poll per call: run it off the event loop
+    return await asyncio.to_thread(
+        wait_sync, trace_id, endpoint=endpoint, timeout=timeout, roots=roots, token=token
+    )
 
 
 def wait_sync(trace_id: str, *, endpoint: str, timeout: float, roots: int = 1, token: str | None = None) -> dict[str, Any]:
