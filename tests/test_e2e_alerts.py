@@ -1,0 +1,363 @@
+"""End to end: real agents -> real collector -> real Prometheus -> real Alertmanager.
+
+One module-scoped stack: the collector (short --stuck-after / --agent-timeout),
+Prometheus scraping it with the generated rule file (1 s scrape and
+evaluation), Alertmanager routing every alert to a webhook receiver that runs
+in this process, and two instrumented agents started the way users start
+them (``opentelemetry-instrument python -m a2a_quiescence.demo.mesh``):
+
+* ``clean`` -- default agent; it delegates to ``leaky`` and shuts down with
+  ``handler.aclose()``: no A2AProducerLeakedAtShutdown may be sent for it;
+* ``leaky`` -- started with ``--no-aclose`` and given a plan that hangs, then
+  SIGTERMed: A2AProducerLeakedAtShutdown must arrive for it.
+
+(``clean`` shuts down while that hanging cascade is still open on ``leaky``,
+so A2AShutdownWithCascadeInFlight does fire for it -- a different alert.)
+
+The hanging cascade also makes no progress past --stuck-after, which must
+fire A2ACascadeStuck; and every PromQL expression of the generated dashboard
+must return data from this Prometheus once the mesh has run.
+
+Nothing waits on a sleep: every step polls a readiness or a state with a
+deadline. Every process started here is stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+import yaml
+from conftest import need_tool
+
+from a2a_quiescence import names
+from a2a_quiescence.dashboards import rules
+from a2a_quiescence.dashboards.dashboard import promql_expressions
+from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB
+from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED, RULES_NAME
+from a2a_quiescence.demo.harness import Mesh, Proc, free_port, wait_http
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+
+pytestmark = [pytest.mark.external, pytest.mark.timeout(180)]
+
+CLEAN = "clean"
+LEAKY = "leaky"
+STUCK_AFTER = 3.0
+AGENT_TIMEOUT = 3.0
+DEADLINE = 30.0  # per wait; everything normally happens within a few seconds
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
+    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(every)
+
+
+# --- the webhook receiver Alertmanager notifies ------------------------------
+class Receiver:
+    """Records every Alertmanager webhook POST (JSON bodies) in this process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.posts: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver.lock:
+                    receiver.posts.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="am-receiver", daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/alerts"
+
+    def alerts(self, alertname: str | None = None, **labels: str) -> list[dict[str, Any]]:
+        """Every alert delivered so far (one entry per alert per notification)."""
+        with self.lock:
+            posts = list(self.posts)
+        out = []
+        for post in posts:
+            for alert in post.get("alerts", []):
+                got = alert.get("labels", {})
+                if alertname is not None and got.get("alertname") != alertname:
+                    continue
+                if all(got.get(k) == v for k, v in labels.items()):
+                    out.append(alert)
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- Prometheus and Alertmanager ---------------------------------------------
+def start_process(name: str, cmd: list[str], workdir: Path, port: int) -> Proc:
+    log = workdir / f"{name}.log"
+    popen = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=workdir)
+    return Proc(name, popen, port, log)
+
+
+def alertmanager_config(receiver: Receiver) -> dict[str, Any]:
+    return {
+        "route": {
+            "receiver": "test",
+            # One group per alert name: a notification carries every alert of
+            # that name Alertmanager holds, so a wrongly firing "clean" alert
+            # would ride along with the "leaky" one.
+            "group_by": ["alertname"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [{"name": "test", "webhook_configs": [{"url": receiver.url, "send_resolved": False}]}],
+    }
+
+
+def prometheus_config(collector_port: int, am_port: int) -> dict[str, Any]:
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(GENERATED / RULES_NAME)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [
+            {"job_name": COLLECTOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{collector_port}"]}]}
+        ],
+    }
+
+
+class Prom:
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+        self.http = httpx.Client(base_url=proc.url, timeout=5.0)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = self.http.get("/api/v1/query", params={"query": expr})
+        body = r.json()
+        assert body.get("status") == "success", (expr, body)
+        assert body["data"]["resultType"] == "vector", (expr, body["data"]["resultType"])
+        return body["data"]["result"]
+
+    def rule_group(self, name: str) -> dict[str, Any]:
+        groups = self.http.get("/api/v1/rules").json()["data"]["groups"]
+        return next(g for g in groups if g["name"] == name)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return self.http.get("/api/v1/alerts").json()["data"]["alerts"]
+
+
+def rfc3339(value: str) -> float:
+    """Unix time of Prometheus' RFC 3339 timestamps (nanoseconds, any offset)."""
+    value = re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00")
+    return datetime.fromisoformat(value).timestamp()
+
+
+# --- fixtures -----------------------------------------------------------------
+class Stack:
+    def __init__(self, mesh: Mesh, prom: Prom, am: Proc, receiver: Receiver) -> None:
+        self.mesh = mesh
+        self.prom = prom
+        self.am = am
+        self.receiver = receiver
+
+    def send(self, agent: str, plan: dict[str, Any], trace_id: str | None = None) -> str:
+        trace_id = trace_id or new_trace_id()
+        asyncio.run(send_plan(self.mesh.agents[agent].url, plan, trace_id=trace_id, timeout=20.0))
+        return trace_id
+
+    def wait_settled(self, trace_id: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.mesh.api}/v1/cascades/{trace_id}/wait", params={"timeout": DEADLINE}, timeout=DEADLINE + 5)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def am_alerts(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.am.url}/api/v2/alerts", timeout=5.0).json()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus = need_tool("prometheus")
+    need_tool("promtool")
+    alertmanager = need_tool("prometheus-alertmanager", "alertmanager")
+    workdir = tmp_path_factory.mktemp("e2e-alerts")
+    mesh = Mesh(workdir)
+    receiver = Receiver()
+    procs: list[Proc] = []
+    try:
+        mesh.start_collector(stuck_after=STUCK_AFTER, agent_timeout=AGENT_TIMEOUT)
+        am_port, prom_port = free_port(), free_port()
+        (workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(receiver)))
+        (workdir / "prometheus.yml").write_text(
+            yaml.safe_dump(prometheus_config(mesh.collector.port, am_port))  # type: ignore[union-attr]
+        )
+        am = start_process("alertmanager", [
+            alertmanager, f"--config.file={workdir / 'alertmanager.yml'}",
+            f"--storage.path={workdir / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ], workdir, am_port)
+        procs.append(am)
+        prom_proc = start_process("prometheus", [
+            prometheus, f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+            "--log.level=warn",
+        ], workdir, prom_port)
+        procs.append(prom_proc)
+        # agents start while Prometheus and Alertmanager come up
+        mesh.start_agent(LEAKY, no_aclose=True, wait=False)
+        wait_http(f"{mesh.agents[LEAKY].url}/.well-known/agent-card.json", proc=mesh.agents[LEAKY].popen)
+        mesh.start_agent(CLEAN, peers=[LEAKY])
+        wait_http(f"{am.url}/-/ready", proc=am.popen)
+        wait_http(f"{prom_proc.url}/-/ready", proc=prom_proc.popen)
+        prom = Prom(prom_proc)
+        poll("Prometheus to scrape the collector", lambda: prom.query(f'up{{job="{COLLECTOR_JOB}"}} == 1'))
+        poll("Prometheus to see both agents up",
+             lambda: len(prom.query(f"{names.M_AGENT_UP} == 1")) == 2)
+        yield Stack(mesh, prom, am, receiver)
+    finally:
+        for proc in procs:
+            proc.stop()
+        mesh.stop_all()
+        receiver.close()
+
+
+@pytest.fixture(scope="module")
+def cascades(stack: Stack) -> dict[str, str]:
+    """The mesh's work: settled cascades clean -> leaky, then one that hangs on leaky."""
+    done = {"work_ms": 20, "calls": [{"to": LEAKY, "blocking": True, "plan": {"work_ms": 20}}]}
+    settled = []
+    for _ in range(3):
+        trace_id = stack.send(CLEAN, done)
+        stack.wait_settled(trace_id)
+        settled.append(trace_id)
+    # a second batch after Prometheus scraped the first, so rates see an increase
+    poll("Prometheus to scrape the first settled cascades",
+         lambda: stack.prom.query(f"{names.M_CASCADES_SETTLED} >= 3"))
+    trace_id = stack.send(CLEAN, done)
+    stack.wait_settled(trace_id)
+    # clean hands leaky a plan that never ends and returns at once
+    hang = stack.send(CLEAN, {"calls": [{"to": LEAKY, "blocking": False, "plan": {"outcome": "hang"}}]})
+    return {"hang": hang, "settled": settled[0]}
+
+
+# --- tests ---------------------------------------------------------------------
+def test_every_dashboard_query_returns_data(stack: Stack, cascades: dict[str, str]) -> None:
+    exprs = promql_expressions((GENERATED / DASHBOARD_NAME).read_text())
+    assert len(exprs) > 10
+    pending = set(exprs)
+
+    def remaining() -> bool:
+        for expr in sorted(pending):
+            if stack.prom.query(expr):
+                pending.discard(expr)
+        return not pending
+
+    deadline = time.monotonic() + DEADLINE
+    while not remaining():
+        if time.monotonic() > deadline:
+            pytest.fail("dashboard queries that never returned data:\n" + "\n".join(sorted(pending)))
+        time.sleep(0.5)
+
+
+def test_detection_latency_is_recorded(stack: Stack, cascades: dict[str, str]) -> None:
+    """The latency panels show numbers, not NaN: settled cascades reached the histogram."""
+    count = poll("the latency histogram to count settled cascades",
+                 lambda: stack.prom.query(f"{names.M_DETECTION_LATENCY}_count >= 4"))
+    assert count
+    p99 = poll("the p99 recording rule to be a number",
+               lambda: [s for s in stack.prom.query(rules.R_DETECTION_LATENCY_P99) if s["value"][1] != "NaN"])
+    assert float(p99[0]["value"][1]) >= 0
+
+
+def test_node_graph_has_the_edge(stack: Stack, cascades: dict[str, str]) -> None:
+    edges = poll("the clean -> leaky edge",
+                 lambda: stack.prom.query(f'{names.M_EDGE_MESSAGES}{{from="{CLEAN}",to="{LEAKY}"}} >= 4'))
+    assert edges
+
+
+def test_stuck_cascade_fires_alert(stack: Stack, cascades: dict[str, str]) -> None:
+    alerts = poll(f"{names.ALERT_STUCK} at the receiver", lambda: stack.receiver.alerts(names.ALERT_STUCK))
+    assert alerts[0]["status"] == "firing"
+    assert alerts[0]["labels"]["severity"] == "warning"
+    status = httpx.get(f"{stack.mesh.api}/v1/cascades/{cascades['hang']}", timeout=5).json()
+    assert status["status"] == "stuck", status
+
+
+def test_leaked_producer_alerts_and_clean_shutdown_does_not(stack: Stack, cascades: dict[str, str]) -> None:
+    prom, receiver = stack.prom, stack.receiver
+    leaky_proc = stack.mesh.agents[LEAKY]
+    clean_proc = stack.mesh.agents[CLEAN]
+    poll("leaky's producer in flight",
+         lambda: prom.query(f'{names.M_PRODUCERS_IN_FLIGHT}{{agent="{LEAKY}"}} == 1'))
+
+    # 1. clean shuts down with aclose(): nothing leaked
+    assert clean_proc.stop(signal.SIGTERM) is not None
+    clean_down = (
+        f'{names.M_SHUTDOWN_LEAKED}{{agent="{CLEAN}"}} == 0 '
+        f'and on (agent) {names.M_AGENT_UP}{{agent="{CLEAN}"}} == 0'
+    )
+    poll("Prometheus to see clean's completed shutdown", lambda: prom.query(clean_down))
+    seen_at = time.time()
+
+    # 2. leaky shuts down with its hanging producer still running
+    assert leaky_proc.stop(signal.SIGTERM) is not None
+    leaked = poll(f"{names.ALERT_LEAKED} for {LEAKY} at the receiver",
+                  lambda: receiver.alerts(names.ALERT_LEAKED, agent=LEAKY))
+    assert leaked[0]["status"] == "firing"
+    assert leaked[0]["labels"]["severity"] == "warning"
+    assert leaked[0]["annotations"]["runbook_url"].endswith(f"{names.ALERT_LEAKED}.md")
+
+    # 3. the alert rules ran several times on data that shows clean's shutdown
+    evaluations: set[float] = set()
+
+    def evaluated_after() -> bool:
+        last = rfc3339(prom.rule_group(rules.ALERT_GROUP)["lastEvaluation"])
+        if last > seen_at:
+            evaluations.add(last)
+        return len(evaluations) >= 3
+
+    poll("three rule evaluations after clean's shutdown was visible", evaluated_after, every=0.25)
+
+    # ... and none of them produced an alert for clean, anywhere along the way
+    assert prom.query(clean_down), "clean's shutdown record stayed clean"
+    assert not [a for a in prom.alerts()
+                if a["labels"].get("alertname") == names.ALERT_LEAKED and a["labels"].get("agent") == CLEAN]
+    assert not [a for a in stack.am_alerts()
+                if a["labels"].get("alertname") == names.ALERT_LEAKED and a["labels"].get("agent") == CLEAN]
+    assert receiver.alerts(names.ALERT_LEAKED, agent=CLEAN) == []
+    # the leaky notification carried every A2AProducerLeakedAtShutdown alert
+    # Alertmanager held (group_by alertname), and only leaky's
+    assert {a["labels"]["agent"] for a in receiver.alerts(names.ALERT_LEAKED)} == {LEAKY}
+    # clean did shut down while the hanging cascade it delegated was open on leaky
+    poll(f"{names.ALERT_SHUTDOWN_IN_FLIGHT} for {CLEAN}",
+         lambda: receiver.alerts(names.ALERT_SHUTDOWN_IN_FLIGHT, agent=CLEAN))
