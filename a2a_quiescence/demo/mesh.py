@@ -147,7 +147,6 @@ class PlanExecutor(AgentExecutor):
     async def _call(self, call: dict[str, Any], trace_id: str | None) -> None:
         peer = call["to"]
         streaming = bool(call.get("stream", False))
-        client = await self._client(peer, streaming)
         config = pb.SendMessageConfiguration(return_immediately=not call.get("blocking", True))
         if call.get("push") and self.webhook:
             config.task_push_notification_config.CopyFrom(
@@ -159,6 +158,8 @@ class PlanExecutor(AgentExecutor):
         )
         self.truth.record("call_start", trace_id, to=peer)
         try:
+            # inside the try: a peer that cannot be reached (agent card fetch fails) is a failed delegation too
+            client = await self._client(peer, streaming)
             async for _event in client.send_message(request):
                 pass
         except Exception as exc:  # noqa: BLE001 - a failed delegation is part of the plan space
