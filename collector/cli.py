@@ -59,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds of silence after which an agent process counts as gone (its in-flight producers as leaked)")
     p.add_argument("--forward", default=_env("FORWARD", None),
                    help="base URL of an upstream OTLP/HTTP endpoint to forward everything to (Tempo, Jaeger, an OTel Collector)")
+    p.add_argument("--forward-token", default=_env("FORWARD_TOKEN", None),
+                   help="bearer token sent upstream when forwarding (e.g. to a token-protected mesh collector)")
     p.add_argument("--forward-queue", type=int, default=int(_env("FORWARD_QUEUE", "1000")),
                    help="requests held for forwarding at most (beyond: dropped, counted)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
@@ -100,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         retention=args.retention,
         agent_timeout=args.agent_timeout,
         forward=args.forward,
+        forward_token=args.forward_token or None,
         forward_queue=args.forward_queue,
     )
 

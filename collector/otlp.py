@@ -116,6 +116,14 @@ def _attr(kv_list: Any, key: str) -> Any:
     return None
 
 
+def _no_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON; accepted, they later break JSON responses of the API
+    raise ValueError(f"{name} is not allowed in a snapshot")
+
+
+_SNAPSHOT_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
 @dataclass
 class Snapshot:
     kind: str  # names.EVENT_HOP_SNAPSHOT or names.EVENT_CASCADE_SNAPSHOT
@@ -135,7 +143,7 @@ def snapshots(request: ExportLogsServiceRequest) -> Iterator[Snapshot | PayloadE
                 if event not in (names.EVENT_HOP_SNAPSHOT, names.EVENT_CASCADE_SNAPSHOT):
                     continue
                 try:
-                    body = json.loads(record.body.string_value)
+                    body = _SNAPSHOT_JSON.decode(record.body.string_value)
                     if not isinstance(body, dict):
                         raise ValueError("snapshot body is not an object")
                 except ValueError as exc:

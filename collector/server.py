@@ -42,6 +42,7 @@ class Config:
     retention: float = 300.0
     agent_timeout: float = 10.0
     forward: str | None = None
+    forward_token: str | None = None
     forward_queue: int = 1000
     forward_retries: int = 3
     max_wait: float = 300.0
@@ -171,6 +172,9 @@ class Collector:
         if self._forward_queue is None:
             return
         keep = {k: headers[k] for k in ("content-type", "content-encoding") if k in headers}
+        if self.config.forward_token:
+            # never pass the agent's own credentials upstream; use ours
+            keep["authorization"] = "Bearer " + self.config.forward_token
         try:
             self._forward_queue.put_nowait((signal, raw, keep))
         except asyncio.QueueFull:

@@ -59,6 +59,30 @@ COUNTERS = ("producers_started", "stalls_total", "destroyed_pending_total")
 MAX_INCARNATIONS_PER_AGENT = 32
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_hop_body(body: dict[str, Any]) -> None:
+    """Refuse (ValueError) the fields /metrics and the API read with a fixed type,
+    so one malformed snapshot cannot break every later scrape."""
+    started_at = body.get("started_at")
+    if started_at is not None and (isinstance(started_at, bool) or not isinstance(started_at, (int, float))):
+        raise ValueError("started_at must be a number")
+    finished = body.get("producers_finished")
+    if finished is not None and (
+        not isinstance(finished, dict) or not all(isinstance(k, str) and _count(n) for k, n in finished.items())
+    ):
+        raise ValueError("producers_finished must map outcomes to non-negative integers")
+    shutdown = body.get("shutdown")
+    if shutdown is not None:
+        if not isinstance(shutdown, dict):
+            raise ValueError("shutdown must be an object or null")
+        leaked = shutdown.get("leaked_producers")
+        if leaked is not None and not _count(leaked):
+            raise ValueError("shutdown.leaked_producers must be a non-negative integer")
+
+
 class MeshState:
     def __init__(
         self,
@@ -118,6 +142,7 @@ class MeshState:
         seq = body.get("seq")
         if not isinstance(inc_id, str) or not inc_id or not isinstance(seq, int):
             raise ValueError("hop snapshot needs incarnation and seq")
+        _check_hop_body(body)
         now = self.clock()
         agent = self._agent(agent_name)
         inc = self._incarnation(agent, inc_id, now)
