@@ -237,7 +237,7 @@ def main() -> None:
           f"{args.clients} client processes, keep-alive")
     print(f"{'agents':>6} {'batch':>5} {'events/s':>10} {'events/cpu-s':>13} {'cpu us/event':>12} "
           f"{'req/s':>8} {'errors':>6} {'scrape ms':>9}")
-    for batch in sorted({1, 16, args.batch}):
+    for batch in sorted({1, 16, 64, 256, args.batch}):
         r = throughput(3, batch, args.clients, args.seconds)
         _row(r)
     for agents in (30, 300):

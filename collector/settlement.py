@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 MASK64 = (1 << 64) - 1
 
@@ -32,8 +32,7 @@ def id_hash(message_id: str) -> int:
     return int(message_id.replace("-", "")[:16], 16) & MASK64
 
 
-@dataclass(frozen=True)
-class Tally:
+class Tally(NamedTuple):
     """A multiset of message ids summarised as (count, sum of id hashes mod 2**64)."""
 
     count: int = 0
@@ -53,20 +52,18 @@ class Tally:
 
     @classmethod
     def from_json(cls, value: Any) -> "Tally":
-        if (
-            not isinstance(value, (list, tuple))
-            or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            or value[0] < 0
-        ):
-            raise ValueError(f"a tally is [count, sum], got {value!r}")
-        return cls(value[0], value[1] & MASK64)
+        # hot path of ingest: check exactly, cheaply
+        if type(value) is list and len(value) == 2:
+            count, total = value
+            if type(count) is int and type(total) is int and count >= 0:
+                return cls(count, total & MASK64)
+        raise ValueError(f"a tally is [count, sum], got {value!r}")
 
 
 EMPTY = Tally()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CascadeSnapshot:
     """One hop incarnation's atomic report about one cascade."""
 
