@@ -18,6 +18,7 @@ Settled is terminal: late or duplicate snapshots never turn it back to open.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,9 +28,11 @@ MASK64 = (1 << 64) - 1
 
 
 def id_hash(message_id: str) -> int:
-    """The 64-bit value a message id contributes to an edge sum."""
-    # ids are random uuid4 hex; their first 64 bits are already uniform
-    return int(message_id.replace("-", "")[:16], 16) & MASK64
+    """The 64-bit value a message id contributes to an edge sum.
+
+    The whole id is hashed (ids arrive in headers a peer controls, so their
+    form is not trusted), giving uniform 64-bit values whatever the id scheme."""
+    return int.from_bytes(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
 
 
 class Tally(NamedTuple):
@@ -228,6 +231,15 @@ def _edge_holders(
     return out
 
 
+def _changed(old: CascadeSnapshot, new: CascadeSnapshot) -> bool:
+    return (
+        old.active != new.active
+        or old.roots != new.roots
+        or old.sent != new.sent
+        or old.received != new.received
+    )
+
+
 @dataclass
 class Cascade:
     trace_id: str
@@ -297,7 +309,9 @@ class Detector:
             self.stale_total += 1
             return cascade
         cascade.view[snap.incarnation] = snap
-        cascade.last_progress = now
+        if current is None or _changed(current, snap):
+            # a resent or refreshed snapshot that says nothing new is not progress
+            cascade.last_progress = now
         cascade.version += 1
         self._decide(cascade, now)
         if self.on_change is not None:
