@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         app, _handler, _executor = build_app(
             args.name, args.port, peers, events=args.events, webhook=args.webhook, aclose_on_shutdown=not args.no_aclose
         )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    # a client holding a blocking call open must not keep the lifespan shutdown (aclose) from running
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
 
 
 def new_trace_id() -> str:

@@ -1,0 +1,83 @@
+"""Zero configuration: `a2a-quiescence collector` with no flags, and an agent
+started with `opentelemetry-instrument` and no OTLP settings at all, find each
+other. Spans and metrics travel over OTLP/gRPC (the Python distro's default,
+to 127.0.0.1:4317), lifecycle snapshots over OTLP/HTTP to 127.0.0.1:4318."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from a2a_quiescence import names
+from a2a_quiescence.demo.harness import Proc, _bin, free_port, wait_http
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+from a2a_quiescence.wait import wait_sync
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def test_default_ports_need_no_settings(tmp_path: Path) -> None:
+    defaults = [int(hp.rsplit(":", 1)[1]) for hp in (names.DEFAULT_OTLP_HTTP, names.DEFAULT_OTLP_GRPC, names.DEFAULT_HTTP)]
+    busy = [p for p in defaults if not _port_free(p)]
+    if busy:
+        pytest.fail(f"default ports in use by something else: {busy}")
+    log = (tmp_path / "collector.log").open("ab")
+    collector = Proc("collector", subprocess.Popen([_bin("a2a-quiescence"), "collector"], stdout=log, stderr=subprocess.STDOUT), defaults[2], tmp_path / "collector.log")
+    agent = None
+    try:
+        wait_http(f"http://{names.DEFAULT_HTTP}/readyz", proc=collector.popen)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+        # nothing about where to export: only the hop's name, and faster intervals so the test is short
+        env.update({"OTEL_SERVICE_NAME": "solo", "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500",
+                    "OTEL_LOGS_EXPORTER": "none"})
+        port = free_port()
+        alog = (tmp_path / "agent.log").open("ab")
+        agent = Proc("solo", subprocess.Popen(
+            [_bin("opentelemetry-instrument"), sys.executable, "-m", "a2a_quiescence.demo.mesh", "--name", "solo", "--port", str(port)],
+            env=env, stdout=alog, stderr=subprocess.STDOUT), port, tmp_path / "agent.log")
+        wait_http(f"{agent.url}/.well-known/agent-card.json", proc=agent.popen)
+        trace_id = new_trace_id()
+        import asyncio
+
+        asyncio.run(send_plan(agent.url, {"work_ms": 10}, trace_id=trace_id))
+        state = wait_sync(trace_id, endpoint=f"http://{names.DEFAULT_HTTP}", timeout=30)
+        assert state["status"] == "settled"
+        deadline = time.monotonic() + 30
+        traces = metrics = None
+        while time.monotonic() < deadline:
+            text = httpx.get(f"http://{names.DEFAULT_HTTP}/metrics", timeout=5).text
+            traces = _sample(text, names.M_RECEIVED, signal="traces")
+            metrics = _sample(text, names.M_RECEIVED, signal="metrics")
+            if traces and metrics:
+                break
+            time.sleep(0.1)
+        assert traces and traces > 0, "no spans arrived over the default OTLP/gRPC port"
+        assert metrics and metrics > 0, "no metrics arrived over the default OTLP/gRPC port"
+        assert _sample(text, names.M_PRODUCERS_STARTED, agent="solo") == 1
+    finally:
+        if agent is not None:
+            agent.stop()
+        collector.stop()
