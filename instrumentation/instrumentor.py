@@ -60,6 +60,12 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
     """
 
     def __init__(self) -> None:
+        # BaseInstrumentor is a singleton: every A2AQuiescenceInstrumentor() call
+        # returns the same object and runs __init__ again. Never forget what an
+        # earlier instrument() patched, or uninstrument() could not undo it.
+        if getattr(self, "_a2aq_initialised", False):
+            return
+        self._a2aq_initialised = True
         super().__init__()
         self._patched: list[tuple[Any, str]] = []
         self.runtime: patches.Runtime | None = None

@@ -56,6 +56,28 @@ def _guard(site: str) -> Iterator[None]:
         _report_internal_error(site, exc)
 
 
+def _start_span(rt: "Runtime", name: str, **kwargs: Any) -> trace.Span:
+    """Start a span; a broken tracer/processor gives a non-recording span instead."""
+    try:
+        return rt.tracer.start_span(name, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - fail-open
+        _report_internal_error("start_span " + name, exc)
+        return trace.INVALID_SPAN
+
+
+def _end(span: trace.Span | None) -> None:
+    """End a span; a broken span processor must not skip what follows."""
+    if span is not None:
+        with _guard("span.end"):
+            span.end()
+
+
+def _add(instrument: Any, value: int, attributes: dict[str, Any] | None = None) -> None:
+    """Update a metric; a broken meter must not skip what follows."""
+    with _guard("metric"):
+        instrument.add(value, attributes)
+
+
 class Runtime:
     """What the wrappers need: tracer, instruments, the hop tracker, settings."""
 
@@ -225,10 +247,11 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any]) -> None:
         names.ATTR_PARKED_AT: _where(task),
     }
     rt.tracker.destroyed_pending_seen(detail)
-    rt.destroyed.add(1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0]})
-    span = rt.tracer.start_span("a2a.task.destroyed_pending", attributes={k: v for k, v in detail.items() if v})
-    span.set_status(Status(StatusCode.ERROR, message))
-    span.end()
+    _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0]})
+    span = _start_span(rt, "a2a.task.destroyed_pending", attributes={k: v for k, v in detail.items() if v})
+    with _guard("destroyed_pending span"):
+        span.set_status(Status(StatusCode.ERROR, message))
+    _end(span)
     rt.flush()
 
 
@@ -252,23 +275,25 @@ class _Watch:
             self.stalled = True
             parked = _where(self.waiter) if self.waiter is not None else "unknown"
             attrs = {names.ATTR_TASK_ID: self.task_id, names.ATTR_PARKED_AT: parked, "a2a.stall.operation": self.what}
+            self.rt.tracker.stall_began(attrs | {"threshold_seconds": self.rt.stall_seconds})
+            _add(self.rt.stalled, 1)
             self.span.add_event(names.EVENT_STALL, attrs)
             self.span.set_attribute(names.ATTR_STALLED, True)
-            self.rt.stalled.add(1)
-            self.rt.tracker.stall_began(attrs | {"threshold_seconds": self.rt.stall_seconds})
 
     def done(self) -> None:
         with _guard("watchdog"):
             if self.handle is not None:
                 self.handle.cancel()
             if self.stalled:
-                self.span.add_event(names.EVENT_STALL_RESOLVED)
-                self.rt.stalled.add(-1)
                 self.rt.tracker.stall_ended()
+                _add(self.rt.stalled, -1)
+                self.span.add_event(names.EVENT_STALL_RESOLVED)
 
 
 # --- ActiveTask ----------------------------------------------------------------
-_QUEUE_ROLES: "weakref.WeakKeyDictionary[Any, tuple[str, Any]]" = weakref.WeakKeyDictionary()
+# queue -> (role, task id). The value must not reference the ActiveTask: it holds
+# the queue, so a strong reference here would keep key and task alive forever.
+_QUEUE_ROLES: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
 _TASK_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -300,8 +325,9 @@ def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
         with _guard("ActiveTask.__init__"):
             state: dict[str, Any] = {}
             _TASK_STATE[instance] = state
-            _QUEUE_ROLES[instance._event_queue_agent] = (names.ROLE_AGENT, instance)
-            _QUEUE_ROLES[instance._event_queue_subscribers] = (names.ROLE_SUBSCRIBERS, instance)
+            task_id = str(getattr(instance, "task_id", "") or "")
+            _QUEUE_ROLES[instance._event_queue_agent] = (names.ROLE_AGENT, task_id)
+            _QUEUE_ROLES[instance._event_queue_subscribers] = (names.ROLE_SUBSCRIBERS, task_id)
             instance._agent_executor = _ExecutorProxy(instance._agent_executor, state)
     return result
 
@@ -318,7 +344,7 @@ async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs:
             context_id = getattr(tm, "context_id", None)
             if context_id:
                 attrs[names.ATTR_CONTEXT_ID] = str(context_id)
-            span = rt.tracer.start_span(names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
+            span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
             # spawned tasks copy this context: the producer's own spans nest under it
             token = otel_context.attach(trace.set_span_in_context(span))
     try:
@@ -345,8 +371,6 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
         if len(rt.task_trace) > 10_000:
             rt.task_trace.pop(next(iter(rt.task_trace)))
     rt.tracker.producer_started()
-    rt.started.add(1)
-    rt.in_flight.add(1)
 
     def finished(task: asyncio.Task) -> None:
         with _guard("producer done"):
@@ -356,15 +380,18 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
             elif outcome is None:
                 exc = task.exception()
                 outcome = names.OUTCOME_FAILED if exc is not None else names.OUTCOME_COMPLETED
-            span.set_attribute(names.ATTR_OUTCOME, outcome)
-            if outcome == names.OUTCOME_FAILED:
-                span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
-            span.end()
             rt.tracker.producer_finished(outcome)
-            rt.finished.add(1, {names.ATTR_OUTCOME: outcome})
-            rt.in_flight.add(-1)
+            _add(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
+            _add(rt.in_flight, -1)
+            with _guard("producer span"):
+                span.set_attribute(names.ATTR_OUTCOME, outcome)
+                if outcome == names.OUTCOME_FAILED:
+                    span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
+            _end(span)
 
     producer.add_done_callback(finished)
+    _add(rt.started, 1)
+    _add(rt.in_flight, 1)
 
 
 async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -388,7 +415,7 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
                     producer = getattr(instance, "_producer_task", None)
                     if state is not None and producer is not None and not producer.done():
                         state.setdefault("outcome", names.OUTCOME_CANCELLED)
-                span = rt.tracer.start_span(span_name, attributes=attrs)
+                span = _start_span(rt, span_name, attributes=attrs)
                 token = otel_context.attach(trace.set_span_in_context(span))
                 watch = _Watch(rt, span, span_name, task_id)
         try:
@@ -400,8 +427,9 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
                         watch.done()
                     if token is not None:
                         otel_context.detach(token)
-                    span.end()
-                    if on_end is not None:
+                _end(span)  # before on_end: its flush must include this span
+                if on_end is not None:
+                    with _guard(span_name + "/on_end"):
                         on_end(rt)
 
     return wrapper
@@ -432,10 +460,10 @@ async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) 
         with _guard("EventQueue.close"):
             owner = _QUEUE_ROLES.get(instance)
             if owner is not None and not getattr(instance, "_is_closed", False):
-                role, active_task = owner
+                role, task_id = owner
                 immediate = bool(kwargs.get("immediate", args[0] if args else False))
-                task_id = str(getattr(active_task, "task_id", ""))
-                span = rt.tracer.start_span(
+                span = _start_span(
+                    rt,
                     names.SPAN_QUEUE_CLOSE,
                     attributes={
                         names.ATTR_QUEUE_ROLE: role,
@@ -472,7 +500,8 @@ def _server_begin(rt: Runtime, method: str, args: Any, kwargs: Any) -> tuple[Any
         parent = otel_context.get_current()  # an ASGI/HTTP instrumentation already continued the trace
     else:
         parent = incoming
-    span = rt.tracer.start_span(
+    span = _start_span(
+        rt,
         "a2a.server." + method, kind=SpanKind.SERVER, context=parent, attributes={names.ATTR_METHOD: method}
     )
     sc = span.get_span_context()
@@ -514,10 +543,9 @@ def server_call(method: str) -> Callable:
                     CASCADE.reset(cascade_token)
                 if otel_token is not None:
                     otel_context.detach(otel_token)
-                if span is not None:
-                    span.end()
                 if work is not None:
                     rt.tracker.release(work)
+            _end(span)
 
     return wrapper
 
@@ -562,10 +590,9 @@ async def _server_stream(rt: Runtime, method: str, wrapped: Callable, args: Any,
         raise
     finally:
         with _guard("server end " + method):
-            if span is not None:
-                span.end()
             if work is not None:
                 rt.tracker.release(work)
+        _end(span)
 
 
 def _in_context(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
@@ -623,7 +650,8 @@ class _ClientCall:
         current = trace.get_current_span().get_span_context()
         if cascade is not None and (not current.is_valid or _trace_hex(current) != cascade):
             parent = trace.set_span_in_context(_synthetic_span(cascade))
-        self.span = rt.tracer.start_span(
+        self.span = _start_span(
+            rt,
             names.SPAN_CLIENT_PREFIX + method,
             kind=SpanKind.CLIENT,
             context=parent,
@@ -656,12 +684,11 @@ class _ClientCall:
             self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
 
     def end(self) -> None:
-        if self.span is not None:
-            self.span.end()
         if self.work is not None:
             self.rt.tracker.release(self.work)
         if self.root is not None:
             self.rt.tracker.release(self.root)
+        _end(self.span)
 
 
 def _given_trace_id(call_context: Any) -> str | None:
@@ -752,7 +779,8 @@ async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any
         with _guard("push"):
             push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
             url = str(getattr(push_info, "url", "") or "")
-            span = rt.tracer.start_span(
+            span = _start_span(
+                rt,
                 names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT, attributes={"url.full": url, "server.address": _authority(url)}
             )
             cascade = _current_cascade()
@@ -775,10 +803,9 @@ async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any
         with _guard("push end"):
             if token is not None:
                 _PUSH_HEADERS.reset(token)
-            if span is not None:
-                span.end()
             if work is not None and rt is not None:
                 rt.tracker.release(work)
+        _end(span)
 
 
 async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:

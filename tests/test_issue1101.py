@@ -1,0 +1,240 @@
+"""a2a-sdk #1101 against the real SDK: an abandoned stream subscriber parks the
+producer in its ``finally`` (``_event_queue_subscribers.close(immediate=False)``)
+forever. The instrumentation must report the stall while it hangs, count the
+producer as leaked when the agent shuts down without ``aclose()``, and see it
+gone when ``aclose()`` runs.
+
+How the hang is made, deterministically: the client reads the first streamed
+event and then stops reading, keeping the connection open. With small socket
+buffers (client SO_RCVBUF, server SO_SNDBUF) the server's SSE writer blocks
+after a few hundred events, so the subscriber generator stays suspended at its
+``yield`` holding one event it has not acknowledged (``task_done``). The
+executor finishes all its events (fewer than the subscriber sink's 1024 limit
+remain queued, so the sink is never evicted) and its producer's ``finally``
+then waits in ``close(immediate=False)`` for that sink to drain: forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import linecache
+import socket
+import time
+from typing import Any, AsyncIterator, Callable
+
+import httpx
+import pytest
+import uvicorn
+from a2a.client import ClientConfig, create_client
+from a2a.helpers.proto_helpers import new_text_message
+from a2a.types import a2a_pb2 as pb
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from a2a_quiescence import names
+from a2a_quiescence.demo.harness import free_port
+from a2a_quiescence.demo.mesh import build_app, plan_text
+from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor, patches
+
+DEADLINE = 20.0
+STALL_SECONDS = 0.3
+# enough events to fill the small socket buffers, fewer than the sink's 1024 limit
+HANG_PLAN = {"stream_events": 900}
+SMALL_BUFFER = 4096
+
+
+async def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Otel:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.inst = A2AQuiescenceInstrumentor()
+        self.inst.instrument(
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            report=False,
+            stall_seconds=STALL_SECONDS,
+        )
+        self.runtime: patches.Runtime = self.inst.runtime
+
+    def metric(self, name: str) -> float | None:
+        data = self.reader.get_metrics_data()
+        total = None
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name == name:
+                        for dp in m.data.data_points:
+                            total = (total or 0) + dp.value
+        return total
+
+    def spans(self, name: str) -> list[Any]:
+        return [s for s in self.exporter.get_finished_spans() if s.name == name]
+
+
+@pytest.fixture
+def otel() -> Any:
+    o = Otel()
+    try:
+        yield o
+    finally:
+        o.inst.uninstrument()
+
+
+class Agent:
+    def __init__(self, url: str, handler: Any, server: uvicorn.Server) -> None:
+        self.url = url
+        self.handler = handler
+        self.server = server
+
+
+@contextlib.asynccontextmanager
+async def agent(*, aclose_on_shutdown: bool = False) -> AsyncIterator[Agent]:
+    port = free_port()
+    app, handler, _executor = build_app("A", port, {}, aclose_on_shutdown=aclose_on_shutdown)
+    # our own listening socket only to make its send buffer small (see module doc)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    sock.bind(("127.0.0.1", port))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5)
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await poll(lambda: server.started or task.done(), "server start")
+        if task.done():
+            task.result()
+        yield Agent(f"http://127.0.0.1:{port}/", handler, server)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def stream(url: str, plan: dict[str, Any]) -> AsyncIterator[Any]:
+    """A streaming send_message; yields the client's event iterator, closed on exit."""
+    transport = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)])
+    async with httpx.AsyncClient(timeout=60, transport=transport) as http:
+        client = await create_client(url, client_config=ClientConfig(streaming=True, httpx_client=http))
+        request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
+        events = client.send_message(request)
+        try:
+            yield events
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()
+
+
+def _stall_detail(otel: Otel) -> dict[str, Any]:
+    stalls = [r for r in otel.runtime.tracker.recent if r.get("kind") == "stall"]
+    assert stalls, "no stall recorded"
+    return stalls[-1]
+
+
+def _assert_parked_in_subscribers_close(detail: dict[str, Any]) -> None:
+    parked = detail[names.ATTR_PARKED_AT]
+    assert parked.endswith(" in _run_producer"), parked
+    filename, line = parked.rsplit(" in ", 1)[0].rsplit(":", 1)
+    source = linecache.getline(filename, int(line))
+    assert "_event_queue_subscribers.close(immediate=False)" in source, (parked, source)
+    assert detail["a2a.stall.operation"] == "event_queue.close"
+
+
+async def test_abandoned_subscriber_stall_reported_while_hanging_and_leak_at_shutdown(otel: Otel) -> None:
+    tracker = otel.runtime.tracker
+    async with agent(aclose_on_shutdown=False) as a, stream(a.url, HANG_PLAN) as events:
+        first = await events.__anext__()
+        assert first.HasField("task")
+        # ... and the subscriber reads nothing more: the producer parks in its finally
+        await poll(lambda: tracker.stalled_in_flight >= 1, "stall reported while hanging")
+        await poll(lambda: (otel.metric(names.OTEL_STALLED_CLOSES) or 0) >= 1, "stalled_closes metric >= 1")
+        detail = _stall_detail(otel)
+        _assert_parked_in_subscribers_close(detail)
+        assert detail[names.ATTR_TASK_ID] == first.task.id
+        # still hanging: the close span (carrying the a2a.stall event) is open, so not exported
+        assert tracker.producers_in_flight == 1
+        assert otel.spans(names.SPAN_PRODUCER) == []
+        assert not [s for s in otel.spans(names.SPAN_QUEUE_CLOSE) if s.attributes.get(names.ATTR_STALLED)]
+
+        # the agent shuts down without aclose(): the producer is leaked
+        leaked = patches.record_shutdown(otel.runtime, "test")
+        assert leaked == 1
+        assert tracker.shutdown["leaked_producers"] >= 1
+        assert tracker.shutdown["reason"] == "test"
+        otel.meter_provider.force_flush()
+        assert (otel.metric(names.OTEL_SHUTDOWN_LEAKED) or 0) >= 1
+
+        # cleanup (not part of the scenario): aclose() lets everything go
+        await a.handler.aclose()
+        await poll(lambda: tracker.producers_in_flight == 0, "producer gone after aclose")
+
+
+async def test_abandoned_subscriber_aclose_drains_and_records_no_leak(otel: Otel) -> None:
+    tracker = otel.runtime.tracker
+    async with agent(aclose_on_shutdown=False) as a, stream(a.url, HANG_PLAN) as events:
+        first = await events.__anext__()
+        await poll(lambda: tracker.stalled_in_flight >= 1, "stall reported while hanging")
+        _assert_parked_in_subscribers_close(_stall_detail(otel))
+
+        await a.handler.aclose()
+
+        assert tracker.producers_in_flight == 0
+        assert tracker.shutdown["reason"] == "request_handler.aclose"
+        assert tracker.shutdown["leaked_producers"] == 0
+        assert tracker.stalled_in_flight == 0
+        await poll(lambda: otel.metric(names.OTEL_STALLED_CLOSES) == 0, "stalled_closes metric back to 0")
+        [producer] = otel.spans(names.SPAN_PRODUCER)
+        assert producer.attributes[names.ATTR_TASK_ID] == first.task.id
+        assert producer.attributes[names.ATTR_OUTCOME] == names.OUTCOME_CANCELLED
+        # the parked close is now exported, with its stall event and the resolution
+        [stalled] = [s for s in otel.spans(names.SPAN_QUEUE_CLOSE) if s.attributes.get(names.ATTR_STALLED)]
+        assert stalled.attributes[names.ATTR_QUEUE_ROLE] == names.ROLE_SUBSCRIBERS
+        assert stalled.attributes[names.ATTR_CLOSE_IMMEDIATE] is False
+        assert [e.name for e in stalled.events] == [names.EVENT_STALL, names.EVENT_STALL_RESOLVED]
+        _assert_parked_in_subscribers_close(dict(stalled.events[0].attributes))
+        # the aclose spans nest: handler -> registry -> active task
+        [handler] = otel.spans(names.SPAN_HANDLER_ACLOSE)
+        [registry] = otel.spans(names.SPAN_REGISTRY_ACLOSE)
+        [task] = otel.spans(names.SPAN_TASK_ACLOSE)
+        assert registry.parent.span_id == handler.context.span_id
+        assert task.parent.span_id == registry.context.span_id
+        assert task.attributes[names.ATTR_TASK_ID] == first.task.id
+
+        # a later shutdown record agrees: nothing leaked
+        assert patches.record_shutdown(otel.runtime, "test") == 0
+
+
+async def test_completed_stream_has_no_stall(otel: Otel) -> None:
+    tracker = otel.runtime.tracker
+    plan = {"stream_events": 5, "event_gap_ms": 10}
+    async with agent(aclose_on_shutdown=True) as a, stream(a.url, plan) as events:
+        got = [e async for e in events]
+    assert got[-1].status_update.status.state == pb.TaskState.TASK_STATE_COMPLETED
+    assert len([e for e in got if e.HasField("artifact_update")]) == plan["stream_events"]
+    # the server (stopped above, lifespan aclose) has finished everything
+    assert tracker.producers_in_flight == 0
+    assert tracker.producers_finished[names.OUTCOME_COMPLETED] == 1
+    assert tracker.stalls_total == 0 and tracker.stalled_in_flight == 0
+    assert not (otel.metric(names.OTEL_STALLED_CLOSES) or 0)
+    closes = otel.spans(names.SPAN_QUEUE_CLOSE)
+    assert closes and not [s for s in closes if s.attributes.get(names.ATTR_STALLED) or s.events]
+    assert tracker.shutdown["leaked_producers"] == 0
