@@ -188,13 +188,15 @@ def ensure_loop_hooks(rt: Runtime) -> None:
             task = asyncio.Task(coro, loop=loop_, **kwargs)
         runtime = RT
         if runtime is not None:
-            with _guard("task_factory"):
+            # hot path (every task the agent creates): a plain try, not _guard
+            try:
                 ctx = kwargs.get("context")
                 cascade = ctx.get(CASCADE) if ctx is not None else CASCADE.get()
                 if cascade:
-                    token = runtime.tracker.acquire(cascade)
                     tracker = runtime.tracker
-                    task.add_done_callback(lambda _t, tok=token, tr=tracker: tr.release(tok))
+                    task.add_done_callback(tracker.release_on_done(tracker.acquire(cascade)))
+            except Exception as exc:  # noqa: BLE001 - fail-open
+                _report_internal_error("task_factory", exc)
         return task
 
     def handler(loop_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -185,11 +185,16 @@ class HopTracker:
     def acquire(self, trace_id: str) -> WorkToken:
         """More work for a cascade this process already holds work for."""
         with self.lock:
-            c = self._cascade(trace_id)
+            c = self.cascades.get(trace_id) or self._cascade(trace_id)
             c.active += 1
-            c.passive_since = None
-            self._mark(trace_id, c)
-        self.wake()
+            first = c.active == 1
+            if first:
+                # only the passive -> active edge matters to the detector; the
+                # count itself rides along with the next snapshot that is sent
+                c.passive_since = None
+                self._mark(trace_id, c)
+        if first:
+            self.wake()
         return WorkToken(trace_id)
 
     def release(self, token: WorkToken) -> None:
@@ -197,13 +202,19 @@ class HopTracker:
             return
         token.released = True
         with self.lock:
-            c = self._cascade(token.trace_id)
+            c = self.cascades.get(token.trace_id) or self._cascade(token.trace_id)
             c.active -= 1
-            if c.active <= 0:
+            last = c.active <= 0
+            if last:
                 c.active = 0
                 c.passive_since = self.clock()
-            self._mark(token.trace_id, c)
-        self.wake()
+                self._mark(token.trace_id, c)
+        if last:
+            self.wake()
+
+    def release_on_done(self, token: WorkToken) -> Callable[[Any], None]:
+        """A done-callback for an asyncio task that holds ``token``."""
+        return lambda _task: self.release(token)
 
     def send(self, token: WorkToken, destination: str, message_id: str) -> None:
         """Record a message about to leave, while ``token`` holds work."""
