@@ -72,6 +72,14 @@ def _end(span: trace.Span | None) -> None:
             span.end()
 
 
+def _record_error(span: trace.Span | None, exc: BaseException) -> None:
+    """Mark a span failed with the exception the agent saw (which still propagates)."""
+    if span is not None:
+        with _guard("span error"):
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
 def _add(instrument: Any, value: int, attributes: dict[str, Any] | None = None) -> None:
     """Update a metric; a broken meter must not skip what follows."""
     with _guard("metric"):
@@ -534,10 +542,7 @@ def server_call(method: str) -> Callable:
         try:
             return await wrapped(*args, **kwargs)
         except BaseException as exc:
-            if span is not None:
-                with _guard("server span error"):
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            _record_error(span, exc)
             raise
         finally:
             with _guard("server end " + method):
@@ -585,10 +590,7 @@ async def _server_stream(rt: Runtime, method: str, wrapped: Callable, args: Any,
         finally:
             await _in_context_await(ctx, trace_id, agen.aclose)
     except BaseException as exc:
-        if span is not None:
-            with _guard("server span error"):
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        _record_error(span, exc)
         raise
     finally:
         with _guard("server end " + method):
@@ -679,9 +681,7 @@ class _ClientCall:
         self.otel_token = self.cascade_token = None
 
     def fail(self, exc: BaseException) -> None:
-        if self.span is not None:
-            self.span.record_exception(exc)
-            self.span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        _record_error(self.span, exc)
         if self.work is not None and _provably_not_sent(exc):
             self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
 
