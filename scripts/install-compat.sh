@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Virtualenvs with older a2a-sdk releases, for tests/test_compat.py: 1.0.3 is
+# the oldest supported, 1.1.1 the last without aclose(), 1.2.3 the previous
+# minor. Each holds this project (editable, no deps) beside that a2a-sdk.
+# Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+for version in 1.0.3 1.1.1 1.2.3; do
+    dir=".tools/compat/a2a-sdk-$version"
+    if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "import a2a_quiescence.instrumentation" 2>/dev/null; then
+        continue
+    fi
+    rm -rf "$dir"
+    "$PY" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip
+    "$dir/bin/python" -m pip install -q "a2a-sdk[http-server]==$version" opentelemetry-sdk \
+        opentelemetry-instrumentation opentelemetry-exporter-otlp prometheus-client wrapt uvicorn httpx starlette grpcio
+    "$dir/bin/python" -m pip install -q --no-deps -e .
+    echo "install-compat: a2a-sdk $version -> $dir"
+done

@@ -1,0 +1,74 @@
+"""Run by tests/test_compat.py inside a virtualenv holding an older a2a-sdk:
+an in-process A -> B -> C relay, instrumented, printing what was observed as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections import Counter
+
+import uvicorn
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from a2a_quiescence.demo.harness import free_port
+from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+
+
+async def main() -> dict:
+    from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "compat"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    inst = A2AQuiescenceInstrumentor()
+    inst.instrument(tracer_provider=provider, report=False, skip_dep_check=True)
+    rt = inst.runtime
+    ports = {name: free_port() for name in "ABC"}
+    peers = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    servers = []
+    for name, downstream in (("C", None), ("B", "C"), ("A", "B")):
+        app, _handler, _executor = build_app(name, ports[name], {downstream: peers[downstream]} if downstream else {})
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[name], log_level="error"))
+        servers.append((server, asyncio.create_task(server.serve())))
+    while not all(s.started for s, _ in servers):
+        await asyncio.sleep(0.01)
+    trace_id = new_trace_id()
+    plan = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "plan": {"work_ms": 5}}]}}]}
+    await send_plan(peers["A"], plan, trace_id=trace_id)
+    # the relay has answered; producers finish right after: wait for that, bounded
+    for _ in range(500):
+        if rt.tracker.producers_in_flight == 0 and rt.tracker.cascades[trace_id].active == 0:
+            break
+        await asyncio.sleep(0.01)
+    cascade = rt.tracker.cascades[trace_id]
+    sent = sum(t.count for t in cascade.sent.values())
+    received = sum(t.count for t in cascade.received.values())
+    for server, task in servers:
+        server.should_exit = True
+        await task
+    spans = exporter.get_finished_spans()
+    producer_traces = {format(s.context.trace_id, "032x") for s in spans if s.name == "a2a.active_task.producer"}
+    result = {
+        "a2a_sdk": __import__("importlib.metadata").metadata.version("a2a-sdk"),
+        "spans": dict(Counter(s.name for s in spans)),
+        "producer_traces": sorted(producer_traces),
+        "trace_id": trace_id,
+        "in_flight": rt.tracker.producers_in_flight,
+        "finished": rt.tracker.producers_finished,
+        "active": cascade.active,
+        "sent": sent,
+        "received": received,
+        "roots": cascade.roots.count,
+        "patched": sorted(f"{cls.__name__}.{attr}" for cls, attr in inst._patched),
+    }
+    inst.uninstrument()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main())))
+    sys.exit(0)
