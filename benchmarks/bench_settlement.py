@@ -37,25 +37,13 @@ from typing import Any
 
 import httpx
 from a2a.client import ClientConfig, create_client
-from a2a.client.client import ClientCallContext
-from a2a.helpers.proto_helpers import new_text_message
 from a2a.types import a2a_pb2 as pb
 
-from a2a_quiescence.demo.harness import Mesh
-from a2a_quiescence.demo.mesh import new_trace_id, plan_text, traceparent
+from a2a_quiescence.demo.harness import Mesh, events_by_trace, read_events
+from a2a_quiescence.demo.mesh import new_trace_id, start_plan
 
 PUSH_GIVE_UP = 15.0  # the conformance kit's timeout
 GOAL_P99_MS = 25.0
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -84,18 +72,7 @@ async def one_cascade(
 
     waiter = asyncio.create_task(collector())
     out["sent"] = time.time()
-    request = pb.SendMessageRequest(
-        message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER),
-        configuration=pb.SendMessageConfiguration(return_immediately=True),
-    )
-    task_id = None
-    context = ClientCallContext(service_parameters={"traceparent": traceparent(trace_id)})
-    async for event in client.send_message(request, context=context):
-        item = event[0] if isinstance(event, tuple) else event
-        if isinstance(item, pb.StreamResponse) and item.HasField("task"):
-            task_id = item.task.id
-        elif isinstance(item, pb.Task):
-            task_id = item.id
+    task_id = await start_plan(client, plan, trace_id=trace_id)
     assert task_id
     # "root task COMPLETED" polling
     deadline = time.monotonic() + 30
@@ -147,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         mesh.stop_all()  # by PID; afterwards the ground truth is final
 
-    events: dict[str, list[dict[str, Any]]] = {}
-    for e in read_events(mesh.events):
-        if e.get("trace_id"):
-            events.setdefault(e["trace_id"], []).append(e)
+    events = events_by_trace(read_events(mesh.events))
 
     rows: dict[str, list[float]] = {"collector settled_at": [], "collector /wait returned": [],
                                     "first push webhook": [], "root task COMPLETED (poll)": []}

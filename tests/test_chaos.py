@@ -25,18 +25,17 @@ import json
 import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from a2a.client import ClientConfig, create_client
-from a2a.client.client import ClientCallContext
-from a2a.helpers.proto_helpers import new_text_message
-from a2a.types import a2a_pb2 as pb
 
-from a2a_quiescence.demo.harness import Mesh
-from a2a_quiescence.demo.mesh import new_trace_id, plan_text, send_plan, traceparent
+from a2a_quiescence.demo.harness import Mesh, events_by_trace, read_events
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+
+from support import cancel, send_nonblocking, wait_until_async
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,24 +44,6 @@ ORDER = ["A", "B", "C", "D", "E"]
 PEERS = {name: ORDER[i + 1 :] for i, name in enumerate(ORDER)}
 VICTIM = "D"
 DEADLINE = 60.0
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def by_trace(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for e in events:
-        if e.get("trace_id"):
-            out.setdefault(e["trace_id"], []).append(e)
-    return out
 
 
 def unfinished_work(evs: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -99,43 +80,7 @@ def random_plan(rng: random.Random, agent: str, depth: int = 0) -> dict[str, Any
     return plan
 
 
-def ctx(trace_id: str) -> ClientCallContext:
-    return ClientCallContext(service_parameters={"traceparent": traceparent(trace_id)})
-
-
-async def send_nonblocking(url: str, plan: dict[str, Any], trace_id: str) -> str:
-    async with httpx.AsyncClient(timeout=30) as http:
-        client = await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
-        request = pb.SendMessageRequest(
-            message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER),
-            configuration=pb.SendMessageConfiguration(return_immediately=True),
-        )
-        task_id = None
-        async for event in client.send_message(request, context=ctx(trace_id)):
-            item = event[0] if isinstance(event, tuple) else event
-            if isinstance(item, pb.StreamResponse) and item.HasField("task"):
-                task_id = item.task.id
-            elif isinstance(item, pb.Task):
-                task_id = item.id
-        assert task_id
-        return task_id
-
-
-async def cancel(url: str, task_id: str, trace_id: str) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
-        client = await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
-        await client.cancel_task(pb.CancelTaskRequest(id=task_id), context=ctx(trace_id))
-
-
-async def until(fn: Any, what: str, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for {what} after {deadline}s")
-        await asyncio.sleep(0.02)
+until = partial(wait_until_async, timeout=DEADLINE, every=0.02)  # (check, what); pytest.fail at the deadline
 
 
 async def test_chaos_no_early_settle_and_the_killed_hop_is_named(tmp_path: Path) -> None:
@@ -172,7 +117,7 @@ async def test_chaos_no_early_settle_and_the_killed_hop_is_named(tmp_path: Path)
             roots[trace_id], kinds[trace_id] = 1, "cancel"
             task_id = await send_nonblocking(url[entry], {**plan, "outcome": "hang"}, trace_id)
             await until(
-                lambda: any(e["event"] == "hang" and e["agent"] == entry for e in by_trace(read_events(events)).get(trace_id, [])),
+                lambda: any(e["event"] == "hang" and e["agent"] == entry for e in events_by_trace(read_events(events)).get(trace_id, [])),
                 f"{entry} to hang in {trace_id}",
             )
             roots[trace_id] = 2
@@ -191,7 +136,7 @@ async def test_chaos_no_early_settle_and_the_killed_hop_is_named(tmp_path: Path)
         cancels = [asyncio.create_task(cancelled(rng.choice(["A", "B", "C"]), random_plan(rng, "B", 1))) for _ in range(3)]
 
         def victims_parked() -> bool:
-            grouped = by_trace(read_events(events))
+            grouped = events_by_trace(read_events(events))
             victims = [t for t, k in kinds.items() if k == "victim"]
             return len(victims) == 3 and all(
                 any(e["event"] == "hang" and e["agent"] == VICTIM for e in grouped.get(t, [])) for t in victims
@@ -239,7 +184,7 @@ async def test_chaos_no_early_settle_and_the_killed_hop_is_named(tmp_path: Path)
         for proc in [mesh.agents[n] for n in ORDER] + [mesh.webhook]:
             assert proc is not None
             proc.stop()
-        grouped = by_trace(read_events(events))
+        grouped = events_by_trace(read_events(events))
 
         early, bad_stuck = [], []
         for t in traces:

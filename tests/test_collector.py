@@ -31,16 +31,13 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Mesh, Proc, _bin, free_port, wait_http
-from a2a.client import ClientConfig, create_client
-from a2a.client.client import ClientCallContext
-from a2a.helpers.proto_helpers import new_text_message
-from a2a.types import a2a_pb2 as pb
+from a2a_quiescence.demo.harness import Mesh, Proc, _bin, free_port, stop_process, wait_http
 
-from a2a_quiescence.demo.mesh import new_trace_id, plan_text, send_plan, traceparent
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.instrumentation import reporter
 
 from conftest import need_tool
+from support import TIMED_OUT_LAST, wait_until
 
 TOKEN = "s3cret-token"
 BODY_LIMIT = 8192
@@ -50,14 +47,7 @@ DEADLINE = 30.0
 # -- helpers ----------------------------------------------------------------------
 def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.05) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+    return wait_until(check, what, timeout=timeout, every=every, message=TIMED_OUT_LAST, final_check=False)
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -132,14 +122,7 @@ class Collector:
         return next((a for a in self.mesh()["agents"] if a["agent"] == name), None)
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_process(self.popen, sig, 15)
 
 
 def hop_body(inc: str, seq: int, *, in_flight: int = 0, started: int = 0, shutdown: dict | None = None,
@@ -414,33 +397,18 @@ def test_duplicates_not_double_counted_and_new_incarnation_adds(tmp_path: Path) 
         assert c.stop() == 0
 
 
-async def _submit(url: str, plan: dict[str, Any], trace_id: str | None) -> None:
-    headers = {"traceparent": traceparent(trace_id)} if trace_id else {}
-    async with httpx.AsyncClient(timeout=30) as http:
-        client = await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
-        request = pb.SendMessageRequest(
-            message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER),
-            configuration=pb.SendMessageConfiguration(return_immediately=True),
-        )
-        async for _event in client.send_message(request, context=ClientCallContext(service_parameters=headers)):
-            pass
-
-
 def submit(url: str, plan: dict[str, Any], trace_id: str | None = None) -> None:
     """Send a plan without waiting for it to finish (a hanging plan never does).
 
     The request returns once the task is submitted, so no open connection keeps
     uvicorn's graceful shutdown from reaching the lifespan (where aclose runs)."""
-    asyncio.run(_submit(url, plan, trace_id))
+    asyncio.run(send_plan(url, plan, trace_id=trace_id, return_immediately=True))
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(workdir=tmp_path)
-    try:
+    with Mesh(workdir=tmp_path) as m:
         yield m
-    finally:
-        m.stop_all()
 
 
 def _in_flight(m: Mesh, agent: str) -> float:

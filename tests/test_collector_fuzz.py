@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import signal
 import subprocess
 import zlib
 from pathlib import Path
@@ -27,7 +26,7 @@ from prometheus_client.exposition import generate_latest
 from a2a_quiescence import names
 from a2a_quiescence.collector import otlp
 from a2a_quiescence.collector.server import Collector, Config
-from a2a_quiescence.demo.harness import _bin, free_port, wait_http
+from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http
 from a2a_quiescence.instrumentation import reporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -261,13 +260,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         wait_http(f"http://127.0.0.1:{http_port}/readyz", proc=popen)
         yield f"http://127.0.0.1:{otlp_port}", f"http://127.0.0.1:{http_port}"
     finally:
-        if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(15)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(5)
+        stop_process(popen)
     assert popen.returncode == 0, log.read_text()[-2000:]
     assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
 

@@ -7,10 +7,8 @@ A -> B slow cascade: PromQL sees a2a_producers_in_flight go up on both hops
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,33 +16,24 @@ import httpx
 import pytest
 
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Mesh, free_port, wait_http
+from a2a_quiescence.demo.harness import Mesh, free_port, stop_process, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 
 from conftest import need_tool
+from support import TIMED_OUT_LAST, wait_until
 
 pytestmark = pytest.mark.external
 DEADLINE = 60.0
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+    return wait_until(check, what, timeout=timeout, every=every, message=TIMED_OUT_LAST, final_check=False)
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(workdir=tmp_path)
-    try:
+    with Mesh(workdir=tmp_path) as m:
         yield m
-    finally:
-        m.stop_all()
 
 
 @pytest.fixture
@@ -70,13 +59,7 @@ def prometheus(tmp_path: Path, mesh: Mesh) -> Iterator[str]:
         wait_http(f"{url}/-/ready", timeout=60, proc=popen)
         yield url
     finally:
-        if popen.poll() is None:
-            popen.send_signal(signal.SIGTERM)
-            try:
-                popen.wait(30)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(5)
+        stop_process(popen, timeout=30)
 
 
 def query(prom: str, expr: str) -> dict[str, float]:

@@ -40,6 +40,7 @@ import httpx
 import pytest
 import yaml
 from conftest import need_tool
+from support import TIMED_OUT_AFTER_LAST, wait_until
 
 from a2a_quiescence import names
 from a2a_quiescence.dashboards import rules
@@ -60,15 +61,7 @@ DEADLINE = 30.0  # per wait; everything normally happens within a few seconds
 
 def poll(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
     """Call ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        time.sleep(every)
+    return wait_until(check, what, timeout=timeout, every=every, message=TIMED_OUT_AFTER_LAST)
 
 
 # --- the webhook receiver Alertmanager notifies ------------------------------

@@ -13,57 +13,33 @@ import contextlib
 import gc
 import importlib
 import importlib.util
-import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, AsyncIterator, Awaitable
 
 import httpx
 import pytest
 import uvicorn
 from a2a.client import ClientConfig, create_client
-from a2a.client.client import ClientCallContext
 from a2a.helpers.proto_helpers import get_message_text, new_text_message
 from a2a.types import a2a_pb2 as pb
 from opentelemetry import metrics as otel_metrics
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
-from a2a_quiescence.demo.mesh import build_app, plan_text, traceparent
+from a2a_quiescence.demo.mesh import build_app, call_context, plan_text
 from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor, patches
+
+from support import TIMED_OUT, Telemetry, instrumented, raise_assertion, serve, wait_until_async
 
 DEADLINE = 20.0
 
 
 # --- helpers -------------------------------------------------------------------
-async def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Wait until ``condition()`` is truthy (a deadline, not a timing assumption)."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5))
-    task = asyncio.create_task(server.serve())
-    try:
-        await poll(lambda: server.started or task.done(), "server start")
-        if task.done():
-            task.result()
-        yield server
-    finally:
-        server.should_exit = True
-        await task
+poll = partial(wait_until_async, timeout=DEADLINE, every=0.01, message=TIMED_OUT, fail=raise_assertion)  # (condition, what)
 
 
 class Agents:
@@ -106,12 +82,11 @@ async def a2a_client(url: str, streaming: bool = False) -> AsyncIterator[Any]:
 
 
 async def send(client: Any, plan: dict[str, Any], *, trace_id: str | None = None, blocking: bool = True) -> list[Any]:
-    headers = {names.HEADER_TRACEPARENT: traceparent(trace_id)} if trace_id else {}
     request = pb.SendMessageRequest(
         message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER),
         configuration=pb.SendMessageConfiguration(return_immediately=not blocking),
     )
-    return [e async for e in client.send_message(request, context=ClientCallContext(service_parameters=headers))]
+    return [e async for e in client.send_message(request, context=call_context(trace_id))]
 
 
 def task_of(events: list[Any]) -> pb.Task:
@@ -121,42 +96,10 @@ def task_of(events: list[Any]) -> pb.Task:
     raise AssertionError(f"no task in {events}")
 
 
-class Telemetry:
-    def __init__(self, span_processor: Any = None, meter_provider: Any = None) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(span_processor or SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = meter_provider or MeterProvider(metric_readers=[self.reader])
-
-    def spans(self, name: str | None = None) -> list[ReadableSpan]:
-        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
-
-    def metric(self, name: str, **attrs: Any) -> float | None:
-        """Sum of the data points of one instrument (optionally filtered by attributes)."""
-        data = self.reader.get_metrics_data()
-        total = None
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name != name:
-                        continue
-                    for dp in m.data.data_points:
-                        if all(dp.attributes.get(k) == v for k, v in attrs.items()):
-                            total = (total or 0) + dp.value
-        return total
-
-
 @pytest.fixture
 def otel() -> Any:
-    tel = Telemetry()
-    inst = A2AQuiescenceInstrumentor()
-    inst.instrument(tracer_provider=tel.tracer_provider, meter_provider=tel.meter_provider, report=False, stall_seconds=30)
-    tel.runtime = inst.runtime
-    try:
+    with instrumented(stall_seconds=30) as tel:
         yield tel
-    finally:
-        inst.uninstrument()
 
 
 def _server_spans(tel: Telemetry) -> list[ReadableSpan]:

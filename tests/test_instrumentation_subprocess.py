@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import threading
-import time
 import uuid
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from a2a.types import a2a_pb2 as pb
@@ -31,18 +31,12 @@ from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Mesh
 from a2a_quiescence.demo.mesh import send_plan
 
+from support import TIMED_OUT, raise_assertion, wait_until
+
 DEADLINE = 30.0
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+wait_for = partial(wait_until, timeout=DEADLINE, every=0.05, message=TIMED_OUT, fail=raise_assertion)  # (condition, what)
 
 
 class TraceSink:

@@ -16,12 +16,11 @@ then waits in ``close(immediate=False)`` for that sink to drain: forever.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import linecache
 import socket
-import time
-from typing import Any, AsyncIterator, Callable
+from functools import partial
+from typing import Any, AsyncIterator
 
 import httpx
 import pytest
@@ -29,16 +28,13 @@ import uvicorn
 from a2a.client import ClientConfig, create_client
 from a2a.helpers.proto_helpers import new_text_message
 from a2a.types import a2a_pb2 as pb
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, plan_text
-from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor, patches
+from a2a_quiescence.instrumentation import patches
+
+from support import TIMED_OUT, Telemetry, instrumented, raise_assertion, serve, wait_until_async
 
 DEADLINE = 20.0
 STALL_SECONDS = 0.3
@@ -47,55 +43,13 @@ HANG_PLAN = {"stream_events": 900}
 SMALL_BUFFER = 4096
 
 
-async def poll(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-class Otel:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-        self.inst = A2AQuiescenceInstrumentor()
-        self.inst.instrument(
-            tracer_provider=self.tracer_provider,
-            meter_provider=self.meter_provider,
-            report=False,
-            stall_seconds=STALL_SECONDS,
-        )
-        self.runtime: patches.Runtime = self.inst.runtime
-
-    def metric(self, name: str) -> float | None:
-        data = self.reader.get_metrics_data()
-        total = None
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name == name:
-                        for dp in m.data.data_points:
-                            total = (total or 0) + dp.value
-        return total
-
-    def spans(self, name: str) -> list[Any]:
-        return [s for s in self.exporter.get_finished_spans() if s.name == name]
+poll = partial(wait_until_async, timeout=DEADLINE, every=0.01, message=TIMED_OUT, fail=raise_assertion)  # (condition, what)
 
 
 @pytest.fixture
 def otel() -> Any:
-    o = Otel()
-    try:
+    with instrumented(stall_seconds=STALL_SECONDS) as o:
         yield o
-    finally:
-        o.inst.uninstrument()
 
 
 class Agent:
@@ -114,18 +68,10 @@ async def agent(*, aclose_on_shutdown: bool = False) -> AsyncIterator[Agent]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
     sock.bind(("127.0.0.1", port))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        await poll(lambda: server.started or task.done(), "server start")
-        if task.done():
-            task.result()
-        yield Agent(f"http://127.0.0.1:{port}/", handler, server)
+        async with serve(app, port, sockets=[sock]) as server:
+            yield Agent(f"http://127.0.0.1:{port}/", handler, server)
     finally:
-        server.should_exit = True
-        await task
         sock.close()
 
 
@@ -144,7 +90,7 @@ async def stream(url: str, plan: dict[str, Any]) -> AsyncIterator[Any]:
                 await events.aclose()
 
 
-def _stall_detail(otel: Otel) -> dict[str, Any]:
+def _stall_detail(otel: Telemetry) -> dict[str, Any]:
     stalls = [r for r in otel.runtime.tracker.recent if r.get("kind") == "stall"]
     assert stalls, "no stall recorded"
     return stalls[-1]
@@ -159,7 +105,7 @@ def _assert_parked_in_subscribers_close(detail: dict[str, Any]) -> None:
     assert detail["a2a.stall.operation"] == "event_queue.close"
 
 
-async def test_abandoned_subscriber_stall_reported_while_hanging_and_leak_at_shutdown(otel: Otel) -> None:
+async def test_abandoned_subscriber_stall_reported_while_hanging_and_leak_at_shutdown(otel: Telemetry) -> None:
     tracker = otel.runtime.tracker
     async with agent(aclose_on_shutdown=False) as a, stream(a.url, HANG_PLAN) as events:
         first = await events.__anext__()
@@ -188,7 +134,7 @@ async def test_abandoned_subscriber_stall_reported_while_hanging_and_leak_at_shu
         await poll(lambda: tracker.producers_in_flight == 0, "producer gone after aclose")
 
 
-async def test_abandoned_subscriber_aclose_drains_and_records_no_leak(otel: Otel) -> None:
+async def test_abandoned_subscriber_aclose_drains_and_records_no_leak(otel: Telemetry) -> None:
     tracker = otel.runtime.tracker
     async with agent(aclose_on_shutdown=False) as a, stream(a.url, HANG_PLAN) as events:
         first = await events.__anext__()
@@ -223,7 +169,7 @@ async def test_abandoned_subscriber_aclose_drains_and_records_no_leak(otel: Otel
         assert patches.record_shutdown(otel.runtime, "test") == 0
 
 
-async def test_completed_stream_has_no_stall(otel: Otel) -> None:
+async def test_completed_stream_has_no_stall(otel: Telemetry) -> None:
     tracker = otel.runtime.tracker
     plan = {"stream_events": 5, "event_gap_ms": 10}
     async with agent(aclose_on_shutdown=True) as a, stream(a.url, plan) as events:

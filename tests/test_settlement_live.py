@@ -13,21 +13,19 @@ Everything listens on 127.0.0.1, is synchronised by polling with deadlines
 from __future__ import annotations
 
 import asyncio
-import json
-import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
-from a2a.client import ClientConfig, create_client
-from a2a.client.client import ClientCallContext
-from a2a.helpers.proto_helpers import new_text_message
 from a2a.types import a2a_pb2 as pb
 
-from a2a_quiescence.demo.harness import Mesh
-from a2a_quiescence.demo.mesh import new_trace_id, plan_text, send_plan, traceparent
+from a2a_quiescence.demo.harness import Mesh, read_events
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.wait import describe_holders
+
+from support import cancel, relay_mesh, send_nonblocking, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,18 +33,6 @@ DEADLINE = 60.0  # generous upper bound for anything we poll for; never a pass/f
 
 
 # --- helpers -------------------------------------------------------------------
-def read_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-    return out
-
-
 def events_for(path: Path, trace_id: str) -> list[dict[str, Any]]:
     return [e for e in read_events(path) if e.get("trace_id") == trace_id]
 
@@ -59,16 +45,7 @@ def balanced(events: list[dict[str, Any]]) -> bool:
     )
 
 
-def poll(fn: Callable[[], Any], what: str, deadline: float = DEADLINE, interval: float = 0.02) -> Any:
-    """Call ``fn`` until it returns something truthy; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for {what} after {deadline}s")
-        time.sleep(interval)
+poll = partial(wait_until, timeout=DEADLINE, every=0.02)  # (check, what); pytest.fail at the deadline
 
 
 def cascade(api: str, trace_id: str) -> dict[str, Any]:
@@ -81,35 +58,6 @@ def wait_api(api: str, trace_id: str, timeout: float, roots: int = 1) -> httpx.R
     return httpx.get(
         f"{api}/v1/cascades/{trace_id}/wait", params={"timeout": timeout, "roots": roots}, timeout=timeout + 10
     )
-
-
-def ctx(trace_id: str) -> ClientCallContext:
-    return ClientCallContext(service_parameters={"traceparent": traceparent(trace_id)})
-
-
-async def send_nonblocking(url: str, plan: dict[str, Any], trace_id: str) -> str:
-    """A root request that returns at once; the task id of the new task."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        client = await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
-        request = pb.SendMessageRequest(
-            message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER),
-            configuration=pb.SendMessageConfiguration(return_immediately=True),
-        )
-        task_id = None
-        async for event in client.send_message(request, context=ctx(trace_id)):
-            item = event[0] if isinstance(event, tuple) else event
-            if isinstance(item, pb.StreamResponse) and item.HasField("task"):
-                task_id = item.task.id
-            elif isinstance(item, pb.Task):
-                task_id = item.id
-        assert task_id, "no task in the non-blocking answer"
-        return task_id
-
-
-async def cancel(url: str, task_id: str, trace_id: str) -> pb.Task:
-    async with httpx.AsyncClient(timeout=30) as http:
-        client = await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
-        return await client.cancel_task(pb.CancelTaskRequest(id=task_id), context=ctx(trace_id))
 
 
 SETTLES: list[tuple[str, float]] = []  # (trace id, settled_at) of every settle seen in this module
@@ -139,19 +87,8 @@ def settle(mesh: Mesh, trace_id: str, roots: int = 1) -> dict[str, Any]:
 # --- the mesh ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("live")
-    m = Mesh(workdir)
-    m.events = workdir / "events.jsonl"
-    try:
-        m.start_collector()
-        m.start_webhook()
-        m.start_agent("C")
-        m.start_agent("U", instrument=False)  # a hop that never reports
-        m.start_agent("B", ["C", "U"])
-        m.start_agent("A", ["B"])
+    with relay_mesh(tmp_path_factory.mktemp("live")) as m:
         yield m
-    finally:
-        m.stop_all()
 
 
 def chain(c_call: dict[str, Any], b_call: dict[str, Any] | None = None) -> dict[str, Any]:

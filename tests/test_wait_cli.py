@@ -13,30 +13,21 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port
+from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.wait import NotSettled, wait_for_quiescence
+
+from support import relay_mesh
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(180)
 
 DEADLINE = 60.0
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def last_event(path: Path, trace_id: str) -> float:
@@ -51,19 +42,8 @@ def wait_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("wait")
-    m = Mesh(workdir)
-    m.events = workdir / "events.jsonl"
-    try:
-        m.start_collector()
-        m.start_webhook()
-        m.start_agent("C")
-        m.start_agent("U", instrument=False)
-        m.start_agent("B", ["C", "U"])
-        m.start_agent("A", ["B"])
+    with relay_mesh(tmp_path_factory.mktemp("wait")) as m:
         yield m
-    finally:
-        m.stop_all()
 
 
 def run_cascade(mesh: Mesh, to: str, work_ms: int = 20, blocking: bool = True) -> str:

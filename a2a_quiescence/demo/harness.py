@@ -7,6 +7,7 @@ Everything listens on 127.0.0.1; everything started is stopped by PID.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import httpx
 
@@ -49,6 +50,40 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} not ready after {timeout}s ({last})")
 
 
+def stop_process(popen: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+    """Signal a process still running and wait ``timeout`` s for it (then SIGKILL); its exit code."""
+    if popen.poll() is None:
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    return popen.returncode
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The ground truth the agents and the webhook recorded (``--events``), one dict per JSON line.
+
+    A missing file is no events; a line that does not parse (being written right now) is skipped."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def events_by_trace(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Ground-truth events grouped by cascade (trace id); events without one are left out."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("trace_id"):
+            out.setdefault(e["trace_id"], []).append(e)
+    return out
+
+
 @dataclass
 class Proc:
     name: str
@@ -61,14 +96,7 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_process(self.popen, sig, timeout)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -175,6 +203,12 @@ class Mesh:
     def stop_all(self) -> None:
         for proc in list(self.agents.values()) + [p for p in (self.webhook, self.collector) if p is not None]:
             proc.stop()
+
+    def __enter__(self) -> "Mesh":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()  # whatever was started, by PID
 
     def metrics(self) -> str:
         return httpx.get(f"{self.api}/metrics", timeout=5).text

@@ -218,7 +218,7 @@ def build_app(
     async def lifespan(_app: Starlette):  # type: ignore[no-untyped-def]
         truth.record("up", None, pid=os.getpid())
         yield
-        if aclose_on_shutdown:
+        if aclose_on_shutdown and hasattr(handler, "aclose"):  # a2a-sdk >= 1.1.2
             await handler.aclose()
         await executor.aclose()
         await push_http.aclose()
@@ -279,16 +279,50 @@ def traceparent(trace_id: str) -> str:
     return f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
 
 
-async def send_plan(
-    url: str, plan: dict[str, Any], *, trace_id: str | None = None, streaming: bool = False, timeout: float = 30.0
-) -> list[Any]:
-    """Send a plan to an agent as an outside client; returns the responses."""
+def call_context(trace_id: str | None) -> ClientCallContext:
+    """The call context of an outside request into cascade ``trace_id`` (its traceparent; none without an id)."""
     headers = {"traceparent": traceparent(trace_id)} if trace_id else {}
+    return ClientCallContext(service_parameters=headers)
+
+
+async def start_plan(client: Any, plan: dict[str, Any], *, trace_id: str | None = None) -> str | None:
+    """Send a plan on an open client without waiting for it (``return_immediately``).
+
+    Returns the id of the task the agent created (None when no task was in the answer)."""
+    request = pb.SendMessageRequest(
+        message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER),
+        configuration=pb.SendMessageConfiguration(return_immediately=True),
+    )
+    task_id = None
+    async for event in client.send_message(request, context=call_context(trace_id)):
+        item = event[0] if isinstance(event, tuple) else event
+        if isinstance(item, pb.StreamResponse) and item.HasField("task"):
+            task_id = item.task.id
+        elif isinstance(item, pb.Task):
+            task_id = item.id
+    return task_id
+
+
+async def send_plan(
+    url: str,
+    plan: dict[str, Any],
+    *,
+    trace_id: str | None = None,
+    streaming: bool = False,
+    timeout: float = 30.0,
+    return_immediately: bool = False,
+) -> Any:
+    """Send a plan to an agent as an outside client; returns the responses.
+
+    With ``return_immediately`` the request returns once the task is submitted
+    (see ``start_plan``) and the new task's id (or None) is returned instead."""
     async with httpx.AsyncClient(timeout=timeout) as http:
         client = await create_client(url, client_config=ClientConfig(streaming=streaming, httpx_client=http))
+        if return_immediately:
+            return await start_plan(client, plan, trace_id=trace_id)
         request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
         out = []
-        async for event in client.send_message(request, context=ClientCallContext(service_parameters=headers)):
+        async for event in client.send_message(request, context=call_context(trace_id)):
             out.append(event)
         return out
 
