@@ -132,15 +132,19 @@ class Snapshot:
     body: dict[str, Any]
 
 
+_ZERO_TRACE_ID = bytes(16)
+_OURS = frozenset((names.EVENT_HOP_SNAPSHOT, names.EVENT_CASCADE_SNAPSHOT))
+
+
 def snapshots(request: ExportLogsServiceRequest) -> Iterator[Snapshot | PayloadError]:
     """Our lifecycle snapshots in a logs request; other log records are ignored.
     A malformed snapshot yields a PayloadError in its place (the rest still count)."""
     for resource_logs in request.resource_logs:
-        agent = _attr(resource_logs.resource.attributes, "service.name") or "unknown_service"
+        agent = str(_attr(resource_logs.resource.attributes, "service.name") or "unknown_service")
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
                 event = _attr(record.attributes, names.LOG_ATTR_EVENT_NAME) or record.event_name
-                if event not in (names.EVENT_HOP_SNAPSHOT, names.EVENT_CASCADE_SNAPSHOT):
+                if event not in _OURS:
                     continue
                 try:
                     body = _SNAPSHOT_JSON.decode(record.body.string_value)
@@ -151,11 +155,12 @@ def snapshots(request: ExportLogsServiceRequest) -> Iterator[Snapshot | PayloadE
                     continue
                 trace_id = None
                 if event == names.EVENT_CASCADE_SNAPSHOT:
-                    if len(record.trace_id) != 16 or not any(record.trace_id):
+                    raw_id = record.trace_id
+                    if len(raw_id) != 16 or raw_id == _ZERO_TRACE_ID:
                         yield PayloadError(400, names.REJECT_MALFORMED, "cascade snapshot without a trace id")
                         continue
-                    trace_id = record.trace_id.hex()
-                yield Snapshot(event, str(agent), trace_id, body)
+                    trace_id = raw_id.hex()
+                yield Snapshot(event, agent, trace_id, body)
 
 
 def gzip_bytes(data: bytes) -> bytes:

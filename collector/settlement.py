@@ -66,6 +66,14 @@ class Tally(NamedTuple):
 EMPTY = Tally()
 
 
+def _object(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise ValueError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
 @dataclass(slots=True)
 class CascadeSnapshot:
     """One hop incarnation's atomic report about one cascade."""
@@ -99,12 +107,11 @@ class CascadeSnapshot:
                 raise ValueError("incarnation must be a non-empty string")
             if not isinstance(seq, int) or not isinstance(active, int) or active < 0:
                 raise ValueError("seq and active must be non-negative integers")
-            sent = {str(k): Tally.from_json(v) for k, v in dict(body.get("sent") or {}).items()}
-            received = {
-                str(k): Tally.from_json(v) for k, v in dict(body.get("received") or {}).items()
-            }
+            # keys of a JSON object are always strings: no conversion needed
+            sent = {k: Tally.from_json(v) for k, v in _object(body.get("sent")).items()}
+            received = {k: Tally.from_json(v) for k, v in _object(body.get("received")).items()}
             roots = Tally.from_json(body.get("roots") or [0, 0])
-            aliases = tuple(str(a) for a in (body.get("aliases") or ()))
+            aliases = tuple(map(str, body.get("aliases") or ()))
             passive_since = body.get("passive_since")
             if passive_since is not None:
                 passive_since = float(passive_since)
