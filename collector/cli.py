@@ -45,23 +45,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=os.environ.get(names.ENV_TOKEN),
                    help=f"bearer token required on OTLP ingest and the /v1 API (env {names.ENV_TOKEN})")
     p.add_argument("--token-file", default=_env("TOKEN_FILE", None), help="read the bearer token from this file")
-    p.add_argument("--max-body-bytes", type=int, default=int(_env("MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+    p.add_argument("--max-body-bytes", type=int, default=_env("MAX_BODY_BYTES", str(4 * 1024 * 1024)),
                    help="largest accepted request body, before and after decompression (413 above)")
-    p.add_argument("--max-agents", type=int, default=int(_env("MAX_AGENTS", "1000")),
+    p.add_argument("--max-agents", type=int, default=_env("MAX_AGENTS", "1000"),
                    help="agents tracked at most (oldest evicted, counted)")
-    p.add_argument("--max-cascades", type=int, default=int(_env("MAX_CASCADES", "100000")),
+    p.add_argument("--max-cascades", type=int, default=_env("MAX_CASCADES", "100000"),
                    help="cascades tracked at most (oldest evicted, counted)")
-    p.add_argument("--stuck-after", type=float, default=float(_env("STUCK_AFTER", "30")),
+    p.add_argument("--stuck-after", type=float, default=_env("STUCK_AFTER", "30"),
                    help="seconds without progress after which an open cascade is reported stuck")
-    p.add_argument("--retention", type=float, default=float(_env("RETENTION", "300")),
+    p.add_argument("--retention", type=float, default=_env("RETENTION", "300"),
                    help="seconds a settled cascade stays queryable in detail")
-    p.add_argument("--agent-timeout", type=float, default=float(_env("AGENT_TIMEOUT", "10")),
+    p.add_argument("--agent-timeout", type=float, default=_env("AGENT_TIMEOUT", "10"),
                    help="seconds of silence after which an agent process counts as gone (its in-flight producers as leaked)")
     p.add_argument("--forward", default=_env("FORWARD", None),
                    help="base URL of an upstream OTLP/HTTP endpoint to forward everything to (Tempo, Jaeger, an OTel Collector)")
     p.add_argument("--forward-token", default=_env("FORWARD_TOKEN", None),
                    help="bearer token sent upstream when forwarding (e.g. to a token-protected mesh collector)")
-    p.add_argument("--forward-queue", type=int, default=int(_env("FORWARD_QUEUE", "1000")),
+    p.add_argument("--forward-queue", type=int, default=_env("FORWARD_QUEUE", "1000"),
                    help="requests held for forwarding at most (beyond: dropped, counted)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
@@ -87,6 +87,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
         if not token:
             raise ValueError(f"--token-file {args.token_file} is empty")
+    for flag in ("max_body_bytes", "max_agents", "max_cascades", "stuck_after", "retention", "agent_timeout", "forward_queue"):
+        if getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be greater than 0, got {getattr(args, flag)}")
     http_listen = _check_listen(args.http_listen, args.allow_remote, "--http-listen")
     if http_listen is None:
         raise ValueError("--http-listen cannot be off")
