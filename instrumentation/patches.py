@@ -671,6 +671,7 @@ class _ClientCall:
         rt.tracker.send(self.work, self.destination, self.message_id)
         carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
         ctx = trace.set_span_in_context(carrier_span)
+        self.ctx = ctx
         self.otel_token = otel_context.attach(ctx)
         self.cascade_token = CASCADE.set(cascade)
         headers = _outbound_headers(rt, self.message_id)
@@ -723,7 +724,11 @@ def client_call(method: str) -> Callable:
             with _guard("client " + method):
                 call = _ClientCall(rt, method, instance, kwargs)
         try:
-            return await wrapped(*args, **kwargs)
+            if call is None or call.ctx is None:
+                return await wrapped(*args, **kwargs)
+            # our client span stays current during the call, so an HTTP-level
+            # instrumentation (httpx) nests its span under it in the same trace
+            return await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
         except BaseException as exc:
             if call is not None:
                 with _guard("client fail " + method):
@@ -751,11 +756,19 @@ async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
     call = None
     with _guard("client " + method):
         call = _ClientCall(rt, method, instance, kwargs)
-    agen = wrapped(*args, **kwargs)
+    ctx = call.ctx if call is not None else None
+    cascade = call.cascade if call is not None else None
+    if ctx is None:
+        agen = wrapped(*args, **kwargs)
+    else:
+        agen = _in_context(ctx, cascade, lambda: wrapped(*args, **kwargs))
     try:
         while True:
             try:
-                item = await agen.__anext__()
+                if ctx is None:
+                    item = await agen.__anext__()
+                else:
+                    item = await _in_context_await(ctx, cascade, agen.__anext__)
             except StopAsyncIteration:
                 break
             yield item
@@ -766,7 +779,10 @@ async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
         raise
     finally:
         try:
-            await agen.aclose()
+            if ctx is None:
+                await agen.aclose()
+            else:
+                await _in_context_await(ctx, cascade, agen.aclose)
         finally:
             if call is not None:
                 with _guard("client end " + method):
