@@ -129,6 +129,9 @@ class Runtime:
         )
         # task id -> trace id of the request that spawned its producer (bounded)
         self.task_trace: dict[str, str] = {}
+        # live producer tasks by name, and where leaked ones were parked at shutdown
+        self.producers: "weakref.WeakValueDictionary[str, asyncio.Task]" = weakref.WeakValueDictionary()
+        self.parked: dict[str, str] = {}
         self.loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -254,7 +257,7 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any]) -> None:
         names.ATTR_ASYNCIO_TASK: name,
         names.ATTR_TASK_ID: task_id,
         "trace_id": trace_id,
-        names.ATTR_PARKED_AT: _where(task),
+        names.ATTR_PARKED_AT: where if (where := _where(task)) != "unknown" else rt.parked.get(name, where),
     }
     rt.tracker.destroyed_pending_seen(detail)
     _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0]})
@@ -380,6 +383,7 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
         rt.task_trace[task_id] = cascade
         if len(rt.task_trace) > 10_000:
             rt.task_trace.pop(next(iter(rt.task_trace)))
+    rt.producers[producer.get_name()] = producer
     rt.tracker.producer_started()
 
     def finished(task: asyncio.Task) -> None:
@@ -453,7 +457,15 @@ def _shutdown_completed(reason: str) -> Callable[[Runtime], None]:
 
 
 def record_shutdown(rt: Runtime, reason: str) -> int:
-    leaked = rt.tracker.shutdown_completed(reason)
+    parked = {}
+    for name, task in list(rt.producers.items()):
+        if not task.done():
+            # taken now: once the loop is gone, a leaked coroutine may be closed
+            # before its task is reported destroyed, and its frames with it
+            parked[name] = rt.parked[name] = _where(task)
+    while len(rt.parked) > 1000:
+        rt.parked.pop(next(iter(rt.parked)))
+    leaked = rt.tracker.shutdown_completed(reason, parked)
     rt.flush()
     return leaked
 

@@ -112,8 +112,9 @@ class HopTracker:
             self._touch_hop()
         self.wake()
 
-    def shutdown_completed(self, reason: str) -> int:
-        """Record the end of a shutdown; returns the producers still in flight."""
+    def shutdown_completed(self, reason: str, parked: dict[str, str] | None = None) -> int:
+        """Record the end of a shutdown; returns the producers still in flight.
+        ``parked`` maps each leaked producer's task name to where it waits."""
         with self.lock:
             open_cascades = sorted(t for t, c in self.cascades.items() if c.active > 0)
             self.shutdown = {
@@ -121,6 +122,7 @@ class HopTracker:
                 "at": self.clock(),
                 "leaked_producers": self.producers_in_flight,
                 "active_cascades": open_cascades[:50],
+                "parked": dict(list((parked or {}).items())[:50]),
             }
             self._touch_hop()
             leaked = self.producers_in_flight
