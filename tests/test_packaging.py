@@ -1,0 +1,50 @@
+"""`pip install .` ships what the design card promises: the top-level folders
+as the `a2a_quiescence.*` packages, the generated rules and dashboard, the
+CLI, the instrumentor entry point and the pytest plugin."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_wheel_contents_and_entry_points(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    wheel = next(tmp_path.glob("a2a_quiescence-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        files = set(zf.namelist())
+        entry_points = next(zf.read(n).decode() for n in files if n.endswith(".dist-info/entry_points.txt"))
+    for module in (
+        "a2a_quiescence/names.py",
+        "a2a_quiescence/cli.py",
+        "a2a_quiescence/wait.py",
+        "a2a_quiescence/pytest_plugin.py",
+        "a2a_quiescence/demo/mesh.py",
+        "a2a_quiescence/instrumentation/instrumentor.py",
+        "a2a_quiescence/collector/server.py",
+        "a2a_quiescence/collector/settlement.py",
+        "a2a_quiescence/dashboards/generate.py",
+        "a2a_quiescence/dashboards/generated/a2a-mesh.json",
+        "a2a_quiescence/dashboards/generated/prometheus-rules.yaml",
+    ):
+        assert module in files, module
+    assert not any(f.startswith(("tests/", "benchmarks/", "helm/")) for f in files)
+    assert "[opentelemetry_instrumentor]\na2a_quiescence = a2a_quiescence.instrumentation:A2AQuiescenceInstrumentor" in entry_points
+    assert "[pytest11]\na2a_quiescence = a2a_quiescence.pytest_plugin" in entry_points
+    assert "[console_scripts]\na2a-quiescence = a2a_quiescence.cli:main" in entry_points
+
+
+def test_installed_entry_point_loads_the_instrumentor() -> None:
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="opentelemetry_instrumentor") if e.name == "a2a_quiescence"]
+    from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+
+    assert ep.load() is A2AQuiescenceInstrumentor
