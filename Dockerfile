@@ -41,4 +41,4 @@ ENTRYPOINT ["a2a-quiescence", "collector"]
 # In a container 127.0.0.1 is unreachable from outside: listen on every
 # interface by default. The Helm chart passes its own arguments (the sidecar
 # keeps OTLP on 127.0.0.1).
-CMD ["--otlp-listen", "0.0.0.0:4318", "--otlp-grpc-listen", "0.0.0.0:4317", "--http-listen", "0.0.0.0:9464"]
+CMD ["--otlp-listen", "0.0.0.0:4318", "--otlp-grpc-listen", "0.0.0.0:4317", "--http-listen", "0.0.0.0:9464", "--allow-remote"]

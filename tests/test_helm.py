@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -487,3 +488,39 @@ def test_install_helm_script_is_idempotent() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert helm_path.stat().st_mtime_ns == before
+
+
+def _accepted_by_the_cli(container: dict) -> Any:
+    """The collector's own argument parsing and checks, run on the rendered args."""
+    from a2a_quiescence.cli import build_parser
+    from a2a_quiescence.collector.cli import config_from_args
+
+    args = build_parser().parse_args(["collector", *container["args"]])
+    return config_from_args(args)
+
+
+@pytest.mark.parametrize("values", COMBOS, ids=combo_id)
+def test_rendered_collector_arguments_are_accepted_by_the_collector(values: Path | None) -> None:
+    # a chart that renders fine but whose container refuses its own arguments
+    # (say, 0.0.0.0 without --allow-remote) crash-loops: check with the real CLI
+    docs = render("--values", str(CHART / "ci" / "all-values.yaml"), *values_args(values))
+    containers = [sidecar_of(pod_spec(one(docs, "Deployment", "example-agent")))]
+    containers += pod_spec(one(docs, "Deployment", "mesh-collector"))["containers"]
+    for container in containers:
+        config = _accepted_by_the_cli(container)
+        assert config.http_listen.startswith("0.0.0.0:")
+
+
+def test_sidecar_forwards_to_the_mesh_collector_with_the_token() -> None:
+    docs = render("--values", str(CHART / "ci" / "all-values.yaml"), "--set", "sidecar.forwardToMesh=true")
+    sidecar = sidecar_of(pod_spec(one(docs, "Deployment", "example-agent")))
+    target = urlsplit(flag(sidecar, "--forward"))
+    service = one(docs, "Service", "mesh-collector")
+    otlp = {p["name"]: p["port"] for p in service["spec"]["ports"]}["otlp-http"]
+    assert (target.hostname, target.port) == (service["metadata"]["name"], otlp)
+    env = env_of(sidecar)
+    assert env["A2A_QUIESCENCE_FORWARD_TOKEN"]["valueFrom"] == env["A2A_QUIESCENCE_TOKEN"]["valueFrom"]
+    assert _accepted_by_the_cli(sidecar).forward == flag(sidecar, "--forward")
+    # off by default
+    plain = sidecar_of(pod_spec(one(render("--values", str(CHART / "ci" / "all-values.yaml")), "Deployment", "example-agent")))
+    assert "--forward" not in plain["args"]

@@ -129,6 +129,13 @@ Prometheus can scrape /metrics.
     - {{ printf "127.0.0.1:%d" (int $v.ports.otlpGrpc) | quote }}
     - --http-listen
     - {{ printf "0.0.0.0:%d" (int $v.ports.http) | quote }}
+    # the HTTP port is scraped from outside the pod: an explicit opt-in
+    - --allow-remote
+    {{- if $s.forwardToMesh }}
+    # everything received also goes to the mesh collector, which decides settlement
+    - --forward
+    - {{ printf "http://%s:%d" (include "a2a-quiescence.meshCollectorName" $c) (int $v.ports.otlpHttp) | quote }}
+    {{- end }}
     {{- range $s.extraArgs }}
     - {{ . | quote }}
     {{- end }}
@@ -139,6 +146,13 @@ Prometheus can scrape /metrics.
   {{- if or $v.auth.enabled $s.extraEnv }}
   env:
     {{- include "a2a-quiescence.tokenEnv" $c | nindent 4 }}
+    {{- if and $s.forwardToMesh $v.auth.enabled }}
+    - name: A2A_QUIESCENCE_FORWARD_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "a2a-quiescence.secretName" $c }}
+          key: {{ $v.auth.secretKey }}
+    {{- end }}
     {{- with $s.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
