@@ -20,7 +20,7 @@ COPY a2a_quiescence ./a2a_quiescence
 COPY instrumentation ./instrumentation
 COPY collector ./collector
 COPY dashboards ./dashboards
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels ".[collector]"
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \

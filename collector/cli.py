@@ -130,4 +130,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return 0
 
-    return asyncio.run(main())
+    try:
+        import uvloop  # the `collector` extra: a faster event loop when installed
+    except ImportError:
+        return asyncio.run(main())
+    return uvloop.run(main())
