@@ -24,6 +24,12 @@ from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
 from support import instrumented, serve, wait_until_async
 
+# the abandoned coroutines are the point of these tests: their "never awaited"
+# and unraisable-exception warnings at garbage collection are expected
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
 
 def _run_agent_and_close_loop(tel: Any, *, drain: bool) -> tuple[str, list[dict[str, Any]]]:
     """Serve one agent on a fresh loop, leave a hanging producer, close the loop."""
