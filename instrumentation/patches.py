@@ -569,17 +569,24 @@ def server_call(method: str) -> Callable:
     return wrapper
 
 
-def server_stream(method: str) -> Callable:
+def _stream_wrapper(driver: Callable, method: str) -> Callable:
+    """A wrapper for an async-generator method: still a plain call that returns
+    an async generator, like the method it wraps."""
+
     def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         rt = RT
         if rt is None:
             return wrapped(*args, **kwargs)
-        return _server_stream(rt, method, wrapped, args, kwargs)
+        return driver(rt, method, wrapped, instance, args, kwargs)
 
     return wrapper
 
 
-async def _server_stream(rt: Runtime, method: str, wrapped: Callable, args: Any, kwargs: Any) -> Any:
+def server_stream(method: str) -> Callable:
+    return _stream_wrapper(_server_stream, method)
+
+
+async def _server_stream(rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
     work = span = None
     trace_id = None
     ctx = None
@@ -755,13 +762,7 @@ def client_call(method: str) -> Callable:
 
 
 def client_stream(method: str) -> Callable:
-    def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
-        rt = RT
-        if rt is None:
-            return wrapped(*args, **kwargs)
-        return _client_stream(rt, method, wrapped, instance, args, kwargs)
-
-    return wrapper
+    return _stream_wrapper(_client_stream, method)
 
 
 async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
