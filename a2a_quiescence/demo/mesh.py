@@ -199,9 +199,10 @@ def build_app(
     events: str | None = None,
     webhook: str | None = None,
     aclose_on_shutdown: bool = True,
+    public_url: str | None = None,
 ) -> tuple[Starlette, Any, PlanExecutor]:
     """A Starlette app serving one plan agent over JSON-RPC."""
-    url = f"http://127.0.0.1:{port}/"
+    url = public_url or f"http://127.0.0.1:{port}/"
     truth = GroundTruth(events, name)
     executor = PlanExecutor(name, peers, truth, webhook)
     push_http = httpx.AsyncClient(timeout=10.0)
@@ -252,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True, help="agent name (use OTEL_SERVICE_NAME for the hop name)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--public-url", help="URL the agent card advertises (default http://127.0.0.1:PORT/)")
     parser.add_argument("--peer", action="append", default=[], metavar="NAME=URL", help="a peer this agent may call")
     parser.add_argument("--webhook", help="push-notification URL given to the peers this agent calls")
     parser.add_argument("--events", help="append ground-truth events (JSON lines) to this file")
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         peers = dict(p.split("=", 1) for p in args.peer)
         app, _handler, _executor = build_app(
-            args.name, args.port, peers, events=args.events, webhook=args.webhook, aclose_on_shutdown=not args.no_aclose
+            args.name, args.port, peers, events=args.events, webhook=args.webhook,
+            aclose_on_shutdown=not args.no_aclose, public_url=args.public_url,
         )
     # a client holding a blocking call open must not keep the lifespan shutdown (aclose) from running
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
