@@ -4,6 +4,6 @@
 # wait for each to settle. Extra arguments go to `python -m a2a_quiescence.demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --minimal
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m a2a_quiescence.demo "$@"

