@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
 if $minimal; then
     .venv/bin/python -m pip install -q -e '.[collector]'
     echo "setup: done (minimal)"

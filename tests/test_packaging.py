@@ -13,10 +13,12 @@ from conftest import ROOT
 
 
 def test_wheel_contents_and_entry_points(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+    # with build isolation, as `pip install .` does on a user's machine
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(tmp_path.glob("a2a_quiescence-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         files = set(zf.namelist())
