@@ -29,7 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from a2a_quiescence import names  # noqa: E402
 from a2a_quiescence.demo.harness import _bin, free_port, wait_http  # noqa: E402
 from a2a_quiescence.instrumentation import reporter  # noqa: E402
 

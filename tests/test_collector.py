@@ -15,10 +15,8 @@ import http.server
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
-import uuid
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -31,7 +29,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Mesh, Proc, _bin, free_port, stop_process, wait_http
+from a2a_quiescence.demo.harness import Mesh, _bin, free_port, stop_process, wait_http
 
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.instrumentation import reporter

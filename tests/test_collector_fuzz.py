@@ -14,7 +14,6 @@ import gzip
 import json
 import subprocess
 import zlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
