@@ -83,10 +83,10 @@ class Collector:
             event.set()
 
     def _on_settle(self, cascade: Cascade) -> None:
-        if cascade.detection_latency is not None and cascade.settled_roots and cascade.settled_at is not None:
-            if getattr(cascade, "_observed", False) is False:
-                self.latency.observe(cascade.detection_latency)
-                cascade._observed = True  # type: ignore[attr-defined]
+        # observed once per cascade (a later root wave settling again is not a new detection)
+        if cascade.detection_latency is not None and not cascade.latency_observed:
+            self.latency.observe(cascade.detection_latency)
+            cascade.latency_observed = True
 
     # -- ingest ------------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:

@@ -257,6 +257,7 @@ class Cascade:
     settled_roots: int = 0
     detection_latency: float | None = None
     activity_after_settle: bool = False
+    latency_observed: bool = False
     holders: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0
 
