@@ -61,6 +61,7 @@ class Collector:
         self.id = uuid.uuid4().hex
         self.latency = LatencyHistogram()
         self._changed: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}
         self.detector = Detector(
             stuck_after=config.stuck_after,
             retention=config.retention,
@@ -274,10 +275,18 @@ class Collector:
             if remaining <= 0:
                 return JSONResponse(self.describe(trace_id), 408)
             event = self._changed.setdefault(trace_id, asyncio.Event())
+            self._waiting[trace_id] = self._waiting.get(trace_id, 0) + 1
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)
             except asyncio.TimeoutError:
                 pass
+            finally:
+                # the last waiter for an id that never changed takes its event away (bounded memory)
+                left = self._waiting.pop(trace_id) - 1
+                if left:
+                    self._waiting[trace_id] = left
+                elif self._changed.get(trace_id) is event:
+                    del self._changed[trace_id]
 
     async def api_mesh(self, request: Request) -> Response:
         if (denied := self._api_auth(request)) is not None:

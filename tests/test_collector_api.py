@@ -1,0 +1,59 @@
+"""The settlement API of a collector, in process (its ASGI app over httpx's
+ASGI transport): long-poll answers, and memory left behind by waiters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from a2a_quiescence.collector.server import Collector, Config
+from a2a_quiescence.instrumentation.tracker import HopTracker
+from support import wait_until_async
+
+
+def _settled_cascade(collector: Collector, trace_id: str) -> None:
+    """A one-hop cascade, recorded by a real tracker and fed to the collector."""
+    tracker = HopTracker()
+    work = tracker.receive(trace_id, None, uuid.uuid4().hex, "127.0.0.1:1")
+    tracker.release(work)
+    _hop, cascades = tracker.take_snapshots()
+    for tid, body in cascades:
+        collector.state.ingest_cascade("solo", tid, body)
+
+
+async def test_waiters_are_answered_at_settlement_and_leave_nothing_behind() -> None:
+    collector = Collector(Config())
+    transport = httpx.ASGITransport(app=collector.api_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        unknown = uuid.uuid4().hex
+        timed_out = await client.get(f"/v1/cascades/{unknown}/wait", params={"timeout": "0.05"})
+        assert timed_out.status_code == 408 and timed_out.json()["status"] == "unknown"
+        assert collector._changed == {} and collector._waiting == {}
+
+        trace_id = uuid.uuid4().hex
+        waiters = [
+            asyncio.create_task(client.get(f"/v1/cascades/{trace_id}/wait", params={"timeout": "30"}))
+            for _ in range(3)
+        ]
+        # all three are parked on the same id before the cascade arrives
+        await wait_until_async(lambda: collector._waiting.get(trace_id) == 3, "three parked waiters",
+                               timeout=30, every=0.001)
+        _settled_cascade(collector, trace_id)
+        answers = await asyncio.gather(*waiters)
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert all(a.json()["status"] == "settled" for a in answers)
+        assert collector._changed == {} and collector._waiting == {}
+
+
+async def test_wait_rejects_bad_arguments() -> None:
+    collector = Collector(Config())
+    transport = httpx.ASGITransport(app=collector.api_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        tid = uuid.uuid4().hex
+        assert (await client.get("/v1/cascades/not-hex/wait")).status_code == 400
+        assert (await client.get(f"/v1/cascades/{tid}/wait", params={"timeout": "-1"})).status_code == 400
+        assert (await client.get(f"/v1/cascades/{tid}/wait", params={"timeout": "abc"})).status_code == 400
+        assert (await client.get(f"/v1/cascades/{tid}/wait", params={"roots": "0"})).status_code == 400
+        assert (await client.get(f"/v1/cascades/{'0' * 32}")).status_code == 400
