@@ -30,6 +30,8 @@ from a2a_quiescence.instrumentation.tracker import HopTracker
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = f"http://{names.DEFAULT_OTLP_HTTP}/v1/logs"
+# ~300 bytes each: far below the collector's default 4 MiB body limit
+MAX_SNAPSHOTS_PER_REQUEST = 1000
 
 
 def resolve_endpoint(env: dict[str, str] | None = None) -> str:
@@ -195,27 +197,33 @@ class Reporter:
             hop, cascades = self.tracker.take_snapshots()
             if hop is None and not cascades:
                 return True
-            try:
-                body = encode(self.service_name, self.tracker.incarnation, hop, cascades)
-                collector_id = self._post(body)
-            except Exception as exc:  # noqa: BLE001 - fail-open: never reach the agent
-                self._failures += 1
-                self.export_failures += 1
-                if not self._warned:
-                    self._warned = True
-                    logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, exc)
-                with self.tracker.lock:
-                    self.tracker.hop_dirty = True
-                    self.tracker.dirty.update(t for t, _ in cascades)
-                return False
-            self._failures = 0
-            self.exports += 1
-            if collector_id and self._collector_id and collector_id != self._collector_id:
-                # the collector restarted and lost its view: resend everything
-                self.tracker.mark_all_dirty()
-                self._event.set()
-            if collector_id:
-                self._collector_id = collector_id
+            # bounded requests: a resend of everything after a collector restart
+            # must not become one body the collector refuses as too large
+            chunks = [cascades[i : i + MAX_SNAPSHOTS_PER_REQUEST] for i in range(0, len(cascades), MAX_SNAPSHOTS_PER_REQUEST)]
+            for n, chunk in enumerate(chunks or [[]]):
+                try:
+                    body = encode(self.service_name, self.tracker.incarnation, hop if n == 0 else None, chunk)
+                    collector_id = self._post(body)
+                except Exception as exc:  # noqa: BLE001 - fail-open: never reach the agent
+                    self._failures += 1
+                    self.export_failures += 1
+                    if not self._warned:
+                        self._warned = True
+                        logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, exc)
+                    with self.tracker.lock:
+                        # nothing is lost: what was not delivered is sent again later
+                        self.tracker.hop_dirty = self.tracker.hop_dirty or n == 0
+                        for rest in chunks[n:]:
+                            self.tracker.dirty.update(t for t, _ in rest)
+                    return False
+                self._failures = 0
+                self.exports += 1
+                if collector_id and self._collector_id and collector_id != self._collector_id:
+                    # the collector restarted and lost its view: resend everything
+                    self.tracker.mark_all_dirty()
+                    self._event.set()
+                if collector_id:
+                    self._collector_id = collector_id
             return True
 
     def _post(self, body: bytes) -> str | None:
