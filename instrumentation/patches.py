@@ -525,6 +525,11 @@ def _server_begin(rt: Runtime, method: str, args: Any, kwargs: Any) -> tuple[Any
     state = getattr(call_context, "state", None)
     if isinstance(state, dict) and isinstance(state.get("headers"), dict):
         headers = {str(k).lower(): str(v) for k, v in state["headers"].items()}
+    elif isinstance(state, dict) and state.get("grpc_context") is not None:
+        # the gRPC transport: the same keys arrive as invocation metadata
+        for key, value in state["grpc_context"].invocation_metadata() or ():
+            if not str(key).endswith("-bin"):
+                headers[str(key).lower()] = value if isinstance(value, str) else value.decode("utf-8", "replace")
     incoming = _BAGGAGE.extract(headers, context=_TRACECONTEXT.extract(headers))
     incoming_sc = trace.get_current_span(incoming).get_span_context()
     current_sc = trace.get_current_span().get_span_context()
@@ -661,6 +666,18 @@ def _provably_not_sent(exc: BaseException) -> bool:
     return False
 
 
+def _transport_url(transport: Any) -> str:
+    url = getattr(transport, "url", None) or getattr(transport, "_url", None)
+    if url:
+        return str(url)
+    # the gRPC transport keeps no URL: take the card's gRPC interface
+    card = getattr(transport, "agent_card", None)
+    for interface in getattr(card, "supported_interfaces", None) or ():
+        if str(getattr(interface, "protocol_binding", "")).upper() == "GRPC" and interface.url:
+            return str(interface.url)
+    return "unknown"
+
+
 class _ClientCall:
     def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any]) -> None:
         self.rt = rt
@@ -669,7 +686,7 @@ class _ClientCall:
         self.root: WorkToken | None = None
         self.span: trace.Span | None = None
         self.otel_token = self.cascade_token = None
-        self.destination = _authority(str(getattr(instance, "url", "") or getattr(instance, "_url", "") or "unknown"))
+        self.destination = _authority(_transport_url(instance))
         self.message_id = uuid.uuid4().hex
         ensure_loop_hooks(rt)
         cascade = _current_cascade()
