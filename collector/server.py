@@ -267,7 +267,8 @@ class Collector:
         deadline = time.monotonic() + timeout
         while True:
             cascade = self.detector.cascades.get(trace_id)
-            if cascade is not None and cascade.settled and cascade.settled_roots >= roots:
+            if cascade is not None and cascade.settled and cascade.settled_roots >= max(roots, _roots_in_view(cascade)):
+                # a root wave reported after the settle (same trace id) must settle too
                 return JSONResponse(self.describe(trace_id))
             if cascade is None and trace_id in self.detector.tombstones:
                 return JSONResponse(self.describe(trace_id))
@@ -403,6 +404,10 @@ stuck {mesh['stuck']} &middot; settled so far {mesh['settled_total']}</p>
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _roots_in_view(cascade: Cascade) -> int:
+    return sum(s.roots.count for s in cascade.view.values())
 
 
 def _trace_id(request: Request) -> str | None:

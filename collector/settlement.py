@@ -399,6 +399,8 @@ class Detector:
             "settled_at": cascade.settled_at,
             "roots_received": sum(s.roots.count for s in snaps),
             "settled_roots": cascade.settled_roots if cascade.settled else 0,
+            # root requests seen after the settle whose wave has not settled yet
+            "pending_roots": max(0, sum(s.roots.count for s in snaps) - cascade.settled_roots) if cascade.settled else 0,
             "detection_latency_seconds": cascade.detection_latency,
             "activity_after_settle": cascade.activity_after_settle,
             "first_seen": cascade.first_seen,

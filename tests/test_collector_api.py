@@ -57,3 +57,35 @@ async def test_wait_rejects_bad_arguments() -> None:
         assert (await client.get(f"/v1/cascades/{tid}/wait", params={"timeout": "abc"})).status_code == 400
         assert (await client.get(f"/v1/cascades/{tid}/wait", params={"roots": "0"})).status_code == 400
         assert (await client.get(f"/v1/cascades/{'0' * 32}")).status_code == 400
+
+
+async def test_a_second_root_wave_must_settle_before_wait_answers() -> None:
+    """SETTLEMENT.md: a second root request into a settled cascade. Settled
+    stays settled (no flip back), but a wait answers only once every root
+    request in the view has settled, not on the stale first settle."""
+    collector = Collector(Config())
+    tracker = HopTracker()
+    trace_id = uuid.uuid4().hex
+
+    def report() -> None:
+        _hop, cascades = tracker.take_snapshots()
+        for tid, body in cascades:
+            collector.state.ingest_cascade("solo", tid, body)
+
+    tracker.release(tracker.receive(trace_id, None, uuid.uuid4().hex, None))
+    report()
+    second = tracker.receive(trace_id, None, uuid.uuid4().hex, None)  # the second wave starts
+    report()
+    transport = httpx.ASGITransport(app=collector.api_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        state = (await client.get(f"/v1/cascades/{trace_id}")).json()
+        assert state["status"] == "settled" and state["pending_roots"] == 1
+        busy = await client.get(f"/v1/cascades/{trace_id}/wait", params={"timeout": "0.05"})
+        assert busy.status_code == 408
+        waiter = asyncio.create_task(client.get(f"/v1/cascades/{trace_id}/wait", params={"timeout": "30"}))
+        await wait_until_async(lambda: collector._waiting.get(trace_id) == 1, "a parked waiter", timeout=30, every=0.001)
+        tracker.release(second)  # the second wave ends
+        report()
+        done = await waiter
+        assert done.status_code == 200
+        assert done.json()["settled_roots"] == 2 and done.json()["pending_roots"] == 0
