@@ -224,7 +224,7 @@ def ensure_loop_hooks(rt: Runtime) -> None:
         runtime = RT
         if runtime is not None:
             with _guard("exception_handler"):
-                _maybe_destroyed_pending(runtime, context)
+                _maybe_destroyed_pending(runtime, context, loop_)
         # chain: never swallow what the loop reports
         if previous_handler is not None:
             previous_handler(loop_, context)
@@ -255,7 +255,7 @@ def _where(task: asyncio.Task) -> str:
     return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
 
 
-def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any]) -> None:
+def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
     message = str(context.get("message", ""))
     task = context.get("task")
     if "destroyed but it is pending" not in message or task is None:
@@ -275,7 +275,10 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any]) -> None:
     with _guard("destroyed_pending span"):
         span.set_status(Status(StatusCode.ERROR, message))
     _end(span)
-    rt.flush()
+    if loop.is_closed() or not loop.is_running():
+        # the loop is gone (shutdown): this may be the last chance to report.
+        # While it runs, the reporter thread sends it; never block the agent here.
+        rt.flush()
 
 
 # --- stall watchdog ------------------------------------------------------------

@@ -89,3 +89,24 @@ async def test_a_second_root_wave_must_settle_before_wait_answers() -> None:
         done = await waiter
         assert done.status_code == 200
         assert done.json()["settled_roots"] == 2 and done.json()["pending_roots"] == 0
+
+
+async def test_status_page_and_health() -> None:
+    collector = Collector(Config())
+    trace_id = uuid.uuid4().hex
+    tracker = HopTracker()
+    tracker.receive(trace_id, None, uuid.uuid4().hex, None)  # still working: an open cascade
+    _hop, cascades = tracker.take_snapshots()
+    for tid, body in cascades:
+        collector.state.ingest_cascade("solo <b>", tid, body)
+    transport = httpx.ASGITransport(app=collector.api_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert trace_id in page.text and "busy" in page.text
+        assert "solo &lt;b&gt;" in page.text and "solo <b>" not in page.text  # names are escaped
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/readyz")).status_code == 503  # not serving yet: nothing bound
+        mesh = (await client.get("/v1/mesh")).json()
+        assert mesh["quiet"] is False and mesh["open"] == 1
+        assert mesh["cascades"]["open"][0]["holders"][0]["hop"] == "solo <b>"
