@@ -4,12 +4,12 @@ API and a status page out; optional forwarding upstream."""
 from __future__ import annotations
 
 import asyncio
-import html
 import hmac
 import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +25,8 @@ from a2a_quiescence.collector import otlp
 from a2a_quiescence.collector.metrics import LatencyHistogram, StateCollector
 from a2a_quiescence.collector.settlement import Cascade, Detector
 from a2a_quiescence.collector.state import MeshState
+
+STATUS_PAGE = Path(__file__).with_name("status_page.html")
 
 logger = logging.getLogger("a2a_quiescence.collector")
 
@@ -220,7 +222,8 @@ class Collector:
         for trace_id, cascade in self.detector.cascades.items():
             status = self.detector.status(cascade, now)
             if status == "settled":
-                settled.append({"trace_id": trace_id, "settled_at": cascade.settled_at})
+                settled.append({"trace_id": trace_id, "settled_at": cascade.settled_at,
+                                "detection_latency_seconds": cascade.detection_latency})
             elif status == "stuck":
                 stuck.append(self.describe(trace_id))
             else:
@@ -233,6 +236,7 @@ class Collector:
             "settled_total": self.detector.settled_total,
             "cascades": {"open": open_[:100], "stuck": stuck[:100], "recently_settled": settled[:50]},
             "agents": self.state.describe_agents(),
+            "edges": [{"from": src, "to": dst, "messages": n} for (src, dst), n in sorted(self.state.edges.items())],
         }
 
     def _api_auth(self, request: Request) -> Response | None:
@@ -306,27 +310,8 @@ class Collector:
         return JSONResponse({"status": "starting"}, 503)
 
     async def status_page(self, _request: Request) -> Response:
-        mesh = self.mesh()
-        rows = "".join(
-            f"<tr><td>{html.escape(a['agent'])}</td><td>{a['producers_in_flight']}</td>"
-            f"<td>{a['shutdown_leaked_producers'] if a['shutdown_leaked_producers'] is not None else '-'}</td>"
-            f"<td>{'up' if a['up'] else 'down'}</td></tr>"
-            for a in mesh["agents"]
-        )
-        held = "".join(
-            f"<li><code>{html.escape(c['trace_id'])}</code> {html.escape(c['status'])}: "
-            + html.escape("; ".join(h.get("detail") or f"{h.get('kind')} {h.get('hop', '')}" for h in c["holders"]))
-            + "</li>"
-            for c in mesh["cascades"]["stuck"] + mesh["cascades"]["open"]
-        )
-        page = f"""<!doctype html><html><head><meta charset="utf-8"><title>a2a-quiescence</title></head>
-<body><h1>a2a-quiescence</h1>
-<p>Mesh: <strong>{'settled' if mesh['quiet'] else 'busy'}</strong> &middot; open {mesh['open']} &middot;
-stuck {mesh['stuck']} &middot; settled so far {mesh['settled_total']}</p>
-<h2>Agents</h2><table border="1"><tr><th>agent</th><th>producers in flight</th><th>leaked at last shutdown</th><th>state</th></tr>{rows}</table>
-<h2>Open cascades</h2><ul>{held or '<li>none</li>'}</ul>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/v1/mesh">/v1/mesh</a></p></body></html>"""
-        return HTMLResponse(page)
+        # a static shell: the data comes from /v1/mesh (which checks the token), so it carries none
+        return HTMLResponse(STATUS_PAGE.read_text(encoding="utf-8"), headers={"cache-control": "no-cache"})
 
     # -- wiring ----------------------------------------------------------------------
     def otlp_app(self) -> Starlette:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Run the demo: a sidecar collector and an A -> B -> C agent mesh (each agent a
-# subprocess under opentelemetry-instrument), send cascades through it and
-# wait for each to settle. Extra arguments go to `python -m a2a_quiescence.demo`.
+# Run the demo: the sidecar collector, Prometheus with the project's rules,
+# Alertmanager, and an A -> B -> C agent mesh (each agent a subprocess under
+# opentelemetry-instrument); cascades settle, the #1101 hang is caught, a leak
+# at shutdown raises its alert. Sets itself up first (scripts/setup.sh --demo).
+# Extra arguments go to `python -m a2a_quiescence.demo` (--help lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --minimal
+bash scripts/setup.sh --demo
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m a2a_quiescence.demo "$@"

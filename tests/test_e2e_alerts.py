@@ -25,20 +25,14 @@ deadline. Every process started here is stopped by PID at the end.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import signal
-import subprocess
-import threading
 import time
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
-import yaml
 from conftest import need_tool
 from support import TIMED_OUT_AFTER_LAST, wait_until
 
@@ -46,8 +40,9 @@ from a2a_quiescence import names
 from a2a_quiescence.dashboards import rules
 from a2a_quiescence.dashboards.dashboard import promql_expressions
 from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB
-from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED, RULES_NAME
-from a2a_quiescence.demo.harness import Mesh, Proc, free_port, wait_http
+from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
+from a2a_quiescence.demo.harness import Mesh, wait_http
+from a2a_quiescence.demo.monitoring import ALERTMANAGER, PROMETHEUS, Monitoring, Prom, Receiver
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 
 pytestmark = [pytest.mark.external, pytest.mark.timeout(180)]
@@ -64,109 +59,6 @@ def poll(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: 
     return wait_until(check, what, timeout=timeout, every=every, message=TIMED_OUT_AFTER_LAST)
 
 
-# --- the webhook receiver Alertmanager notifies ------------------------------
-class Receiver:
-    """Records every Alertmanager webhook POST (JSON bodies) in this process."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.posts: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                with receiver.lock:
-                    receiver.posts.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="am-receiver", daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/alerts"
-
-    def alerts(self, alertname: str | None = None, **labels: str) -> list[dict[str, Any]]:
-        """Every alert delivered so far (one entry per alert per notification)."""
-        with self.lock:
-            posts = list(self.posts)
-        out = []
-        for post in posts:
-            for alert in post.get("alerts", []):
-                got = alert.get("labels", {})
-                if alertname is not None and got.get("alertname") != alertname:
-                    continue
-                if all(got.get(k) == v for k, v in labels.items()):
-                    out.append(alert)
-        return out
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-# --- Prometheus and Alertmanager ---------------------------------------------
-def start_process(name: str, cmd: list[str], workdir: Path, port: int) -> Proc:
-    log = workdir / f"{name}.log"
-    popen = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=workdir)
-    return Proc(name, popen, port, log)
-
-
-def alertmanager_config(receiver: Receiver) -> dict[str, Any]:
-    return {
-        "route": {
-            "receiver": "test",
-            # One group per alert name: a notification carries every alert of
-            # that name Alertmanager holds, so a wrongly firing "clean" alert
-            # would ride along with the "leaky" one.
-            "group_by": ["alertname"],
-            "group_wait": "0s",
-            "group_interval": "1s",
-            "repeat_interval": "1h",
-        },
-        "receivers": [{"name": "test", "webhook_configs": [{"url": receiver.url, "send_resolved": False}]}],
-    }
-
-
-def prometheus_config(collector_port: int, am_port: int) -> dict[str, Any]:
-    return {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(GENERATED / RULES_NAME)],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [
-            {"job_name": COLLECTOR_JOB, "static_configs": [{"targets": [f"127.0.0.1:{collector_port}"]}]}
-        ],
-    }
-
-
-class Prom:
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
-        self.http = httpx.Client(base_url=proc.url, timeout=5.0)
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        r = self.http.get("/api/v1/query", params={"query": expr})
-        body = r.json()
-        assert body.get("status") == "success", (expr, body)
-        assert body["data"]["resultType"] == "vector", (expr, body["data"]["resultType"])
-        return body["data"]["result"]
-
-    def rule_group(self, name: str) -> dict[str, Any]:
-        groups = self.http.get("/api/v1/rules").json()["data"]["groups"]
-        return next(g for g in groups if g["name"] == name)
-
-    def alerts(self) -> list[dict[str, Any]]:
-        return self.http.get("/api/v1/alerts").json()["data"]["alerts"]
-
-
 def rfc3339(value: str) -> float:
     """Unix time of Prometheus' RFC 3339 timestamps (nanoseconds, any offset)."""
     value = re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00")
@@ -175,11 +67,12 @@ def rfc3339(value: str) -> float:
 
 # --- fixtures -----------------------------------------------------------------
 class Stack:
-    def __init__(self, mesh: Mesh, prom: Prom, am: Proc, receiver: Receiver) -> None:
+    def __init__(self, mesh: Mesh, monitoring: Monitoring) -> None:
         self.mesh = mesh
-        self.prom = prom
-        self.am = am
-        self.receiver = receiver
+        self.monitoring = monitoring
+        assert monitoring.prom is not None
+        self.prom: Prom = monitoring.prom
+        self.receiver: Receiver = monitoring.receiver
 
     def send(self, agent: str, plan: dict[str, Any], trace_id: str | None = None) -> str:
         trace_id = trace_id or new_trace_id()
@@ -192,54 +85,36 @@ class Stack:
         return r.json()
 
     def am_alerts(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.am.url}/api/v2/alerts", timeout=5.0).json()
+        return self.monitoring.am_alerts()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus = need_tool("prometheus")
+    prometheus = need_tool(*PROMETHEUS)
     need_tool("promtool")
-    alertmanager = need_tool("prometheus-alertmanager", "alertmanager")
+    alertmanager = need_tool(*ALERTMANAGER)
     workdir = tmp_path_factory.mktemp("e2e-alerts")
     mesh = Mesh(workdir)
     receiver = Receiver()
-    procs: list[Proc] = []
+    monitoring: Monitoring | None = None
     try:
         mesh.start_collector(stuck_after=STUCK_AFTER, agent_timeout=AGENT_TIMEOUT)
-        am_port, prom_port = free_port(), free_port()
-        (workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(receiver)))
-        (workdir / "prometheus.yml").write_text(
-            yaml.safe_dump(prometheus_config(mesh.collector.port, am_port))  # type: ignore[union-attr]
-        )
-        am = start_process("alertmanager", [
-            alertmanager, f"--config.file={workdir / 'alertmanager.yml'}",
-            f"--storage.path={workdir / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=",
-            "--log.level=warn",
-        ], workdir, am_port)
-        procs.append(am)
-        prom_proc = start_process("prometheus", [
-            prometheus, f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'prom-data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--log.level=warn",
-        ], workdir, prom_port)
-        procs.append(prom_proc)
+        assert mesh.collector is not None
+        monitoring = Monitoring(workdir, mesh.collector.port, receiver, prometheus, alertmanager).start()
         # agents start while Prometheus and Alertmanager come up
         mesh.start_agent(LEAKY, no_aclose=True, wait=False)
         wait_http(f"{mesh.agents[LEAKY].url}/.well-known/agent-card.json", proc=mesh.agents[LEAKY].popen)
         mesh.start_agent(CLEAN, peers=[LEAKY])
-        wait_http(f"{am.url}/-/ready", proc=am.popen)
-        wait_http(f"{prom_proc.url}/-/ready", proc=prom_proc.popen)
-        prom = Prom(prom_proc)
+        monitoring.wait_ready()
+        prom = monitoring.prom
+        assert prom is not None
         poll("Prometheus to scrape the collector", lambda: prom.query(f'up{{job="{COLLECTOR_JOB}"}} == 1'))
         poll("Prometheus to see both agents up",
              lambda: len(prom.query(f"{names.M_AGENT_UP} == 1")) == 2)
-        yield Stack(mesh, prom, am, receiver)
+        yield Stack(mesh, monitoring)
     finally:
-        for proc in procs:
-            proc.stop()
+        if monitoring is not None:
+            monitoring.stop()
         mesh.stop_all()
         receiver.close()
 

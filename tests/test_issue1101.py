@@ -22,25 +22,20 @@ import socket
 from functools import partial
 from typing import Any, AsyncIterator
 
-import httpx
 import pytest
 import uvicorn
-from a2a.client import ClientConfig, create_client
-from a2a.helpers.proto_helpers import new_text_message
 from a2a.types import a2a_pb2 as pb
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
-from a2a_quiescence.demo.mesh import build_app, plan_text
+from a2a_quiescence.demo.mesh import HANG_PLAN, SMALL_BUFFER, build_app
+from a2a_quiescence.demo.mesh import small_buffer_stream as stream
 from a2a_quiescence.instrumentation import patches
 
 from support import TIMED_OUT, Telemetry, instrumented, raise_assertion, serve, wait_until_async
 
 DEADLINE = 20.0
 STALL_SECONDS = 0.3
-# enough events to fill the small socket buffers, fewer than the sink's 1024 limit
-HANG_PLAN = {"stream_events": 900}
-SMALL_BUFFER = 4096
 
 
 poll = partial(wait_until_async, timeout=DEADLINE, every=0.01, message=TIMED_OUT, fail=raise_assertion)  # (condition, what)
@@ -73,21 +68,6 @@ async def agent(*, aclose_on_shutdown: bool = False) -> AsyncIterator[Agent]:
             yield Agent(f"http://127.0.0.1:{port}/", handler, server)
     finally:
         sock.close()
-
-
-@contextlib.asynccontextmanager
-async def stream(url: str, plan: dict[str, Any]) -> AsyncIterator[Any]:
-    """A streaming send_message; yields the client's event iterator, closed on exit."""
-    transport = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)])
-    async with httpx.AsyncClient(timeout=60, transport=transport) as http:
-        client = await create_client(url, client_config=ClientConfig(streaming=True, httpx_client=http))
-        request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
-        events = client.send_message(request)
-        try:
-            yield events
-        finally:
-            with contextlib.suppress(Exception):
-                await events.aclose()
 
 
 def _stall_detail(otel: Telemetry) -> dict[str, Any]:

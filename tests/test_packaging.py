@@ -32,6 +32,8 @@ def test_wheel_contents_and_entry_points(tmp_path: Path) -> None:
         "a2a_quiescence/instrumentation/instrumentor.py",
         "a2a_quiescence/collector/server.py",
         "a2a_quiescence/collector/settlement.py",
+        "a2a_quiescence/collector/status_page.html",
+        "a2a_quiescence/demo/monitoring.py",
         "a2a_quiescence/dashboards/generate.py",
         "a2a_quiescence/dashboards/generated/a2a-mesh.json",
         "a2a_quiescence/dashboards/generated/prometheus-rules.yaml",

@@ -1,12 +1,20 @@
-"""The demo: a sidecar collector and an A -> B -> C mesh, a few cascades, settlement.
+"""The demo: a live A -> B -> C mesh with the sidecar, Prometheus, Alertmanager and alerts.
 
-    python -m a2a_quiescence.demo [--cascades N] [--keep-running]
+    python -m a2a_quiescence.demo [--short] [--cascades N] [--keep-running] [--summary-json FILE]
 
-Starts `a2a-quiescence collector` on loopback, a push webhook and three agents
-(each under `opentelemetry-instrument`), sends cascades through A (A delegates
-to B, B to C, C pushes task updates to the webhook), waits on the collector's
-settlement signal for each and prints what it saw; then shuts the agents down
-and shows the shutdown record (leaked producers) the sidecar kept.
+What it starts, all on 127.0.0.1 and all stopped at the end (or on Ctrl-C):
+the collector (`a2a-quiescence collector`), Prometheus with the project's rules
+scraping it, Alertmanager sending every alert to a receiver in this process
+(each delivery is printed), a push webhook, and agents A, B and C, each under
+`opentelemetry-instrument` the way users start them.
+
+What it does: clean cascades A -> B -> C, each waited on with the settlement
+API; a non-blocking delegation whose pushes outlive A's answer; the a2a-sdk
+#1101 hang (a stream subscriber that stops reading, so C's producer parks in
+`EventQueue.close(immediate=False)`); then C shuts down without draining, so
+its parked producer is leaked and the leak alert fires. A summary table ends
+it. Prometheus and Alertmanager are optional: without them the demo says so
+and shows everything the collector knows.
 """
 
 from __future__ import annotations
@@ -14,73 +22,379 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
-from a2a_quiescence.demo.harness import Mesh
-from a2a_quiescence.demo.mesh import new_trace_id, send_plan
-from a2a_quiescence.wait import NotSettled, describe_holders, wait_sync
+from a2a_quiescence import names
+from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
+from a2a_quiescence.demo.harness import Mesh, Proc, read_events, wait_http
+from a2a_quiescence.demo.mesh import HANG_PLAN, SMALL_BUFFER, new_trace_id, send_plan, small_buffer_stream
+from a2a_quiescence.demo.monitoring import ALERTMANAGER, PROMETHEUS, Monitoring, Receiver, find_tool
+from a2a_quiescence.wait import NotSettled, describe_holders, wait_for_quiescence
+
+STALL_SECONDS = 1.0  # the agents' stall watchdog (default 5 s; shorter so the demo shows it soon)
+STUCK_AFTER = 3.0  # the collector's --stuck-after
+DEADLINE = 45.0  # for every wait on something that normally takes a second or two
+
+
+class DemoError(RuntimeError):
+    """Something the demo waited for did not happen (the message says what)."""
+
+
+@dataclass
+class Cascade:
+    trace_id: str
+    kind: str
+    status: str = "open"
+    detection_latency_seconds: float | None = None
+    answered_ms: float | None = None
+    settled_ms: float | None = None
+    held_by: str = ""
+
+
+@dataclass
+class Summary:
+    """What the demo saw; printed as a table and written as JSON with --summary-json."""
+
+    workdir: str
+    monitoring: bool = False
+    cascades: list[Cascade] = field(default_factory=list)
+    hops: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, str]] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    completed: bool = False
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "workdir": self.workdir,
+            "monitoring": self.monitoring,
+            "completed": self.completed,
+            "error": self.error,
+            "cascades": [vars(c) for c in self.cascades],
+            "hops": self.hops,
+            "alerts": self.alerts,
+            "pids": self.pids,
+        }
+
+
+class Progress:
+    """Timestamped progress lines on the terminal."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:5.1f}s] {text}", flush=True)
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; DemoError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+async def until_async(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoError(f"gave up after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.say = Progress()
+        self.mesh = Mesh(workdir, events=workdir / "events.jsonl")
+        self.receiver: Receiver | None = None
+        self.monitoring: Monitoring | None = None
+        self.summary = Summary(str(workdir))
+
+    # -- the sidecar's view ------------------------------------------------------
+    def mesh_state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.mesh.api}/v1/mesh", timeout=5).json()
+
+    def agent(self, name: str) -> dict[str, Any]:
+        return next((a for a in self.mesh_state()["agents"] if a["agent"] == name), {})
+
+    def in_flight_line(self) -> str:
+        agents = {a["agent"]: a for a in self.mesh_state()["agents"]}
+        return " · ".join(f"{n} {agents.get(n, {}).get('producers_in_flight', '-')}" for n in ("A", "B", "C"))
+
+    # -- alerts ------------------------------------------------------------------
+    def on_alert(self, post: dict[str, Any]) -> None:
+        for alert in post.get("alerts", []):
+            labels = alert.get("labels", {})
+            entry = {"alertname": labels.get("alertname", "?"), "agent": labels.get("agent", ""),
+                     "status": alert.get("status", "?")}
+            self.summary.alerts.append(entry)
+            who = f" agent={entry['agent']}" if entry["agent"] else ""
+            self.say(f"ALERT delivered by Alertmanager: {entry['alertname']}{who} ({entry['status']}): "
+                     f"{alert.get('annotations', {}).get('summary', '')}")
+
+    def wait_alert(self, alertname: str, **labels: str) -> None:
+        if self.receiver is None:
+            return
+        until(f"{alertname} at Alertmanager's receiver", lambda: self.receiver.alerts(alertname, **labels))
+
+    # -- steps -------------------------------------------------------------------
+    def start(self) -> None:
+        say = self.say
+        prometheus, alertmanager = find_tool(*PROMETHEUS), find_tool(*ALERTMANAGER)
+        self.mesh.start_collector(stuck_after=STUCK_AFTER, agent_timeout=10.0)
+        assert self.mesh.collector is not None
+        say(f"collector up: status page {self.mesh.api}/ , metrics {self.mesh.api}/metrics")
+        if prometheus and alertmanager:
+            self.receiver = Receiver(self.on_alert)
+            self.monitoring = Monitoring(self.workdir, self.mesh.collector.port, self.receiver,
+                                         prometheus, alertmanager).start()
+            self.summary.monitoring = True
+        else:
+            missing = " and ".join(n for n, p in (("prometheus", prometheus), ("prometheus-alertmanager", alertmanager)) if not p)
+            say(f"NOTE: {missing} not installed, so no alerts in this run (as root: apt-get install "
+                "prometheus prometheus-alertmanager, or bash scripts/setup.sh). Everything else runs.")
+        self.mesh.start_webhook()
+        env = {"A2A_QUIESCENCE_STALL_SECONDS": str(STALL_SECONDS)}
+        # C drains nothing at shutdown (no aclose) and has a small send buffer (the #1101 hang)
+        self.mesh.start_agent("C", no_aclose=True, env=env, wait=False, args=["--send-buffer", str(SMALL_BUFFER)])
+        self.mesh.start_agent("B", ["C"], env=env, wait=False)
+        self.mesh.start_agent("A", ["B"], env=env, wait=False)
+        for proc in self.mesh.agents.values():
+            wait_http(f"{proc.url}/.well-known/agent-card.json", proc=proc.popen)
+        self.summary.pids = self.pids()
+        say("agents up under opentelemetry-instrument: " + ", ".join(f"{n} {p.url}" for n, p in self.mesh.agents.items())
+            + f"; C pushes to the webhook {self.mesh.webhook.url if self.mesh.webhook else '-'}")
+        if self.monitoring is not None:
+            self.monitoring.wait_ready()
+            prom = self.monitoring.prom
+            assert prom is not None
+            until("Prometheus to scrape the collector", lambda: prom.query(f"{names.M_AGENT_UP} == 1"))
+            say(f"Prometheus {prom.url} (rules loaded, scraping every 1 s), Alertmanager {self.monitoring.am.url}")  # type: ignore[union-attr]
+        self.summary.pids = self.pids()
+
+    def pids(self) -> list[int]:
+        procs: list[Proc] = list(self.mesh.agents.values()) + [p for p in (self.mesh.webhook, self.mesh.collector) if p]
+        return [p.popen.pid for p in procs] + (self.monitoring.pids if self.monitoring else [])
+
+    async def settle(self, cascade: Cascade, t0: float) -> None:
+        try:
+            state = await wait_for_quiescence(cascade.trace_id, endpoint=self.mesh.api, timeout=DEADLINE)
+        except NotSettled as exc:
+            cascade.status, cascade.held_by = exc.state.get("status", "open"), describe_holders(exc.state)
+            self.say(f"  {cascade.kind} {cascade.trace_id[:12]}…: NOT settled: {cascade.held_by}")
+            return
+        cascade.status = "settled"
+        cascade.settled_ms = (time.monotonic() - t0) * 1000
+        cascade.detection_latency_seconds = state.get("detection_latency_seconds")
+
+    async def clean_cascades(self) -> None:
+        plan = {"work_ms": 30, "calls": [{"to": "B", "plan": {"work_ms": 30, "calls": [
+            {"to": "C", "plan": {"work_ms": self.args.work_ms}}]}}]}
+        self.say(f"{self.args.cascades} clean cascades A -> B -> C (blocking), each waited on with "
+                 "GET /v1/cascades/{id}/wait")
+        for _ in range(self.args.cascades):
+            cascade = Cascade(new_trace_id(), "clean A->B->C")
+            self.summary.cascades.append(cascade)
+            t0 = time.monotonic()
+            await send_plan(self.mesh.agents["A"].url, plan, trace_id=cascade.trace_id)
+            cascade.answered_ms = (time.monotonic() - t0) * 1000
+            await self.settle(cascade, t0)
+            if cascade.status == "settled":
+                self.say(f"  {cascade.trace_id[:12]}…: A answered in {cascade.answered_ms:.0f} ms; settled, "
+                         f"detected {cascade.detection_latency_seconds * 1000:.1f} ms after the last hop went passive")
+
+    async def nonblocking_with_pushes(self) -> None:
+        work = max(600, self.args.work_ms * 3)
+        plan = {"calls": [{"to": "B", "plan": {"calls": [
+            {"to": "C", "blocking": False, "push": True, "plan": {"work_ms": work, "stream_events": 3}}]}}]}
+        cascade = Cascade(new_trace_id(), "non-blocking B->C, pushes")
+        self.summary.cascades.append(cascade)
+        self.say(f"a non-blocking delegation: B hands C {work} ms of work and returns at once; C pushes its updates")
+        t0 = time.monotonic()
+        await send_plan(self.mesh.agents["A"].url, plan, trace_id=cascade.trace_id)
+        cascade.answered_ms = (time.monotonic() - t0) * 1000
+        self.say(f"  A answered in {cascade.answered_ms:.0f} ms; producers in flight now: {self.in_flight_line()}")
+        await self.settle(cascade, t0)
+        pushes = [e for e in read_events(self.workdir / "events.jsonl") if e.get("event") == "push_received" and e.get("trace_id") == cascade.trace_id]
+        if cascade.status == "settled":
+            self.say(f"  settled {cascade.settled_ms:.0f} ms after the request, once C finished and its "
+                     f"{len(pushes)} push deliveries were done (a closed stream on A said nothing about them)")
+
+    async def issue_1101(self) -> None:
+        cascade = Cascade(new_trace_id(), "#1101 abandoned stream on C")
+        self.summary.cascades.append(cascade)
+        self.say("the #1101 hang: a client streams from C, reads one event, then stops reading (keeps the connection)")
+        t0 = time.monotonic()
+        async with small_buffer_stream(self.mesh.agents["C"].url, HANG_PLAN, trace_id=cascade.trace_id) as events:
+            await events.__anext__()
+            c = await until_async("C's stall watchdog to report the parked close",
+                                  lambda: (a := self.agent("C")).get("stalled_closes_in_flight") and a)
+            stall = next((r for r in reversed(c.get("recent", [])) if r.get("kind") == "stall"), {})
+            self.say(f"  C reports EventQueue.close(immediate=False) stalled while it hangs; the producer is parked at "
+                     f"{stall.get(names.ATTR_PARKED_AT, '?')}")
+            state = httpx.get(f"{self.mesh.api}/v1/cascades/{cascade.trace_id}", timeout=5).json()
+            self.say(f"  meanwhile the cascade is {describe_holders(state)}")
+            await asyncio.to_thread(self.wait_alert, names.ALERT_CLOSE_STALLED, agent="C")
+        self.say("  the client goes away: its subscriber is torn down, the producer finishes")
+        await self.settle(cascade, t0)
+        if cascade.status == "settled":
+            self.say("  and only now the cascade settled")
+
+    async def leak_at_shutdown(self) -> None:
+        cascade = Cascade(new_trace_id(), "C busy when shut down")
+        self.summary.cascades.append(cascade)
+        plan = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "blocking": False, "plan": {"outcome": "hang"}}]}}]}
+        self.say("a long job: B hands C work that is still running when C is told to stop")
+        await send_plan(self.mesh.agents["A"].url, plan, trace_id=cascade.trace_id)
+        await until_async("C's producer to be in flight", lambda: self.agent("C").get("producers_in_flight"))
+        self.say(f"  producers in flight: {self.in_flight_line()}")
+        self.say("C shuts down (SIGTERM) without draining: its lifespan does not call aclose()")
+        await asyncio.to_thread(self.mesh.agents["C"].stop)
+        c = await until_async("C's shutdown record at the sidecar",
+                              lambda: (a := self.agent("C")).get("shutdown") and not a.get("up") and a)
+        self.say(f"  C is gone; the sidecar keeps its shutdown record: {c['shutdown_leaked_producers']} producer(s) "
+                 f"leaked, still scrapeable as {names.M_SHUTDOWN_LEAKED}{{agent=\"C\"}}")
+        await asyncio.to_thread(self.wait_alert, names.ALERT_LEAKED, agent="C")
+        state = await until_async("the abandoned cascade to be reported stuck", lambda: (
+            s := httpx.get(f"{self.mesh.api}/v1/cascades/{cascade.trace_id}", timeout=5).json())["status"] == "stuck" and s)
+        cascade.status, cascade.held_by = state["status"], describe_holders(state)
+        self.say(f"  the cascade is {cascade.held_by} -- the work was lost, and it is never settled by a timeout")
+        await asyncio.to_thread(self.wait_alert, names.ALERT_STUCK)
+
+    def shutdown_clean(self) -> None:
+        self.say("A and B shut down cleanly (their lifespan calls aclose())")
+        for name in ("A", "B"):
+            self.mesh.agents[name].stop()
+        until("A's and B's shutdown records", lambda: all(
+            (a := self.agent(n)).get("shutdown") and not a.get("up") for n in ("A", "B")))
+
+    def collect_hops(self) -> None:
+        self.summary.hops = [
+            {
+                "agent": a["agent"],
+                "producers_in_flight": a["producers_in_flight"],
+                "shutdown_leaked_producers": a["shutdown_leaked_producers"],
+                "state": "up" if a["up"] else ("shut down" if a.get("shutdown") else "lost"),
+            }
+            for a in sorted(self.mesh_state()["agents"], key=lambda a: a["agent"])
+        ]
+
+    def print_summary(self) -> None:
+        s = self.summary
+        print("\nSummary")
+        print(f"  {'hop':<6}{'producers in flight':>21}{'leaked at shutdown':>20}  state")
+        for h in s.hops:
+            leaked = "-" if h["shutdown_leaked_producers"] is None else h["shutdown_leaked_producers"]
+            print(f"  {h['agent']:<6}{h['producers_in_flight']:>21}{leaked:>20}  {h['state']}")
+        print(f"\n  {'cascade':<14}{'what':<30}{'result':<10}{'detection latency':>18}")
+        for c in s.cascades:
+            latency = "-" if c.detection_latency_seconds is None else f"{c.detection_latency_seconds * 1000:.1f} ms"
+            print(f"  {c.trace_id[:12] + '…':<14}{c.kind:<30}{c.status:<10}{latency:>18}")
+        if s.monitoring:
+            seen = sorted({f"{a['alertname']}{'(' + a['agent'] + ')' if a['agent'] else ''}" for a in s.alerts})
+            print(f"\n  alerts that reached Alertmanager's receiver: {', '.join(seen) or 'none'}")
+        else:
+            print("\n  alerts: not run (Prometheus/Alertmanager not installed)")
+
+    def print_next(self, running: bool) -> None:
+        if running:
+            print("\nWhere to look now (the agents have shut down; the sidecar keeps what they reported):")
+            print(f"  status page        {self.mesh.api}/")
+            print(f"  settlement API     {self.mesh.api}/v1/mesh")
+            if self.monitoring is not None and self.monitoring.prom is not None:
+                print(f"  Prometheus alerts  {self.monitoring.prom.url}/alerts")
+        else:
+            print("\nWhere to look next: run it with --keep-running to browse the status page and Prometheus' alerts.")
+        print(f"  Grafana dashboard  {GENERATED / DASHBOARD_NAME} (import it, or: a2a-quiescence dashboards push)")
+        print(f"  logs and configs   {self.workdir}")
+
+    async def run(self) -> None:
+        await self.clean_cascades()
+        await self.nonblocking_with_pushes()
+        await self.issue_1101()
+        await self.leak_at_shutdown()
+
+    def stop(self) -> None:
+        if self.monitoring is not None:
+            self.monitoring.stop()
+        self.mesh.stop_all()
+        if self.receiver is not None:
+            self.receiver.close()
+
+
+def _sigterm(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt  # stop everything the same way as Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m a2a_quiescence.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cascades", type=int, default=5, help="cascades to send (default %(default)s)")
-    parser.add_argument("--work-ms", type=int, default=150, help="how long C works per cascade")
-    parser.add_argument("--keep-running", action="store_true", help="leave the mesh up until Ctrl-C (status page)")
+    parser = argparse.ArgumentParser(
+        prog="python -m a2a_quiescence.demo",
+        description=__doc__.split("\n\n")[0],
+        epilog="Everything listens on 127.0.0.1; everything started is stopped at the end or on Ctrl-C.",
+    )
+    parser.add_argument("--cascades", type=int, default=5, help="clean cascades to send (default %(default)s)")
+    parser.add_argument("--work-ms", type=int, default=150, help="how long C works per clean cascade (default %(default)s)")
+    parser.add_argument("--short", action="store_true", help="a quicker run (2 clean cascades, little work): for CI")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="after the summary, keep the collector, Prometheus and Alertmanager up until Ctrl-C")
+    parser.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the summary to FILE as JSON")
     args = parser.parse_args(argv)
+    if args.cascades < 1 or args.work_ms < 0:
+        parser.error("--cascades must be at least 1 and --work-ms not negative")
+    if args.short:
+        args.cascades, args.work_ms = min(args.cascades, 2), min(args.work_ms, 50)
 
-    workdir = Path(tempfile.mkdtemp(prefix="a2a-quiescence-demo-"))
-    mesh = Mesh(workdir)
-    mesh.events = workdir / "events.jsonl"
+    signal.signal(signal.SIGTERM, _sigterm)
+    demo = Demo(args, Path(tempfile.mkdtemp(prefix="a2a-quiescence-demo-")))
+    code = 0
     try:
-        mesh.start_collector()
-        print(f"collector: {mesh.api}  (status page {mesh.api}/, metrics {mesh.api}/metrics)")
-        mesh.start_webhook()
-        mesh.start_agent("C")
-        mesh.start_agent("B", ["C"])
-        mesh.start_agent("A", ["B"])
-        print("agents:", ", ".join(f"{n} {p.url}" for n, p in mesh.agents.items()), f"(logs in {workdir})")
-        plan = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "push": True, "blocking": False,
-                                                         "plan": {"work_ms": args.work_ms}}]}}]}
-        for i in range(args.cascades):
-            trace_id = new_trace_id()
-            t0 = time.monotonic()
-            asyncio.run(send_plan(mesh.agents["A"].url, plan, trace_id=trace_id))
-            answered = time.monotonic() - t0
-            try:
-                state = wait_sync(trace_id, endpoint=mesh.api, timeout=30)
-            except NotSettled as exc:
-                print(f"cascade {i + 1} {trace_id}: NOT settled: {describe_holders(exc.state)}")
-                continue
-            settled = time.monotonic() - t0
-            print(
-                f"cascade {i + 1} {trace_id}: A answered after {answered * 1000:.0f} ms "
-                f"(B's non-blocking call to C still running); settled after {settled * 1000:.0f} ms, "
-                f"detected {state['detection_latency_seconds'] * 1000:.1f} ms after the last hop went passive"
-            )
+        demo.start()
+        asyncio.run(demo.run())
+        demo.shutdown_clean()
+        demo.collect_hops()
+        demo.summary.completed = True
+        demo.print_summary()
+        demo.print_next(running=args.keep_running)
         if args.keep_running:
-            print("mesh running; Ctrl-C to stop")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-        for name in ("A", "B", "C"):
-            mesh.agents[name].stop()
-        mesh_state = httpx.get(f"{mesh.api}/v1/mesh", timeout=5).json()
-        print("after shutdown, the sidecar still knows:")
-        for agent in mesh_state["agents"]:
-            print(f"  {agent['agent']}: leaked producers at shutdown = {agent['shutdown_leaked_producers']}")
-        metrics = [line for line in mesh.metrics().splitlines() if line.startswith(("a2a_shutdown_leaked", "a2a_mesh_settled", "a2a_cascades_settled"))]
-        print("\n".join("  " + m for m in metrics))
-        print(json.dumps({"quiet": mesh_state["quiet"], "settled_total": mesh_state["settled_total"]}))
-        return 0
+            print("\nmesh data kept up; Ctrl-C to stop", flush=True)
+            _wait_forever()
+    except KeyboardInterrupt:
+        print("\nstopping everything", flush=True)
+        code = 0 if demo.summary.completed else 130
+    except DemoError as exc:
+        demo.summary.error = str(exc)
+        print(f"demo failed: {exc} (logs in {demo.workdir})", file=sys.stderr)
+        code = 1
     finally:
-        mesh.stop_all()
+        demo.summary.pids = sorted(set(demo.summary.pids) | set(demo.pids()))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        demo.stop()
+        if args.summary_json:
+            args.summary_json.write_text(json.dumps(demo.summary.as_json(), indent=1))
+    return code
+
+
+def _wait_forever() -> None:
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":

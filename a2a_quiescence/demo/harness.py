@@ -168,6 +168,7 @@ class Mesh:
         no_aclose: bool = False,
         env: dict[str, str] | None = None,
         wait: bool = True,
+        args: Iterable[str] = (),
     ) -> Proc:
         port = port or free_port()
         cmd = [sys.executable, "-m", "a2a_quiescence.demo.mesh", "--name", name, "--port", str(port)]
@@ -181,6 +182,7 @@ class Mesh:
             cmd += ["--events", str(self.events)]
         if no_aclose:
             cmd.append("--no-aclose")
+        cmd += list(args)
         log = self.workdir / f"{name}.log"
         popen = subprocess.Popen(cmd, env=self.agent_env(name, **(env or {})), stdout=log.open("ab"), stderr=subprocess.STDOUT)
         proc = Proc(name, popen, port, log)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -258,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--webhook", help="push-notification URL given to the peers this agent calls")
     parser.add_argument("--events", help="append ground-truth events (JSON lines) to this file")
     parser.add_argument("--no-aclose", action="store_true", help="do not call aclose() at shutdown (leaks producers)")
+    parser.add_argument("--send-buffer", type=int, metavar="BYTES",
+                        help="socket send buffer of the listening socket (small values make the #1101 hang "
+                             "reproducible: a stream subscriber that stops reading soon blocks the server's writer)")
     parser.add_argument("--role", choices=["agent", "webhook"], default="agent")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -270,7 +274,16 @@ def main(argv: list[str] | None = None) -> None:
             aclose_on_shutdown=not args.no_aclose, public_url=args.public_url,
         )
     # a client holding a blocking call open must not keep the lifespan shutdown (aclose) from running
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=5)
+    if args.send_buffer:
+        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, args.send_buffer)  # inherited by accepted sockets
+        sock.bind((args.host, args.port))
+        uvicorn.Server(config).run(sockets=[sock])
+    else:
+        uvicorn.Server(config).run()
 
 
 def new_trace_id() -> str:
@@ -304,6 +317,31 @@ async def start_plan(client: Any, plan: dict[str, Any], *, trace_id: str | None 
         elif isinstance(item, pb.Task):
             task_id = item.id
     return task_id
+
+
+# Enough streamed events to fill small socket buffers, fewer than the subscriber sink's 1024 limit.
+HANG_PLAN = {"stream_events": 900}
+SMALL_BUFFER = 4096  # bytes: the client's receive buffer, and the agent's --send-buffer
+
+
+@contextlib.asynccontextmanager
+async def small_buffer_stream(url: str, plan: dict[str, Any], *, trace_id: str | None = None) -> Any:
+    """A streaming ``send_message`` over a connection with a small receive buffer; yields the
+    client's event iterator, closed on exit.
+
+    Reading one event and then nothing more (while inside) abandons the stream subscriber:
+    against an agent with a small ``--send-buffer`` and ``HANG_PLAN``, the agent's SSE writer
+    blocks, and its producer parks in ``close(immediate=False)`` -- a2a-sdk #1101."""
+    transport = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)])
+    async with httpx.AsyncClient(timeout=60, transport=transport) as http:
+        client = await create_client(url, client_config=ClientConfig(streaming=True, httpx_client=http))
+        request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
+        events = client.send_message(request, context=call_context(trace_id))
+        try:
+            yield events
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()
 
 
 async def send_plan(
