@@ -2,6 +2,7 @@
 
     python -m a2a_quiescence.demo [--short] [--cascades N] [--keep-running] [--summary-json FILE]
 
+Runs a live A -> B -> C mesh with the sidecar, Prometheus, Alertmanager and alerts.
 What it starts, all on 127.0.0.1 and all stopped at the end (or on Ctrl-C):
 the collector (`a2a-quiescence collector`), Prometheus with the project's rules
 scraping it, Alertmanager sending every alert to a receiver in this process
@@ -11,9 +12,10 @@ scraping it, Alertmanager sending every alert to a receiver in this process
 What it does: clean cascades A -> B -> C, each waited on with the settlement
 API; a non-blocking delegation whose pushes outlive A's answer; the a2a-sdk
 #1101 hang (a stream subscriber that stops reading, so C's producer parks in
-`EventQueue.close(immediate=False)`); then C shuts down without draining, so
-its parked producer is leaked and the leak alert fires. A summary table ends
-it. Prometheus and Alertmanager are optional: without them the demo says so
+`EventQueue.close(immediate=False)`: reported while it hangs, with its alert);
+then C shuts down without draining while it still works on a long job, so
+that producer is leaked, the sidecar keeps the record after C is gone, and
+the leak alert fires. A summary table ends it. Prometheus and Alertmanager are optional: without them the demo says so
 and shows everything the collector knows.
 """
 
@@ -347,7 +349,8 @@ def _sigterm(_signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m a2a_quiescence.demo",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Everything listens on 127.0.0.1; everything started is stopped at the end or on Ctrl-C.",
     )
     parser.add_argument("--cascades", type=int, default=5, help="clean cascades to send (default %(default)s)")

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run every benchmark in benchmarks/ (each prints ratios measured side by side
+# in one run; docs/benchmarks.md explains the figures). Sets itself up first.
+# Extra arguments go to each benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --minimal
+.venv/bin/python -m pip install -q -e '.[test]'
+export PATH="$PWD/.venv/bin:$PATH"
+for bench in bench_instrumentation bench_ingest bench_settlement; do
+    echo "== benchmarks.$bench"
+    .venv/bin/python -m "benchmarks.$bench" "$@"
+done
