@@ -113,3 +113,17 @@ async def test_status_page_and_health() -> None:
         assert mesh["quiet"] is False and mesh["open"] == 1
         assert mesh["cascades"]["open"][0]["holders"][0]["hop"] == "solo <b>"
         assert mesh["edges"] == []
+
+
+async def test_status_page_with_a_token_serves_the_shell_and_guards_the_data() -> None:
+    collector = Collector(Config(token="s3cret"))
+    trace_id = uuid.uuid4().hex
+    _settled_cascade(collector, trace_id)
+    transport = httpx.ASGITransport(app=collector.api_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and trace_id not in page.text and "solo" not in page.text
+        assert (await client.get("/v1/mesh")).status_code == 401
+        mesh = await client.get("/v1/mesh", headers={"authorization": "Bearer s3cret"})
+        assert mesh.status_code == 200
+        assert mesh.json()["cascades"]["recently_settled"][0]["trace_id"] == trace_id
