@@ -4,8 +4,7 @@
 # Extra arguments go to each benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --minimal
-.venv/bin/python -m pip install -q -e '.[test]'
+bash scripts/setup.sh  # the benchmarks use the test extra (OpenTelemetry distro, uvloop)
 export PATH="$PWD/.venv/bin:$PATH"
 for bench in bench_instrumentation bench_ingest bench_settlement; do
     echo "== benchmarks.$bench"

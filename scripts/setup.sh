@@ -24,7 +24,15 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+# pip's own chatter (build-backend warnings) goes to a log, shown only when it fails
+pip_install() {
+    if ! .venv/bin/python -m pip install -q "$@" >.venv/pip.log 2>&1; then
+        tail -n 40 .venv/pip.log >&2
+        echo "setup: pip install $* failed (full log: .venv/pip.log)" >&2
+        return 1
+    fi
+}
+pip_install --upgrade pip setuptools wheel
 
 # apt_install STRICT PROGRAM=PACKAGE...: install the packages of the programs not on PATH.
 # STRICT=true fails when that is not possible; false explains and goes on.
@@ -51,14 +59,14 @@ apt_install() {
 
 case $mode in
 minimal)
-    .venv/bin/python -m pip install -q -e '.[collector]'
+    pip_install -e '.[collector]'
     ;;
 demo)
-    .venv/bin/python -m pip install -q -e '.[collector]'
+    pip_install -e '.[collector]'
     apt_install false prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager
     ;;
 full)
-    .venv/bin/python -m pip install -q -e '.[test]'
+    pip_install -e '.[test]'
     apt_install true prometheus=prometheus promtool=prometheus \
         prometheus-alertmanager=prometheus-alertmanager \
         chromium=chromium chromedriver=chromium-driver

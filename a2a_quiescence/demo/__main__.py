@@ -27,6 +27,7 @@ import json
 import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +93,11 @@ class Progress:
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self.lock = threading.Lock()  # alerts are printed from the receiver's threads
 
     def __call__(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.t0:5.1f}s] {text}", flush=True)
+        with self.lock:
+            print(f"[{time.monotonic() - self.t0:5.1f}s] {text}", flush=True)
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
