@@ -1,6 +1,6 @@
 """Cost of the instrumentation on an A -> B -> C relay, measured in one run.
 
-    python -m benchmarks.bench_instrumentation [--rounds 6] [--requests 200] [--concurrency 8]
+    python -m benchmarks.bench_instrumentation [--rounds 6] [--requests 200] [--concurrency 8] [--agent-cpu-ms 0,1]
 
 Rounds interleave uninstrumented and instrumented runs (the order flips every
 round), each on fresh in-process uvicorn servers on 127.0.0.1, so drift of the
@@ -13,6 +13,12 @@ the SDK's tracing is off, as the design recommends).
 The instrumented side runs the whole instrumentation (spans through a
 BatchSpanProcessor into a counting exporter, metrics, hop tracker, loop hooks,
 propagation) except shipping snapshots (``report=False``).
+
+The comparison is made for each ``--agent-cpu-ms`` value: 0 is a bare relay
+whose agents compute nothing (the worst case for any instrumentation: the
+SDK's own request handling is all there is to compare with); 1 has every hop
+spend 1 ms of CPU on its own work per request, still far less than an agent
+that parses, builds prompts or calls a model.
 
 Goals (reported, not asserted): ratio >= 0.97, <= 5 spans per hop per request.
 """
@@ -57,7 +63,12 @@ from a2a_quiescence import names  # noqa: E402
 from a2a_quiescence.demo.harness import free_port  # noqa: E402
 from a2a_quiescence.demo.mesh import build_app, plan_text  # noqa: E402
 
-RELAY = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "plan": {}}]}}]}
+def relay_plan(cpu_ms: float) -> dict[str, Any]:
+    """A -> B -> C; every hop computes ``cpu_ms`` of its own before answering (0: a bare relay)."""
+    own = {"cpu_ms": cpu_ms} if cpu_ms else {}
+    return {**own, "calls": [{"to": "B", "plan": {**own, "calls": [{"to": "C", "plan": own}]}}]}
+
+
 HOPS = 3
 
 
@@ -101,7 +112,7 @@ async def relay_servers() -> AsyncIterator[str]:
             await task
 
 
-async def drive(url: str, requests: int, concurrency: int, warmup: int = 10) -> float:
+async def drive(url: str, requests: int, concurrency: int, warmup: int = 10, cpu_ms: float = 0.0) -> float:
     """Send ``requests`` relay plans to A with ``concurrency`` in flight; returns requests/s."""
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -110,7 +121,7 @@ async def drive(url: str, requests: int, concurrency: int, warmup: int = 10) -> 
         headers = {"A2A-Version": "1.0"}
 
         async def one() -> None:
-            request = pb.SendMessageRequest(message=new_text_message(plan_text(RELAY), role=pb.Role.ROLE_USER))
+            request = pb.SendMessageRequest(message=new_text_message(plan_text(relay_plan(cpu_ms)), role=pb.Role.ROLE_USER))
             body = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": "SendMessage",
                     "params": json_format.MessageToDict(request)}
             response = await http.post(url, json=body, headers=headers)
@@ -137,7 +148,8 @@ async def drive(url: str, requests: int, concurrency: int, warmup: int = 10) -> 
         return requests / (time.perf_counter() - start)
 
 
-async def run_round(instrumented: bool, requests: int, concurrency: int, exporter: CountingExporter) -> float:
+async def run_round(instrumented: bool, requests: int, concurrency: int, exporter: CountingExporter,
+                    cpu_ms: float = 0.0) -> float:
     inst = None
     provider = None
     if instrumented:
@@ -150,7 +162,7 @@ async def run_round(instrumented: bool, requests: int, concurrency: int, exporte
         inst.instrument(tracer_provider=provider, meter_provider=meters, report=False)
     try:
         async with relay_servers() as url:
-            rate = await drive(url, requests, concurrency)
+            rate = await drive(url, requests, concurrency, cpu_ms=cpu_ms)
     finally:
         if inst is not None:
             inst.uninstrument()
@@ -195,32 +207,38 @@ def measure_sdk_spans(requests: int) -> dict[str, Any] | None:
 
 async def main_async(args: argparse.Namespace) -> None:
     exporter = CountingExporter()
-    rates: dict[bool, list[float]] = {False: [], True: []}
     instrumented_requests = 0
-    for r in range(args.rounds):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        for instrumented in order:
-            rate = await run_round(instrumented, args.requests, args.concurrency, exporter)
-            rates[instrumented].append(rate)
-            if instrumented:
-                instrumented_requests += args.requests + 10  # + warm-up requests
-            print(f"round {r + 1}: {'instrumented  ' if instrumented else 'uninstrumented'} {rate:8.1f} req/s", flush=True)
+    results = []
+    for cpu_ms in args.agent_cpu_ms:
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(args.rounds):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for instrumented in order:
+                rate = await run_round(instrumented, args.requests, args.concurrency, exporter, cpu_ms)
+                rates[instrumented].append(rate)
+                if instrumented:
+                    instrumented_requests += args.requests + 10  # + warm-up requests
+                print(f"agent cpu {cpu_ms:g} ms, round {r + 1}: "
+                      f"{'instrumented  ' if instrumented else 'uninstrumented'} {rate:8.1f} req/s", flush=True)
+        results.append((cpu_ms, rates))
 
-    off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    pairs = [b / a for a, b in zip(rates[False], rates[True])]
     teardown = {names.SPAN_HANDLER_ACLOSE, names.SPAN_REGISTRY_ACLOSE, names.SPAN_TASK_ACLOSE}
     per_request = {n: c for n, c in exporter.by_name.items() if n not in teardown}
     total_spans = sum(per_request.values())
     per_hop = total_spans / (HOPS * instrumented_requests)
     print()
-    print(f"relay A -> B -> C, {args.rounds} rounds x {args.requests} requests, concurrency {args.concurrency}")
-    print(f"uninstrumented: median {off:.1f} req/s   instrumented: median {on:.1f} req/s")
-    print(f"throughput ratio (instrumented/uninstrumented): median-of-medians {on / off:.3f}, "
-          f"per-round {', '.join(f'{p:.3f}' for p in pairs)}   (goal >= 0.97)")
+    print(f"relay A -> B -> C, {args.rounds} rounds x {args.requests} requests per side, concurrency {args.concurrency}")
+    for cpu_ms, rates in results:
+        off, on = statistics.median(rates[False]), statistics.median(rates[True])
+        pairs = [b / a for a, b in zip(rates[False], rates[True])]
+        what = "bare relay (agents compute nothing)" if not cpu_ms else f"each hop computes {cpu_ms:g} ms"
+        print(f"{what}: uninstrumented median {off:.1f} req/s, instrumented median {on:.1f} req/s")
+        print(f"    throughput ratio (instrumented/uninstrumented): median-of-medians {on / off:.3f}, "
+              f"per-round {', '.join(f'{p:.3f}' for p in pairs)}   (goal >= 0.97)")
     print(f"our spans per hop per request: {per_hop:.2f}   (goal <= 5)")
     for name, count in sorted(per_request.items()):
         print(f"    {name:40s} {count / instrumented_requests:.2f} per request (all hops)")
-    shutdowns = args.rounds * HOPS
+    shutdowns = args.rounds * HOPS * len(results)
     for name in sorted(teardown & set(exporter.by_name)):
         print(f"    {name:40s} {exporter.by_name[name] / shutdowns:.2f} per server shutdown (not per request)")
     if not args.skip_sdk:
@@ -230,11 +248,21 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"{sdk['per_hop_per_request']:.1f}")
 
 
+def _cpu_list(text: str) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("a comma-separated list of milliseconds >= 0, e.g. 0,1")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--agent-cpu-ms", type=_cpu_list, default=[0.0, 1.0], metavar="MS[,MS...]",
+                        help="CPU each hop spends on its own work per request; one comparison per value "
+                             "(default 0,1: the bare relay, the worst case, and agents doing a little work)")
     parser.add_argument("--sdk-requests", type=int, default=20)
     parser.add_argument("--skip-sdk", action="store_true", help="do not measure the SDK's own spans")
     parser.add_argument("--sdk-spans", action="store_true", help=argparse.SUPPRESS)

@@ -1,7 +1,7 @@
 """A small A2A mesh for the demo, the tests and the benchmarks.
 
 Every agent runs the same ``PlanExecutor``: the request's text is a JSON
-*plan* that says how long to work, which peers to delegate to (blocking or
+*plan* that says how long to work (``work_ms`` waiting, ``cpu_ms`` computing), which peers to delegate to (blocking or
 not, streamed or not, with a push webhook or not) and how to end (finish,
 fail, hang until cancelled, or be slow). So one code path serves a plain
 A -> B -> C relay, random fan-out for the chaos test, and the #1101 hang.
@@ -82,6 +82,13 @@ def _current_trace_id() -> str | None:
         return None
 
 
+def _spin(cpu_seconds: float) -> None:
+    """Burn this much CPU on the event loop, as an agent's own processing (parsing, building a prompt) does."""
+    end = time.thread_time() + cpu_seconds
+    while time.thread_time() < end:
+        pass
+
+
 class PlanExecutor(AgentExecutor):
     """Executes the JSON plan carried in the request text."""
 
@@ -124,6 +131,8 @@ class PlanExecutor(AgentExecutor):
             await updater.start_work()
             if plan.get("work_ms"):
                 await asyncio.sleep(plan["work_ms"] / 1000.0)
+            if plan.get("cpu_ms"):
+                _spin(plan["cpu_ms"] / 1000.0)
             calls = [self._call(c, trace_id) for c in plan.get("calls", [])]
             if plan.get("parallel", True):
                 await asyncio.gather(*calls)
