@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -45,14 +44,32 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
-def _poll_chunks(timeout: float) -> list[float]:
-    # the server caps one long-poll; split long waits into several
-    chunks = []
-    while timeout > 0:
-        step = min(timeout, 60.0)
-        chunks.append(step)
-        timeout -= step
-    return chunks or [0.0]
+class _LongPoll:
+    """The requests of one wait: long-polls of at most 60 s (the server caps one) until the
+    deadline, at least one. ``params()`` gives the next request's query (None: time is up);
+    ``answer(response)`` returns the settled state, or None after a 408, or raises."""
+
+    def __init__(self, trace_id: str, endpoint: str, timeout: float, roots: int) -> None:
+        self.url = f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait"
+        self.roots = roots
+        self.deadline = time.monotonic() + timeout
+        self.state: dict[str, Any] = {}
+        self.asked = False
+
+    def params(self) -> dict[str, Any] | None:
+        left = self.deadline - time.monotonic()
+        if self.asked and left <= 0:
+            return None
+        self.asked = True
+        return {"timeout": f"{max(0.0, min(60.0, left)):.3f}", "roots": self.roots}
+
+    def answer(self, response: httpx.Response) -> dict[str, Any] | None:
+        if response.status_code == 200:
+            return response.json()
+        if response.status_code != 408:
+            response.raise_for_status()
+        self.state = response.json()
+        return None
 
 
 async def wait_for_quiescence(
@@ -66,30 +83,25 @@ async def wait_for_quiescence(
     """Wait until cascade ``trace_id`` has settled; returns the collector's view.
 
     Raises ``NotSettled`` when it has not settled within ``timeout`` seconds and
-    ``httpx.HTTPError`` when the collector cannot be reached.
+    ``httpx.HTTPError`` when the collector cannot be reached. Cancelling the
+    awaiting task ends the wait at once.
     """
-    # one blocking long-poll per call: run it off the event loop
-    return await asyncio.to_thread(
-        wait_sync, trace_id, endpoint=endpoint, timeout=timeout, roots=roots, token=token
-    )
+    poll = _LongPoll(trace_id, endpoint, timeout, roots)
+    async with httpx.AsyncClient(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
+        while (params := poll.params()) is not None:
+            if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
+                return state
+    raise NotSettled(trace_id, poll.state)
 
 
 def wait_sync(trace_id: str, *, endpoint: str, timeout: float, roots: int = 1, token: str | None = None) -> dict[str, Any]:
-    url = f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait"
-    with httpx.Client(headers=_headers(token), timeout=timeout + 10) as client:
-        deadline = time.monotonic() + timeout
-        state: dict[str, Any] = {}
-        for _ in _poll_chunks(timeout):
-            step = max(0.0, min(60.0, deadline - time.monotonic()))
-            response = client.get(url, params={"timeout": f"{step:.3f}", "roots": roots})
-            if response.status_code == 200:
-                return response.json()
-            if response.status_code != 408:
-                response.raise_for_status()
-            state = response.json()
-            if time.monotonic() >= deadline:
-                break
-        raise NotSettled(trace_id, state)
+    """``wait_for_quiescence`` for code without an event loop (the CLI, the pytest fixture)."""
+    poll = _LongPoll(trace_id, endpoint, timeout, roots)
+    with httpx.Client(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
+        while (params := poll.params()) is not None:
+            if (state := poll.answer(client.get(poll.url, params=params))) is not None:
+                return state
+    raise NotSettled(trace_id, poll.state)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
