@@ -313,6 +313,9 @@ class Demo:
         for c in s.cascades:
             latency = "-" if c.detection_latency_seconds is None else f"{c.detection_latency_seconds * 1000:.1f} ms"
             print(f"  {c.trace_id[:12] + '…':<14}{c.kind:<30}{c.status:<10}{latency:>18}")
+        for c in s.cascades:
+            if c.status != "settled":
+                print(f"  {c.trace_id[:12]}… is held by: {c.held_by.split('; ', 1)[-1]}")
         if s.monitoring:
             seen = sorted({f"{a['alertname']}{'(' + a['agent'] + ')' if a['agent'] else ''}" for a in s.alerts})
             print(f"\n  alerts that reached Alertmanager's receiver: {', '.join(seen) or 'none'}")
