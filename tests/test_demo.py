@@ -7,7 +7,8 @@ clean cascades settled, the leak at C's shutdown was recorded and its alert
 reached Alertmanager's receiver (and no leak alert for the cleanly stopped
 A and B), and no process the demo started is left running -- at the end, and
 when it is interrupted with Ctrl-C (SIGINT to its process group, as a
-terminal sends it) in the middle of its run.
+terminal sends it) in the middle of its run. Without Prometheus and
+Alertmanager it says so and runs everything else.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from support import wait_until
 from a2a_quiescence import names
 from a2a_quiescence.demo.monitoring import ALERTMANAGER, PROMETHEUS
 
-pytestmark = [pytest.mark.external, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 DEADLINE = 150.0
 
@@ -55,6 +56,7 @@ def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     return popen, summary
 
 
+@pytest.mark.external
 def test_demo_end_to_end(tmp_path: Path) -> None:
     popen, summary_file = start_demo(tmp_path)
     try:
@@ -96,6 +98,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert [pid for pid in summary["pids"] if alive(pid)] == []
 
 
+@pytest.mark.external
 def test_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
     popen, summary_file = start_demo(tmp_path)
     lines: list[str] = []
@@ -117,4 +120,21 @@ def test_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
     summary = json.loads(summary_file.read_text())
     assert not summary["completed"]
     assert len(summary["pids"]) == 7, summary["pids"]
+    assert [pid for pid in summary["pids"] if alive(pid)] == []
+
+
+def test_demo_without_prometheus_and_alertmanager_says_so_and_runs_the_rest(tmp_path: Path) -> None:
+    summary_file = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+    env["PATH"] = str(Path(sys.executable).parent)  # this environment's tools only: no prometheus, no alertmanager
+    done = subprocess.run(
+        [sys.executable, "-m", "a2a_quiescence.demo", "--short", "--summary-json", str(summary_file)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=DEADLINE,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "not installed, so no alerts in this run" in done.stdout
+    summary = json.loads(summary_file.read_text())
+    assert summary["completed"] and not summary["monitoring"] and summary["alerts"] == []
+    assert {h["agent"]: h["shutdown_leaked_producers"] for h in summary["hops"]} == {"A": 0, "B": 0, "C": 1}
+    assert len(summary["pids"]) == 5  # collector, webhook, A, B, C
     assert [pid for pid in summary["pids"] if alive(pid)] == []
