@@ -184,16 +184,15 @@ class Demo:
         self.mesh.start_agent("A", ["B"], env=env, wait=False)
         for proc in self.mesh.agents.values():
             wait_http(f"{proc.url}/.well-known/agent-card.json", proc=proc.popen)
-        self.summary.pids = self.pids()
         say("agents up under opentelemetry-instrument: " + ", ".join(f"{n} {p.url}" for n, p in self.mesh.agents.items())
             + f"; C pushes to the webhook {self.mesh.webhook.url if self.mesh.webhook else '-'}")
         if self.monitoring is not None:
             self.monitoring.wait_ready()
             prom = self.monitoring.prom
             assert prom is not None
+            until("Prometheus to load the rules", lambda: prom.http.get("/api/v1/rules").json()["data"]["groups"])
             until("Prometheus to scrape the collector", lambda: prom.query(f"{names.M_AGENT_UP} == 1"))
             say(f"Prometheus {prom.url} (rules loaded, scraping every 1 s), Alertmanager {self.monitoring.am.url}")  # type: ignore[union-attr]
-        self.summary.pids = self.pids()
 
     def pids(self) -> list[int]:
         procs: list[Proc] = list(self.mesh.agents.values()) + [p for p in (self.mesh.webhook, self.mesh.collector) if p]
@@ -393,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo failed: {exc} (logs in {demo.workdir})", file=sys.stderr)
         code = 1
     finally:
-        demo.summary.pids = sorted(set(demo.summary.pids) | set(demo.pids()))
+        demo.summary.pids = demo.pids()  # every process it started, for whoever checks that none is left
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         demo.stop()
         if args.summary_json:
