@@ -270,6 +270,11 @@ class Demo:
         await send_plan(self.mesh.agents["A"].url, plan, trace_id=cascade.trace_id)
         await until_async("C's producer to be in flight", lambda: self.agent("C").get("producers_in_flight"))
         self.say(f"  producers in flight: {self.in_flight_line()}")
+        if self.monitoring is not None and self.monitoring.prom is not None:
+            prom = self.monitoring.prom
+            seen = await until_async("Prometheus to scrape C's producer in flight", lambda: prom.query(
+                f'{names.M_PRODUCERS_IN_FLIGHT}{{agent="C"}} >= 1'))
+            self.say(f"  Prometheus: {names.M_PRODUCERS_IN_FLIGHT}{{agent=\"C\"}} = {seen[0]['value'][1]}")
         self.say("C shuts down (SIGTERM) without draining: its lifespan does not call aclose()")
         await asyncio.to_thread(self.mesh.agents["C"].stop)
         c = await until_async("C's shutdown record at the sidecar",
