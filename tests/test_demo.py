@@ -43,11 +43,16 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def demo_env() -> dict[str, str]:
+    """This environment without OpenTelemetry or a2a-quiescence settings (the demo sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+
+
 def start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     need_tool(*PROMETHEUS)
     need_tool(*ALERTMANAGER)
     summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+    env = demo_env()
     popen = subprocess.Popen(
         [sys.executable, "-m", "a2a_quiescence.demo", "--short", "--summary-json", str(summary), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -125,7 +130,7 @@ def test_demo_interrupted_leaves_nothing_running(tmp_path: Path) -> None:
 
 def test_demo_without_prometheus_and_alertmanager_says_so_and_runs_the_rest(tmp_path: Path) -> None:
     summary_file = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+    env = demo_env()
     env["PATH"] = str(Path(sys.executable).parent)  # this environment's tools only: no prometheus, no alertmanager
     done = subprocess.run(
         [sys.executable, "-m", "a2a_quiescence.demo", "--short", "--summary-json", str(summary_file)],

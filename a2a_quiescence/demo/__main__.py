@@ -15,8 +15,9 @@ API; a non-blocking delegation whose pushes outlive A's answer; the a2a-sdk
 `EventQueue.close(immediate=False)`: reported while it hangs, with its alert);
 then C shuts down without draining while it still works on a long job, so
 that producer is leaked, the sidecar keeps the record after C is gone, and
-the leak alert fires. A summary table ends it. Prometheus and Alertmanager are optional: without them the demo says so
-and shows everything the collector knows.
+the leak alert fires. A summary table ends it. Prometheus and Alertmanager
+are optional: without them the demo says so and shows everything the
+collector knows.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -75,17 +76,6 @@ class Summary:
     completed: bool = False
     error: str | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "workdir": self.workdir,
-            "monitoring": self.monitoring,
-            "completed": self.completed,
-            "error": self.error,
-            "cascades": [vars(c) for c in self.cascades],
-            "hops": self.hops,
-            "alerts": self.alerts,
-            "pids": self.pids,
-        }
 
 
 class Progress:
@@ -100,26 +90,28 @@ class Progress:
             print(f"[{time.monotonic() - self.t0:5.1f}s] {text}", flush=True)
 
 
-def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; DemoError after ``timeout`` s."""
+def _tries(what: str, timeout: float) -> Iterator[None]:
+    """One step per try until ``timeout`` s have passed, then DemoError (the deadline of ``until``)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
-        if value:
-            return value
+        yield
         if time.monotonic() > deadline:
             raise DemoError(f"gave up after {timeout:.0f}s waiting for {what}")
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; DemoError after ``timeout`` s."""
+    for _ in _tries(what, timeout):
+        if value := check():
+            return value
         time.sleep(every)
 
 
 async def until_async(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
+    """``until`` from the event loop: the check runs in a thread, the pauses on the loop (cancellable)."""
+    for _ in _tries(what, timeout):
+        if value := await asyncio.to_thread(check):
             return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"gave up after {timeout:.0f}s waiting for {what}")
         await asyncio.sleep(every)
 
 
@@ -155,10 +147,10 @@ class Demo:
             self.say(f"ALERT delivered by Alertmanager: {entry['alertname']}{who} ({entry['status']}): "
                      f"{alert.get('annotations', {}).get('summary', '')}")
 
-    def wait_alert(self, alertname: str, **labels: str) -> None:
-        if self.receiver is None:
-            return
-        until(f"{alertname} at Alertmanager's receiver", lambda: self.receiver.alerts(alertname, **labels))
+    async def wait_alert(self, alertname: str, **labels: str) -> None:
+        receiver = self.receiver
+        if receiver is not None:
+            await until_async(f"{alertname} at Alertmanager's receiver", lambda: receiver.alerts(alertname, **labels))
 
     # -- steps -------------------------------------------------------------------
     def start(self) -> None:
@@ -256,7 +248,7 @@ class Demo:
                      f"{stall.get(names.ATTR_PARKED_AT, '?')}")
             state = httpx.get(f"{self.mesh.api}/v1/cascades/{cascade.trace_id}", timeout=5).json()
             self.say(f"  meanwhile the cascade is {describe_holders(state)}")
-            await asyncio.to_thread(self.wait_alert, names.ALERT_CLOSE_STALLED, agent="C")
+            await self.wait_alert(names.ALERT_CLOSE_STALLED, agent="C")
         self.say("  the client goes away: its subscriber is torn down, the producer finishes")
         await self.settle(cascade, t0)
         if cascade.status == "settled":
@@ -281,12 +273,12 @@ class Demo:
                               lambda: (a := self.agent("C")).get("shutdown") and not a.get("up") and a)
         self.say(f"  C is gone; the sidecar keeps its shutdown record: {c['shutdown_leaked_producers']} producer(s) "
                  f"leaked, still scrapeable as {names.M_SHUTDOWN_LEAKED}{{agent=\"C\"}}")
-        await asyncio.to_thread(self.wait_alert, names.ALERT_LEAKED, agent="C")
+        await self.wait_alert(names.ALERT_LEAKED, agent="C")
         state = await until_async("the abandoned cascade to be reported stuck", lambda: (
             s := httpx.get(f"{self.mesh.api}/v1/cascades/{cascade.trace_id}", timeout=5).json())["status"] == "stuck" and s)
         cascade.status, cascade.held_by = state["status"], describe_holders(state)
         self.say(f"  the cascade is {cascade.held_by} -- the work was lost, and it is never settled by a timeout")
-        await asyncio.to_thread(self.wait_alert, names.ALERT_STUCK)
+        await self.wait_alert(names.ALERT_STUCK)
 
     def shutdown_clean(self) -> None:
         self.say("A and B shut down cleanly (their lifespan calls aclose())")
@@ -401,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         demo.stop()
         if args.summary_json:
-            args.summary_json.write_text(json.dumps(demo.summary.as_json(), indent=1))
+            args.summary_json.write_text(json.dumps(asdict(demo.summary), indent=1))
     return code
 
 
