@@ -41,6 +41,42 @@ OUTCOME_FAILED = "failed"
 OUTCOME_CANCELLED = "cancelled"
 OUTCOMES = (OUTCOME_COMPLETED, OUTCOME_FAILED, OUTCOME_CANCELLED)
 
+# How a unit of work ended, when not plainly completed (a cascade snapshot's
+# ``failures`` and ``losses``). A failure is one the agents themselves reported;
+# a loss is work that never got to finish.
+END_EXECUTOR_FAILED = "executor_failed"  # AgentExecutor.execute raised
+END_TASK_FAILED = "task_failed"  # the task ended TASK_STATE_FAILED
+END_TASK_REJECTED = "task_rejected"  # the task ended TASK_STATE_REJECTED
+END_TASK_CANCELLED = "task_cancelled"  # cancelled at a client's request (tasks/cancel)
+END_CALL_REJECTED = "call_rejected"  # an outbound A2A call answered with an A2A error
+END_REQUEST_FAILED = "request_failed"  # an inbound A2A request this hop answered with an error
+END_CANCELLED_BY_SHUTDOWN = "cancelled_by_shutdown"  # cancelled by a drain (aclose) or loop teardown
+END_CANCELLED = "cancelled"  # cancelled, cause unknown (neither a client nor a shutdown)
+END_DESTROYED_PENDING = "destroyed_pending"  # garbage-collected while pending
+END_PUSH_FAILED = "push_failed"  # a push delivery that failed (the SDK logs and swallows it)
+END_CALL_FAILED = "call_failed"  # an outbound A2A call that failed in transport (refused, reset, timeout)
+FAILURE_KINDS = frozenset(
+    {END_EXECUTOR_FAILED, END_TASK_FAILED, END_TASK_REJECTED, END_TASK_CANCELLED, END_CALL_REJECTED, END_REQUEST_FAILED}
+)
+LOSS_KINDS = frozenset(
+    {END_CANCELLED_BY_SHUTDOWN, END_CANCELLED, END_DESTROYED_PENDING, END_PUSH_FAILED, END_CALL_FAILED}
+)
+
+# the verdict on a settled cascade
+VERDICT_COMPLETED = "completed"  # nothing failed, nothing lost
+VERDICT_FAILED = "failed"  # the agents reported failure; nothing lost
+VERDICT_LOST = "lost"  # some work never got to finish
+VERDICTS = (VERDICT_COMPLETED, VERDICT_FAILED, VERDICT_LOST)
+
+# cascade status
+STATUS_OPEN = "open"
+STATUS_AWAITING_INPUT = "awaiting_input"
+STATUS_STUCK = "stuck"
+STATUS_SETTLED = "settled"
+
+# task states in which an a2a-sdk task waits for its user (the V2 handler keeps its producer alive)
+AWAITING_STATES = {"TASK_STATE_INPUT_REQUIRED": "input_required", "TASK_STATE_AUTH_REQUIRED": "auth_required"}
+
 ROLE_AGENT = "agent"
 ROLE_SUBSCRIBERS = "subscribers"
 
@@ -51,6 +87,10 @@ OTEL_PRODUCERS_FINISHED = "a2a.producers.finished"
 OTEL_STALLED_CLOSES = "a2a.event_queue.stalled_closes"
 OTEL_DESTROYED_PENDING = "a2a.tasks.destroyed_pending"
 OTEL_SHUTDOWN_LEAKED = "a2a.shutdown.leaked_producers"
+OTEL_WORK_ENDED = "a2a.work.ended"  # failures and losses, by kind (attribute ATTR_ENDING)
+ATTR_ENDING = "a2a.work.ending"
+ATTR_SDK_PLUMBING = "a2a.sdk_plumbing"
+ATTR_ERROR_TYPE = "error.type"  # semantic conventions
 
 # --- wire: headers carried on A2A calls and push deliveries ----------------
 HEADER_TRACEPARENT = "traceparent"
@@ -70,7 +110,9 @@ BAGGAGE_SENDER = "a2a.quiescence.sender"
 EVENT_HOP_SNAPSHOT = "a2a.quiescence.hop"
 EVENT_CASCADE_SNAPSHOT = "a2a.quiescence.cascade"
 LOG_ATTR_EVENT_NAME = "event.name"
-SNAPSHOT_SCHEMA_VERSION = 1
+# 2 adds failures, losses and awaiting to cascade snapshots, push and shutdown-cancel
+# counters to hop snapshots; version 1 snapshots stay readable (they carry none of these)
+SNAPSHOT_SCHEMA_VERSION = 2
 
 # --- Prometheus (exported by the collector) --------------------------------
 LABEL_AGENT = "agent"
@@ -82,11 +124,14 @@ M_STALLS = "a2a_event_queue_stalls_total"
 M_DESTROYED_PENDING = "a2a_tasks_destroyed_pending_total"
 M_SHUTDOWN_LEAKED = "a2a_shutdown_leaked_producers"
 M_SHUTDOWN_CASCADES_OPEN = "a2a_shutdown_cascades_open"
+M_SHUTDOWN_CANCELLED = "a2a_shutdown_cancelled_producers"
+M_PUSH_FAILED = "a2a_push_deliveries_failed_total"
 M_AGENT_UP = "a2a_agent_up"
 M_AGENT_LAST_SEEN = "a2a_agent_last_seen_timestamp_seconds"
 M_AGENT_RESTARTS = "a2a_agent_incarnations_total"
 M_CASCADES_OPEN = "a2a_cascades_open"
 M_CASCADES_STUCK = "a2a_cascades_stuck"
+M_CASCADES_AWAITING = "a2a_cascades_awaiting_input"
 M_MESH_SETTLED = "a2a_mesh_settled"
 M_CASCADES_SETTLED = "a2a_cascades_settled_total"
 M_DETECTION_LATENCY = "a2a_settlement_detection_latency_seconds"
@@ -109,11 +154,14 @@ EXPORTED_METRICS = frozenset(
         M_DESTROYED_PENDING,
         M_SHUTDOWN_LEAKED,
         M_SHUTDOWN_CASCADES_OPEN,
+        M_SHUTDOWN_CANCELLED,
+        M_PUSH_FAILED,
         M_AGENT_UP,
         M_AGENT_LAST_SEEN,
         M_AGENT_RESTARTS,
         M_CASCADES_OPEN,
         M_CASCADES_STUCK,
+        M_CASCADES_AWAITING,
         M_MESH_SETTLED,
         M_CASCADES_SETTLED,
         M_DETECTION_LATENCY + "_bucket",
@@ -143,6 +191,9 @@ ALERT_SHUTDOWN_IN_FLIGHT = "A2AShutdownWithCascadeInFlight"
 ALERT_CLOSE_STALLED = "A2AEventQueueCloseStalled"
 ALERT_DESTROYED_PENDING = "A2ATaskDestroyedPending"
 ALERT_COLLECTOR_DOWN = "A2AQuiescenceCollectorDown"
+ALERT_CANCELLED_AT_SHUTDOWN = "A2AWorkCancelledAtShutdown"
+ALERT_SETTLED_LOST = "A2ACascadeSettledWithLostWork"
+ALERT_PUSH_FAILED = "A2APushDeliveriesFailing"
 ALERT_COLLECTOR_REJECTING = "A2AQuiescenceCollectorRejecting"
 
 # --- collector defaults ----------------------------------------------------

@@ -27,6 +27,7 @@ _V2 = "a2a.server.request_handlers.default_request_handler_v2"
 _V1 = "a2a.server.request_handlers.default_request_handler"
 _EQ = "a2a.server.events.event_queue_v2"
 _PUSH = "a2a.server.tasks.base_push_notification_sender"
+_TM = "a2a.server.tasks.task_manager"
 
 _SERVER_CALLS = ("on_message_send", "on_cancel_task")
 _SERVER_STREAMS = ("on_message_send_stream", "on_subscribe_to_task")
@@ -144,6 +145,9 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
             for method in _SERVER_STREAMS:
                 self._wrap(module, owner, method, patches.server_stream(method))
         self._wrap(_EQ, "EventQueueSource", "close", patches.queue_close)
+        self._wrap(_TM, "TaskManager", "_save_task", patches.task_saved)
+        for owner in ("LegacyRequestHandler", "DefaultRequestHandler"):  # the name before 1.1
+            self._wrap(_V1, owner, "_run_event_stream", patches.legacy_run_event_stream)
         for module, owner in _TRANSPORTS:
             for method in _CLIENT_CALLS:
                 self._wrap(module, owner, method, patches.client_call(method))

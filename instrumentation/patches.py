@@ -37,6 +37,10 @@ _PUSH_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.Conte
     "a2a_quiescence_push_headers", default=None
 )
 
+# the ActiveTask (its state dict) being built or started: the tasks it spawns
+# then are its plumbing (producer, consumer, queue dispatchers), owned by it
+_OWNER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("a2a_quiescence_owner", default=None)
+
 _warned: set[str] = set()
 
 
@@ -122,6 +126,13 @@ class Runtime:
         self.destroyed = meter.create_counter(
             names.OTEL_DESTROYED_PENDING, unit="{task}", description="asyncio tasks destroyed while pending"
         )
+        self.ended = meter.create_counter(
+            names.OTEL_WORK_ENDED, unit="{unit}", description="Work that failed or was lost, by how it ended"
+        )
+        # a shutdown began (handler aclose, server shutdown): cancellations now are the drain's
+        self.shutting_down = False
+        # a2a task ids a client asked to cancel (tasks/cancel), newest last, bounded
+        self.client_cancels: dict[str, None] = {}
 
         def _leaked(_options: Any) -> Any:
             from opentelemetry.metrics import Observation
@@ -190,7 +201,100 @@ def _outbound_headers(rt: Runtime, message_id: str | None) -> dict[str, str]:
     return carrier
 
 
+# --- how work ended -----------------------------------------------------------
+def _ending(kind: str, task_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "task_id": task_id or None, **extra}
+
+
+def record_ending(rt: Runtime, cascade: str | None, ending: dict[str, Any]) -> None:
+    """Record a failure or loss on ``cascade``; the caller holds a unit of it."""
+    if cascade:
+        rt.tracker.record_ending(cascade, ending)
+        _add(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
+
+
+def _cancel_ending(rt: Runtime, task_id: str, state: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """How a cancellation of task ``task_id``'s work ended it: a client's cancel is
+    a failure the agents report; a shutdown's, or one of unknown cause, a loss."""
+    if task_id in rt.client_cancels:
+        return _ending(names.END_TASK_CANCELLED, task_id, **extra)
+    if (state is not None and state.get("cause") == "shutdown") or rt.shutting_down:
+        return _ending(names.END_CANCELLED_BY_SHUTDOWN, task_id, **extra)
+    return _ending(names.END_CANCELLED, task_id, **extra)
+
+
+def _client_cancel_requested(rt: Runtime, task_id: str) -> None:
+    rt.client_cancels[task_id] = None
+    while len(rt.client_cancels) > 10_000:
+        del rt.client_cancels[next(iter(rt.client_cancels))]
+
+
+async def _run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None, coro: Any) -> Any:
+    """Await the agent's ``execute``; record on the current cascade how it ended
+    when it did not complete (inside the executor's task, so while its unit is held)."""
+    if state is not None:
+        state["executing"] = state.get("executing", 0) + 1
+        # weak: a failed task's exception (its traceback) reaches back to the ActiveTask
+        state["exec_task"] = weakref.ref(asyncio.current_task())
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        with _guard("execute cancelled"):
+            record_ending(rt, CASCADE.get(), _cancel_ending(rt, task_id, state, parked_at=(state or {}).get("parked_at")))
+        raise
+    except BaseException as exc:
+        with _guard("execute failed"):
+            record_ending(rt, CASCADE.get(), _ending(names.END_EXECUTOR_FAILED, task_id, **{"error.type": type(exc).__name__}))
+        raise
+    finally:
+        if state is not None:
+            state["executing"] -= 1
+
+
 # --- event loop hooks: spawned work, destroyed-pending tasks -------------------
+class _TaskRef(weakref.ref):
+    """A weak reference to a task holding a unit of work: if the task is garbage
+    collected while pending, its done-callbacks never run and this releases the unit."""
+
+    __slots__ = ("key", "token", "tracker")
+
+
+# id(task) -> its _TaskRef, while the task holds its unit
+_LIVE: dict[int, _TaskRef] = {}
+# id(task) -> token of tasks collected while pending, for the finalizer's report (bounded)
+_COLLECTED: dict[int, WorkToken] = {}
+
+
+def _task_done(task: asyncio.Future) -> None:
+    ref = _LIVE.pop(id(task), None)
+    if ref is not None:
+        ref.tracker.release(ref.token)
+
+
+def _task_collected(ref: _TaskRef) -> None:
+    # runs inside the garbage collector, in any thread: no locks (release_later)
+    if _LIVE.get(ref.key) is ref:
+        del _LIVE[ref.key]
+    token = ref.token
+    _COLLECTED[ref.key] = token
+    while len(_COLLECTED) > 256:
+        del _COLLECTED[next(iter(_COLLECTED))]
+    if not token.released:
+        ref.tracker.release_later(
+            token, _ending(names.END_DESTROYED_PENDING, token.owner, detail=token.what)
+        )
+
+
+def _hold(tracker: HopTracker, task: asyncio.Future, cascade: str, owner: dict[str, Any] | None, coro: Any) -> None:
+    """``task`` holds a unit of ``cascade`` until it is done (or collected)."""
+    token = tracker.acquire(cascade, owner["task_id"] if owner is not None else None, getattr(coro, "__qualname__", None))
+    if owner is not None:
+        owner["tokens"].append(token)
+    ref = _TaskRef(task, _task_collected)
+    ref.key, ref.token, ref.tracker = id(task), token, tracker
+    _LIVE[ref.key] = ref
+    task.add_done_callback(_task_done)
+
 def ensure_loop_hooks(rt: Runtime) -> None:
     try:
         loop = asyncio.get_running_loop()
@@ -214,8 +318,7 @@ def ensure_loop_hooks(rt: Runtime) -> None:
                 ctx = kwargs.get("context")
                 cascade = ctx.get(CASCADE) if ctx is not None else CASCADE.get()
                 if cascade:
-                    tracker = runtime.tracker
-                    task.add_done_callback(tracker.release_on_done(tracker.acquire(cascade)))
+                    _hold(runtime.tracker, task, cascade, ctx.get(_OWNER) if ctx is not None else _OWNER.get(), coro)
             except Exception as exc:  # noqa: BLE001 - fail-open
                 _report_internal_error("task_factory", exc)
         return task
@@ -261,16 +364,23 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio
     if "destroyed but it is pending" not in message or task is None:
         return
     name = task.get_name() if hasattr(task, "get_name") else repr(task)
-    task_id = name.split(":", 1)[1] if ":" in name else ""
-    trace_id = rt.task_trace.get(task_id, "")
+    # the unit it held names its cascade and ActiveTask (still listed when the task is
+    # freed by reference counting; already moved to _COLLECTED by a collector pass)
+    ref = _LIVE.get(id(task))
+    token = ref.token if ref is not None else _COLLECTED.pop(id(task), None)
+    task_id = (token.owner if token is not None else None) or (name.split(":", 1)[1] if ":" in name else "")
+    trace_id = token.trace_id if token is not None else rt.task_trace.get(task_id, "")
+    plumbing = bool(token is not None and token.plumbing)
     detail = {
         names.ATTR_ASYNCIO_TASK: name,
         names.ATTR_TASK_ID: task_id,
         "trace_id": trace_id,
         names.ATTR_PARKED_AT: where if (where := _where(task)) != "unknown" else rt.parked.get(name, where),
     }
+    if plumbing:
+        detail[names.ATTR_SDK_PLUMBING] = True
     rt.tracker.destroyed_pending_seen(detail)
-    _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0]})
+    _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0], names.ATTR_SDK_PLUMBING: plumbing})
     span = _start_span(rt, "a2a.task.destroyed_pending", attributes={k: v for k, v in detail.items() if v})
     with _guard("destroyed_pending span"):
         span.set_status(Status(StatusCode.ERROR, message))
@@ -321,6 +431,8 @@ class _Watch:
 # the queue, so a strong reference here would keep key and task alive forever.
 _QUEUE_ROLES: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
 _TASK_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+# an ActiveTask's TaskManager -> the ActiveTask's state (task states are saved through it)
+_TASK_MANAGER_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
 class _ExecutorProxy:
@@ -331,26 +443,47 @@ class _ExecutorProxy:
         self._a2aq_state = state
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        state = self._a2aq_state
+        rt = RT
         try:
-            return await self._a2aq_executor.execute(*args, **kwargs)
+            coro = self._a2aq_executor.execute(*args, **kwargs)
+            if rt is None:
+                return await coro
+            request = args[0] if args else kwargs.get("context")
+            return await _run_executor(rt, str(getattr(request, "task_id", "") or state.get("task_id", "")), state, coro)
         except asyncio.CancelledError:
-            self._a2aq_state.setdefault("outcome", names.OUTCOME_CANCELLED)
+            state.setdefault("outcome", names.OUTCOME_CANCELLED)
             raise
         except BaseException:
-            self._a2aq_state.setdefault("outcome", names.OUTCOME_FAILED)
+            state.setdefault("outcome", names.OUTCOME_FAILED)
             raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._a2aq_executor, name)
 
 
+def _owner_state(args: Any, kwargs: Any) -> dict[str, Any] | None:
+    """The state of an ActiveTask about to be built: its task id, its cascade, its units."""
+    task_id = kwargs.get("task_id", args[1] if len(args) > 1 else None)
+    return {"task_id": str(task_id or ""), "cascade": CASCADE.get(), "tokens": []}
+
+
 def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
-    result = wrapped(*args, **kwargs)
     rt = RT
+    state = owner_token = None
     if rt is not None:
+        with _guard("ActiveTask.__init__/owner"):
+            state = _owner_state(args, kwargs)
+            owner_token = _OWNER.set(state)  # its queues' dispatcher tasks are its plumbing
+    try:
+        result = wrapped(*args, **kwargs)
+    finally:
+        if owner_token is not None:
+            _OWNER.reset(owner_token)
+    if rt is not None and state is not None:
         with _guard("ActiveTask.__init__"):
-            state: dict[str, Any] = {}
             _TASK_STATE[instance] = state
+            _TASK_MANAGER_STATE[instance._task_manager] = state
             task_id = str(getattr(instance, "task_id", "") or "")
             _QUEUE_ROLES[instance._event_queue_agent] = (names.ROLE_AGENT, task_id)
             _QUEUE_ROLES[instance._event_queue_subscribers] = (names.ROLE_SUBSCRIBERS, task_id)
@@ -361,7 +494,10 @@ def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
 async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
     rt = RT
     span = None
-    token = None
+    token = owner_token = None
+    if rt is not None and (state := _TASK_STATE.get(instance)) is not None:
+        with _guard("ActiveTask.start/owner"):
+            owner_token = _OWNER.set(state)  # producer and consumer are its plumbing
     if rt is not None and getattr(instance, "_producer_task", None) is None:
         with _guard("ActiveTask.start"):
             ensure_loop_hooks(rt)
@@ -376,15 +512,37 @@ async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs:
     try:
         return await wrapped(*args, **kwargs)
     finally:
+        if owner_token is not None:
+            with _guard("ActiveTask.start/owner"):
+                _OWNER.reset(owner_token)
         if token is not None:
             with _guard("ActiveTask.start/detach"):
                 otel_context.detach(token)
+        if rt is not None:
+            with _guard("ActiveTask.start/unstarted"):
+                _release_unstarted(rt, instance)
         if rt is not None and span is not None:
             with _guard("ActiveTask.start/after"):
                 producer = getattr(instance, "_producer_task", None)
                 if producer is not None and not _TASK_STATE.get(instance, {}).get("tracked"):
                     _track_producer(rt, instance, producer, span)
                 # else: no producer was spawned; the span is never ended, so never exported
+
+
+def _release_unstarted(rt: Runtime, instance: Any) -> None:
+    """An ActiveTask that finished without ever spawning a producer (a2a-sdk's V2
+    handler builds one for a SendMessage to a task already terminal) never closes its
+    queues: their dispatcher tasks wait forever and are garbage-collected while
+    pending. They never carried work and nothing will ever feed them, so their
+    units are released now, as SDK plumbing, instead of holding the cascade until
+    the collector runs."""
+    state = _TASK_STATE.get(instance)
+    if state is None or getattr(instance, "_producer_task", None) is not None or not instance.is_finished:
+        return
+    for token in state["tokens"]:
+        if not token.released:
+            token.plumbing = True
+            rt.tracker.release(token)
 
 
 def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:
@@ -421,10 +579,34 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
     _add(rt.in_flight, 1)
 
 
+def _producer_working(instance: Any, state: dict[str, Any]) -> bool:
+    """The producer still runs the agent's work (or waits for its user's next message)."""
+    producer = getattr(instance, "_producer_task", None)
+    return (
+        producer is not None
+        and not producer.done()
+        and not instance.is_finished
+        and bool(state.get("executing") or state.get("awaiting"))
+    )
+
+
+def _parked_where(instance: Any, state: dict[str, Any]) -> str:
+    ref = state.get("exec_task")
+    task = ref() if ref is not None else None
+    if task is None or task.done():
+        task = getattr(instance, "_producer_task", None)
+    return _where(task) if task is not None else "unknown"
+
+
 async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = RT
     with _guard("ActiveTask.cancel"):
         state = _TASK_STATE.get(instance)
-        if state is not None:
+        if state is not None and rt is not None:
+            if _producer_working(instance, state):
+                # recorded now, while the producer still holds its unit
+                _client_cancel_requested(rt, state["task_id"])
+                record_ending(rt, state["cascade"], _ending(names.END_TASK_CANCELLED, state["task_id"]))
             state.setdefault("outcome", names.OUTCOME_CANCELLED)
     return await wrapped(*args, **kwargs)
 
@@ -437,11 +619,10 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
             with _guard(span_name):
                 task_id = str(getattr(instance, "task_id", "") or "")
                 attrs = {names.ATTR_TASK_ID: task_id} if task_id else {}
+                if span_name == names.SPAN_HANDLER_ACLOSE:
+                    rt.shutting_down = True
                 if span_name == names.SPAN_TASK_ACLOSE:
-                    state = _TASK_STATE.get(instance)
-                    producer = getattr(instance, "_producer_task", None)
-                    if state is not None and producer is not None and not producer.done():
-                        state.setdefault("outcome", names.OUTCOME_CANCELLED)
+                    _drain_task(rt, instance)
                 span = _start_span(rt, span_name, attributes=attrs)
                 token = otel_context.attach(trace.set_span_in_context(span))
                 watch = _Watch(rt, span, span_name, task_id)
@@ -460,6 +641,26 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
                         on_end(rt)
 
     return wrapper
+
+
+def _drain_task(rt: Runtime, instance: Any) -> None:
+    """``ActiveTask.aclose`` is about to cancel this task's producer: if it still
+    ran the agent's work (or waited for its user), that work is lost. Recorded
+    before the cancel, while the producer holds its unit."""
+    state = _TASK_STATE.get(instance)
+    producer = getattr(instance, "_producer_task", None)
+    if state is None or producer is None or producer.done():
+        return
+    state.setdefault("outcome", names.OUTCOME_CANCELLED)
+    if _producer_working(instance, state) and state.get("cause") is None:
+        state["cause"] = "shutdown"
+        state["parked_at"] = _parked_where(instance, state)
+        detail = "waiting for its user's input" if state.get("awaiting") and not state.get("executing") else "executing"
+        record_ending(
+            rt, state["cascade"],
+            _ending(names.END_CANCELLED_BY_SHUTDOWN, state["task_id"], detail=detail, parked_at=state["parked_at"]),
+        )
+        rt.tracker.shutdown_cancelled()
 
 
 def _shutdown_completed(reason: str) -> Callable[[Runtime], None]:
@@ -517,6 +718,65 @@ async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) 
                 span.end()
 
 
+# --- task states: failed, rejected, cancelled, waiting for the user -------------
+_TASK_STATE_NAMES: dict[int, str] = {}
+
+
+def _state_name(value: int) -> str:
+    name = _TASK_STATE_NAMES.get(value)
+    if name is None:
+        from a2a.types.a2a_pb2 import TaskState
+
+        name = _TASK_STATE_NAMES[value] = TaskState.Name(value)
+    return name
+
+
+_TERMINAL_ENDINGS = {
+    "TASK_STATE_FAILED": names.END_TASK_FAILED,
+    "TASK_STATE_REJECTED": names.END_TASK_REJECTED,
+    "TASK_STATE_CANCELED": names.END_TASK_CANCELLED,
+}
+
+
+async def task_saved(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``TaskManager._save_task``: every state a task reaches, in both handlers."""
+    result = await wrapped(*args, **kwargs)
+    rt = RT
+    if rt is not None:
+        with _guard("TaskManager._save_task"):
+            task = args[0] if args else kwargs.get("task")
+            _task_state_seen(rt, instance, str(task.id), _state_name(task.status.state))
+    return result
+
+
+def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -> None:
+    owner = _TASK_MANAGER_STATE.get(manager)
+    # an ActiveTask's state belongs to the cascade that started it while that still
+    # holds the task's plumbing; anything else to the request that wrote it
+    if owner is not None and owner["cascade"] and rt.tracker.holds(owner["cascade"], task_id):
+        cascade = owner["cascade"]
+    else:
+        cascade = CASCADE.get()
+    if not cascade:
+        return
+    awaiting = names.AWAITING_STATES.get(state_name)
+    if owner is not None:
+        owner["awaiting"] = awaiting
+    rt.tracker.task_state(cascade, task_id, awaiting)
+    kind = _TERMINAL_ENDINGS.get(state_name)
+    if kind is not None:
+        record_ending(rt, cascade, _ending(kind, task_id))
+
+
+async def legacy_run_event_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``LegacyRequestHandler._run_event_stream``: the legacy handler's producer."""
+    rt = RT
+    if rt is None:
+        return await wrapped(*args, **kwargs)
+    request = args[0] if args else kwargs.get("request")
+    return await _run_executor(rt, str(getattr(request, "task_id", "") or ""), None, wrapped(*args, **kwargs))
+
+
 # --- server side: receipts -----------------------------------------------------
 def _server_begin(rt: Runtime, method: str, args: Any, kwargs: Any) -> tuple[Any, Any, WorkToken | None, trace.Span | None]:
     """Extract context, record the receipt atomically with becoming active."""
@@ -569,10 +829,13 @@ def server_call(method: str) -> Callable:
             ctx, trace_id, work, span = _server_begin(rt, method, args, kwargs)
             otel_token = otel_context.attach(ctx)
             cascade_token = CASCADE.set(trace_id)
+            if method == "on_cancel_task":
+                _client_cancel_requested(rt, str(getattr(args[0] if args else kwargs.get("params"), "id", "")))
         try:
             return await wrapped(*args, **kwargs)
         except BaseException as exc:
             _record_error(span, exc)
+            _request_failed(rt, work, method, exc)
             raise
         finally:
             with _guard("server end " + method):
@@ -628,12 +891,21 @@ async def _server_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
             await _in_context_await(ctx, trace_id, agen.aclose)
     except BaseException as exc:
         _record_error(span, exc)
+        _request_failed(rt, work, method, exc)
         raise
     finally:
         with _guard("server end " + method):
             if work is not None:
                 rt.tracker.release(work)
         _end(span)
+
+
+def _request_failed(rt: Runtime, work: WorkToken | None, method: str, exc: BaseException) -> None:
+    """An inbound request this hop answered with an error (not a client going away)."""
+    if work is not None and isinstance(exc, Exception):
+        with _guard("server failure " + method):
+            record_ending(rt, work.trace_id, _ending(names.END_REQUEST_FAILED, detail=method,
+                                                     **{names.ATTR_ERROR_TYPE: type(exc).__name__}))
 
 
 def _in_context(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
@@ -667,6 +939,17 @@ def _provably_not_sent(exc: BaseException) -> bool:
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def _peer_answered(exc: BaseException) -> bool:
+    """The peer received the call and answered with an A2A error (a failure it
+    reports), as opposed to a transport failure (the delegation may never have run)."""
+    try:
+        from a2a.client.errors import A2AClientError
+        from a2a.utils.errors import A2AError
+    except ImportError:  # pragma: no cover - every supported a2a-sdk has both
+        return False
+    return isinstance(exc, A2AError) and not isinstance(exc, A2AClientError)
 
 
 def _transport_url(transport: Any) -> str:
@@ -732,8 +1015,14 @@ class _ClientCall:
 
     def fail(self, exc: BaseException) -> None:
         _record_error(self.span, exc)
-        if self.work is not None and _provably_not_sent(exc):
+        if self.work is None:
+            return
+        if _provably_not_sent(exc):
             self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
+        if isinstance(exc, Exception):  # a cancelled caller is recorded where the cancel came from
+            kind = names.END_CALL_REJECTED if _peer_answered(exc) else names.END_CALL_FAILED
+            record_ending(self.rt, self.cascade, _ending(kind, detail=f"{self.method} to {self.destination}",
+                                                         **{names.ATTR_ERROR_TYPE: type(exc).__name__}))
 
     def end(self) -> None:
         if self.work is not None:
@@ -836,9 +1125,12 @@ async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
 async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
     rt = RT
     span = work = token = None
+    failed: str | None = None
+    url = task_id = ""
     if rt is not None:
         with _guard("push"):
             push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
+            task_id = str(kwargs.get("task_id", args[2] if len(args) > 2 else "") or "")
             url = str(getattr(push_info, "url", "") or "")
             span = _start_span(
                 rt,
@@ -856,16 +1148,25 @@ async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any
                 otel_context.detach(otel_token)
     try:
         result = await wrapped(*args, **kwargs)
-        if span is not None and result is False:
-            with _guard("push result"):
-                span.set_status(Status(StatusCode.ERROR, "push delivery failed"))
+        if result is False:
+            failed = "delivery failed"  # the SDK logged and swallowed it
+            if span is not None:
+                with _guard("push result"):
+                    span.set_status(Status(StatusCode.ERROR, "push delivery failed"))
         return result
+    except Exception as exc:
+        failed = type(exc).__name__
+        raise
     finally:
         with _guard("push end"):
             if token is not None:
                 _PUSH_HEADERS.reset(token)
             if work is not None and rt is not None:
-                rt.tracker.release(work)
+                ending = None
+                if failed is not None:
+                    ending = _ending(names.END_PUSH_FAILED, task_id, detail=f"push to {_authority(url)}: {failed}")
+                    _add(rt.ended, 1, {names.ATTR_ENDING: names.END_PUSH_FAILED})
+                rt.tracker.release(work, ending)  # the loss and the release, atomically
         _end(span)
 
 
@@ -882,6 +1183,9 @@ async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
 
 # --- server shutdown -------------------------------------------------------------
 async def uvicorn_shutdown(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = RT
+    if rt is not None:
+        rt.shutting_down = True
     try:
         return await wrapped(*args, **kwargs)
     finally:

@@ -10,11 +10,16 @@ Ordering rules that make settlement sound, enforced here:
   section, so no snapshot shows the receipt without the activity;
 - ``send`` may only be called by code that holds a unit of work for the
   cascade (``WorkToken``), so a send is recorded before the hop can look
-  passive.
+  passive;
+- how work ended (a failure or a loss, ``record_ending``) is recorded while a
+  unit of the cascade is still held, or in the same critical section that
+  releases it (``release(token, ending=...)``), so no snapshot can show the
+  hop passive without the ending: a verdict is never better than the truth.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -29,6 +34,7 @@ from a2a_quiescence.collector.settlement import EMPTY, Tally
 MAX_LOCAL_CASCADES = 20_000
 PASSIVE_RETENTION_SECONDS = 600.0
 MAX_RECENT_EVENTS = 16
+MAX_ENDINGS = 20  # failures and losses listed per cascade (all are counted)
 
 
 @dataclass
@@ -40,16 +46,30 @@ class _Cascade:
     aliases: set[str] = field(default_factory=set)
     passive_since: float | None = None
     changed: float = 0.0
+    # units held by ActiveTask plumbing, by a2a task id; tasks waiting for their user
+    owned: dict[str, int] = field(default_factory=dict)
+    awaiting: dict[str, str] = field(default_factory=dict)  # a2a task id -> input_required | auth_required
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0
+    lost: int = 0
+    ended: set[tuple[bool, str]] = field(default_factory=set)  # (is loss, a2a task id) already recorded
 
 
 class WorkToken:
-    """One unit of work held for a cascade; release exactly once."""
+    """One unit of work held for a cascade; release exactly once.
 
-    __slots__ = ("trace_id", "released")
+    ``owner`` is the a2a task id of the ActiveTask whose plumbing (producer,
+    consumer, queue dispatchers) this unit is, or None for anything else."""
 
-    def __init__(self, trace_id: str) -> None:
+    __slots__ = ("trace_id", "released", "owner", "what", "plumbing")
+
+    def __init__(self, trace_id: str, owner: str | None = None, what: str | None = None) -> None:
         self.trace_id = trace_id
         self.released = False
+        self.owner = owner
+        self.what = what  # the coroutine it runs, when known
+        self.plumbing = False  # released as SDK plumbing that never carried work
 
 
 class HopTracker:
@@ -66,12 +86,18 @@ class HopTracker:
         self.stalled_in_flight = 0
         self.stalls_total = 0
         self.destroyed_pending = 0
+        self.push_failed = 0
+        self.cancelled_by_shutdown = 0  # producers a drain cancelled while they worked
         self.recent: list[dict[str, Any]] = []  # last stalls / destroyed-pending, for humans
         self.shutdown: dict[str, Any] | None = None
         self.cascades: OrderedDict[str, _Cascade] = OrderedDict()
         self.dirty: set[str] = set()
         self.hop_dirty = True
         self.wake: Callable[[], None] = lambda: None
+        # work handed over from places that must not take the lock: the garbage
+        # collector runs weakref callbacks and task finalizers in whatever thread
+        # allocates, possibly this one inside ``with self.lock`` (not reentrant)
+        self.deferred: collections.deque[Callable[[], None]] = collections.deque()
 
     # -- per-hop counters -------------------------------------------------------
     def _touch_hop(self) -> None:
@@ -106,11 +132,17 @@ class HopTracker:
         self.wake()
 
     def destroyed_pending_seen(self, detail: dict[str, Any]) -> None:
-        with self.lock:
-            self.destroyed_pending += 1
+        """A task destroyed while pending (``detail[ATTR_SDK_PLUMBING]``: SDK plumbing
+        that carried no work: listed, not counted). Called from a task finalizer,
+        so deferred like ``release_later``."""
+
+        def apply() -> None:
+            if not detail.get(names.ATTR_SDK_PLUMBING):
+                self.destroyed_pending += 1
             self._remember({"kind": "destroyed_pending", **detail})
             self._touch_hop()
-        self.wake()
+
+        self.deferred.append(apply)
 
     def shutdown_completed(self, reason: str, parked: dict[str, str] | None = None) -> int:
         """Record the end of a shutdown; returns the producers still in flight.
@@ -121,6 +153,7 @@ class HopTracker:
                 "reason": reason,
                 "at": self.clock(),
                 "leaked_producers": self.producers_in_flight,
+                "cancelled_producers": self.cancelled_by_shutdown,
                 "active_cascades": open_cascades[:50],
                 "parked": dict(list((parked or {}).items())[:50]),
             }
@@ -184,11 +217,13 @@ class HopTracker:
         """This process starts a new cascade itself (an instrumented client)."""
         return self.receive(trace_id, None, uuid.uuid4().hex, None)
 
-    def acquire(self, trace_id: str) -> WorkToken:
+    def acquire(self, trace_id: str, owner: str | None = None, what: str | None = None) -> WorkToken:
         """More work for a cascade this process already holds work for."""
         with self.lock:
             c = self.cascades.get(trace_id) or self._cascade(trace_id)
             c.active += 1
+            if owner is not None:
+                c.owned[owner] = c.owned.get(owner, 0) + 1
             first = c.active == 1
             if first:
                 # only the passive -> active edge matters to the detector; the
@@ -197,26 +232,110 @@ class HopTracker:
                 self._mark(trace_id, c)
         if first:
             self.wake()
-        return WorkToken(trace_id)
+        return WorkToken(trace_id, owner, what)
 
-    def release(self, token: WorkToken) -> None:
+    def release(self, token: WorkToken, ending: dict[str, Any] | None = None) -> None:
+        """Release a unit; ``ending`` (see ``record_ending``) is recorded in the same
+        critical section, so no snapshot shows the release without it."""
         if token.released:
             return
         token.released = True
         with self.lock:
-            c = self.cascades.get(token.trace_id) or self._cascade(token.trace_id)
-            c.active -= 1
-            last = c.active <= 0
-            if last:
-                c.active = 0
-                c.passive_since = self.clock()
-                self._mark(token.trace_id, c)
-        if last:
+            last = self._release_locked(token, ending)
+        if last or ending is not None:
             self.wake()
+
+    def release_later(self, token: WorkToken, ending: dict[str, Any] | None = None) -> None:
+        """``release`` for garbage-collector callbacks: takes no lock, applied at
+        the next snapshot (the unit looks held until then: late, never early)."""
+        if not token.released:
+            token.released = True
+            self.deferred.append(lambda: self._release_locked(token, ending))
+
+    def _apply_deferred(self) -> None:
+        while self.deferred:
+            self.deferred.popleft()()
+
+    def _release_locked(self, token: WorkToken, ending: dict[str, Any] | None) -> bool:
+        c = self.cascades.get(token.trace_id) or self._cascade(token.trace_id)
+        if ending is not None:
+            self._end(c, ending)
+        c.active -= 1
+        if token.owner is not None:
+            left = c.owned.get(token.owner, 0) - 1
+            if left > 0:
+                c.owned[token.owner] = left
+            else:
+                c.owned.pop(token.owner, None)
+                c.awaiting.pop(token.owner, None)
+        last = c.active <= 0
+        if last:
+            c.active = 0
+            c.passive_since = self.clock()
+        if last or ending is not None:
+            self._mark(token.trace_id, c)
+        return last
 
     def release_on_done(self, token: WorkToken) -> Callable[[Any], None]:
         """A done-callback for an asyncio task that holds ``token``."""
         return lambda _task: self.release(token)
+
+    # -- how work ended -------------------------------------------------------------
+    def record_ending(self, trace_id: str, ending: dict[str, Any]) -> None:
+        """Record a failure or a loss for a cascade. The caller must hold a unit of
+        work for it (or use ``release(token, ending)``): recorded before the hop can
+        look passive. ``ending``: ``kind`` (names.END_*), and where known
+        ``task_id``, ``detail``, ``parked_at``. One failure and one loss per a2a
+        task are kept (the first says most); every one without a task id is kept."""
+        with self.lock:
+            self._end(self._cascade(trace_id), ending)
+            self._mark(trace_id, self.cascades[trace_id])
+        self.wake()
+
+    def _end(self, c: _Cascade, ending: dict[str, Any]) -> None:
+        loss = ending["kind"] in names.LOSS_KINDS
+        task_id = ending.get("task_id")
+        if task_id:
+            key = (loss, task_id)
+            if key in c.ended:
+                return
+            c.ended.add(key)
+        item = {k: v for k, v in ending.items() if v is not None}
+        item.setdefault("at", self.clock())
+        if loss:
+            c.lost += 1
+            if len(c.losses) < MAX_ENDINGS:
+                c.losses.append(item)
+            if ending["kind"] == names.END_PUSH_FAILED:
+                self.push_failed += 1
+                self._touch_hop()
+        else:
+            c.failed += 1
+            if len(c.failures) < MAX_ENDINGS:
+                c.failures.append(item)
+
+    def task_state(self, trace_id: str, task_id: str, awaiting: str | None) -> None:
+        """The a2a task ``task_id`` now waits for its user (``awaiting``:
+        input_required / auth_required) or no longer does (None)."""
+        with self.lock:
+            c = self.cascades.get(trace_id)
+            if c is None:
+                return
+            before = c.awaiting.get(task_id)
+            if awaiting is None:
+                c.awaiting.pop(task_id, None)
+            elif task_id in c.owned:
+                c.awaiting[task_id] = awaiting
+            if c.awaiting.get(task_id) == before:
+                return
+            self._mark(trace_id, c)
+        self.wake()
+
+    def shutdown_cancelled(self) -> None:
+        """A drain cancelled a producer that was still working."""
+        with self.lock:
+            self.cancelled_by_shutdown += 1
+            self._touch_hop()
 
     def send(self, token: WorkToken, destination: str, message_id: str) -> None:
         """Record a message about to leave, while ``token`` holds work."""
@@ -240,6 +359,7 @@ class HopTracker:
     def take_snapshots(self, everything: bool = False) -> tuple[dict[str, Any] | None, list[tuple[str, dict[str, Any]]]]:
         """Atomic snapshots of what changed (or of everything retained)."""
         with self.lock:
+            self._apply_deferred()
             now = self.clock()
             hop = None
             if self.hop_dirty or everything:
@@ -254,23 +374,27 @@ class HopTracker:
                 if c is None:
                     continue
                 self.seq += 1
-                cascades.append(
-                    (
-                        trace_id,
-                        {
-                            "v": names.SNAPSHOT_SCHEMA_VERSION,
-                            "incarnation": self.incarnation,
-                            "seq": self.seq,
-                            "active": c.active,
-                            "roots": c.roots.to_json(),
-                            "sent": {k: v.to_json() for k, v in c.sent.items()},
-                            "received": {k: v.to_json() for k, v in c.received.items()},
-                            "aliases": sorted(c.aliases),
-                            "passive_since": c.passive_since,
-                            "at": now,
-                        },
-                    )
-                )
+                body = {
+                    "v": names.SNAPSHOT_SCHEMA_VERSION,
+                    "incarnation": self.incarnation,
+                    "seq": self.seq,
+                    "active": c.active,
+                    "roots": c.roots.to_json(),
+                    "sent": {k: v.to_json() for k, v in c.sent.items()},
+                    "received": {k: v.to_json() for k, v in c.received.items()},
+                    "aliases": sorted(c.aliases),
+                    "passive_since": c.passive_since,
+                    "at": now,
+                }
+                if c.failed or c.lost:
+                    body["failed"] = c.failed
+                    body["lost"] = c.lost
+                    body["failures"] = list(c.failures)
+                    body["losses"] = list(c.losses)
+                if c.awaiting:
+                    # units held only by tasks waiting for their user
+                    body["awaiting"] = {t: {"state": s, "units": c.owned.get(t, 0)} for t, s in c.awaiting.items()}
+                cascades.append((trace_id, body))
             return hop, cascades
 
     def heartbeat(self) -> None:
@@ -291,12 +415,25 @@ class HopTracker:
             "stalled_closes_in_flight": self.stalled_in_flight,
             "stalls_total": self.stalls_total,
             "destroyed_pending_total": self.destroyed_pending,
+            "push_failed_total": self.push_failed,
+            "shutdown_cancelled_total": self.cancelled_by_shutdown,
             "recent": list(self.recent),
             "shutdown": self.shutdown,
         }
 
     def has_dirty(self) -> bool:
-        return self.hop_dirty or bool(self.dirty)
+        return self.hop_dirty or bool(self.dirty) or bool(self.deferred)
+
+    def settle_deferred(self) -> None:
+        """Apply what garbage-collector callbacks handed over (snapshots do this too)."""
+        with self.lock:
+            self._apply_deferred()
+
+    def holds(self, trace_id: str, owner: str) -> bool:
+        """Whether ActiveTask ``owner`` still holds units of cascade ``trace_id``."""
+        with self.lock:
+            c = self.cascades.get(trace_id)
+            return c is not None and owner in c.owned
 
     def mark_all_dirty(self) -> None:
         with self.lock:

@@ -61,6 +61,7 @@ def test_destroyed_pending_producer_is_recorded_and_passed_on() -> None:
     with instrumented(stall_seconds=30) as tel:
         trace_id, seen_by_previous = _run_agent_and_close_loop(tel, drain=False)
         tracker = tel.runtime.tracker
+        tracker.settle_deferred()  # finalizer reports are applied at the next snapshot
         assert tracker.destroyed_pending >= 1
         recorded = [r for r in tracker.recent if r["kind"] == "destroyed_pending"]
         producers = [r for r in recorded if r["asyncio.task.name"].startswith("producer:")]
@@ -80,6 +81,7 @@ def test_destroyed_pending_producer_is_recorded_and_passed_on() -> None:
 def test_drained_agent_leaves_nothing_destroyed_pending() -> None:
     with instrumented(stall_seconds=30) as tel:
         _trace_id, seen_by_previous = _run_agent_and_close_loop(tel, drain=True)
+        tel.runtime.tracker.settle_deferred()
         assert tel.runtime.tracker.destroyed_pending == 0
         assert not tel.spans("a2a.task.destroyed_pending")
     assert not any("destroyed but it is pending" in str(c.get("message")) for c in seen_by_previous)

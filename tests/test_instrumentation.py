@@ -238,6 +238,7 @@ _TARGETS = [
     ("a2a.client.transports.rest", "RestTransport"),
     ("a2a.client.transports.grpc", "GrpcTransport"),
     ("a2a.server.tasks.base_push_notification_sender", "BasePushNotificationSender"),
+    ("a2a.server.tasks.task_manager", "TaskManager"),
     ("httpx", "AsyncClient"),
     ("uvicorn.server", "Server"),
 ]
