@@ -65,6 +65,16 @@ class StateCollector(Collector):
             "Producers in flight when the agent's last shutdown completed (0: clean; reset by a new incarnation)",
             labels=[agent],
         )
+        cancelled = GaugeMetricFamily(
+            names.M_SHUTDOWN_CANCELLED,
+            "Producers the agent's last shutdown drain cancelled while they still worked "
+            "(their work is lost; 0: nothing cancelled; reset by a new incarnation)",
+            labels=[agent],
+        )
+        push_failed = CounterMetricFamily(
+            _base(names.M_PUSH_FAILED), "Push notification deliveries that failed (the SDK logs and drops them)",
+            labels=[agent],
+        )
         shut_open = GaugeMetricFamily(
             names.M_SHUTDOWN_CASCADES_OPEN,
             "Cascades the agent took part in that were still open when its last shutdown completed",
@@ -89,20 +99,37 @@ class StateCollector(Collector):
             if v["leaked"] is not None:
                 leaked.add_metric([a.name], v["leaked"])
                 shut_open.add_metric([a.name], v["shutdown_cascades_open"] or 0)
+            if v["cancelled_at_shutdown"] is not None:
+                cancelled.add_metric([a.name], v["cancelled_at_shutdown"])
+            push_failed.add_metric([a.name], v["totals"]["push_failed_total"])
             up.add_metric([a.name], v["up"])
             last_seen.add_metric([a.name], v["last_seen"])
             restarts.add_metric([a.name], v["incarnations"])
-        yield from (in_flight, started, finished, stalled, stalls, destroyed, leaked, shut_open, up, last_seen, restarts)
+        yield from (
+            in_flight, started, finished, stalled, stalls, destroyed, leaked, cancelled, push_failed, shut_open, up,
+            last_seen, restarts,
+        )
 
         open_, stuck = st.detector.counts()
         yield GaugeMetricFamily(names.M_CASCADES_OPEN, "Cascades not yet settled (including stuck)", value=open_)
         yield GaugeMetricFamily(
             names.M_CASCADES_STUCK, "Open cascades with no progress past the stuck threshold", value=stuck
         )
-        yield GaugeMetricFamily(names.M_MESH_SETTLED, "1 when no cascade is open", value=1 if open_ == 0 else 0)
-        yield CounterMetricFamily(
-            _base(names.M_CASCADES_SETTLED), "Cascades declared settled", value=st.detector.settled_total
+        yield GaugeMetricFamily(
+            names.M_CASCADES_AWAITING,
+            "Open cascades whose only remaining work is tasks waiting for their user (input or auth required)",
+            value=st.detector.awaiting_count(),
         )
+        yield GaugeMetricFamily(names.M_MESH_SETTLED, "1 when no cascade is open", value=1 if open_ == 0 else 0)
+        settled = CounterMetricFamily(
+            _base(names.M_CASCADES_SETTLED),
+            "Cascades declared settled, by outcome (completed; failed: the agents reported a failure; "
+            "lost: some work never got to finish)",
+            labels=["outcome"],
+        )
+        for outcome in names.VERDICTS:
+            settled.add_metric([outcome], st.detector.settled_by_outcome[outcome])
+        yield settled
         h = self.latency
         buckets = []
         running = 0

@@ -217,24 +217,29 @@ class Collector:
     def mesh(self) -> dict[str, Any]:
         self.state.refresh()
         now = time.time()
-        open_, stuck = [], []
+        open_, stuck, awaiting = [], [], []
         settled = []
         for trace_id, cascade in self.detector.cascades.items():
             status = self.detector.status(cascade, now)
-            if status == "settled":
-                settled.append({"trace_id": trace_id, "settled_at": cascade.settled_at,
+            if status == names.STATUS_SETTLED:
+                settled.append({"trace_id": trace_id, "settled_at": cascade.settled_at, "outcome": cascade.outcome,
                                 "detection_latency_seconds": cascade.detection_latency})
-            elif status == "stuck":
+            elif status == names.STATUS_STUCK:
                 stuck.append(self.describe(trace_id))
+            elif status == names.STATUS_AWAITING_INPUT:
+                awaiting.append(self.describe(trace_id))
             else:
                 open_.append(self.describe(trace_id))
         settled.sort(key=lambda c: c["settled_at"] or 0, reverse=True)
         return {
-            "quiet": not open_ and not stuck,
-            "open": len(open_) + len(stuck),
+            "quiet": not open_ and not stuck and not awaiting,
+            "open": len(open_) + len(stuck) + len(awaiting),
             "stuck": len(stuck),
+            "awaiting_input": len(awaiting),
             "settled_total": self.detector.settled_total,
-            "cascades": {"open": open_[:100], "stuck": stuck[:100], "recently_settled": settled[:50]},
+            "settled_by_outcome": dict(self.detector.settled_by_outcome),
+            "cascades": {"open": open_[:100], "stuck": stuck[:100], "awaiting_input": awaiting[:100],
+                         "recently_settled": settled[:50]},
             "agents": self.state.describe_agents(),
             "edges": [{"from": src, "to": dst, "messages": n} for (src, dst), n in sorted(self.state.edges.items())],
         }

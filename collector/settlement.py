@@ -24,7 +24,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
+from a2a_quiescence import names
+
 MASK64 = (1 << 64) - 1
+MAX_ENDINGS_PER_SNAPSHOT = 64
 
 
 def id_hash(message_id: str) -> int:
@@ -74,6 +77,38 @@ def _object(value: Any) -> dict[str, Any]:
     return value
 
 
+def _count(body: Mapping[str, Any], key: str) -> int:
+    value = body.get(key, 0)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return value
+
+
+def _endings(value: Any, kinds: frozenset[str], what: str) -> tuple[dict[str, Any], ...]:
+    """A list of endings ({kind, task_id?, detail?, parked_at?, ...}), each kept as
+    plain strings and numbers; an unknown kind is refused (it would change the verdict)."""
+    if value is None:
+        return ()
+    if type(value) is not list or len(value) > MAX_ENDINGS_PER_SNAPSHOT:
+        raise ValueError(f"{what} must be a list of at most {MAX_ENDINGS_PER_SNAPSHOT} objects")
+    out = []
+    for item in value:
+        if type(item) is not dict or item.get("kind") not in kinds:
+            raise ValueError(f"each of {what} needs a kind among {sorted(kinds)}")
+        out.append({str(k)[:64]: (v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:500])
+                    for k, v in list(item.items())[:16]})
+    return tuple(out)
+
+
+def _awaiting(value: Any) -> dict[str, tuple[str, int]]:
+    out = {}
+    for task_id, item in _object(value).items():
+        if type(item) is not dict or type(item.get("units")) is not int or item["units"] < 0:
+            raise ValueError("awaiting maps task ids to {state, units}")
+        out[task_id] = (str(item.get("state", "")), item["units"])
+    return out
+
+
 @dataclass(slots=True)
 class CascadeSnapshot:
     """One hop incarnation's atomic report about one cascade."""
@@ -89,6 +124,14 @@ class CascadeSnapshot:
     aliases: tuple[str, ...] = ()  # authorities this hop was reached at
     passive_since: float | None = None  # wall clock, seconds
     at: float = 0.0  # wall clock when taken
+    failed: int = 0  # units whose failure the agents reported (all counted; ``failures`` lists some)
+    lost: int = 0  # units of work that never got to finish (``losses`` lists some)
+    failures: tuple[dict[str, Any], ...] = ()
+    losses: tuple[dict[str, Any], ...] = ()
+    awaiting: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # task id -> (state, units held)
+
+    def awaiting_units(self) -> int:
+        return sum(units for _state, units in self.awaiting.values())
 
     def sent_total(self) -> Tally:
         total = EMPTY
@@ -116,6 +159,14 @@ class CascadeSnapshot:
             if passive_since is not None:
                 passive_since = float(passive_since)
             at = float(body.get("at") or 0.0)
+            # schema 2 (absent from schema 1 snapshots, which read as nothing failed or lost)
+            failed = _count(body, "failed")
+            lost = _count(body, "lost")
+            failures = _endings(body.get("failures"), names.FAILURE_KINDS, "failures")
+            losses = _endings(body.get("losses"), names.LOSS_KINDS, "losses")
+            if len(failures) > failed or len(losses) > lost:
+                raise ValueError("failures/losses list more than failed/lost count")
+            awaiting = _awaiting(body.get("awaiting"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed cascade snapshot: {exc!r}") from exc
         return cls(
@@ -130,6 +181,11 @@ class CascadeSnapshot:
             aliases=aliases,
             passive_since=passive_since,
             at=at,
+            failed=failed,
+            lost=lost,
+            failures=failures,
+            losses=losses,
+            awaiting=awaiting,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -181,6 +237,50 @@ def evaluate(snapshots: Iterable[CascadeSnapshot]) -> tuple[bool, list[dict[str,
         if sent != got:
             holders.extend(_edge_holders(hop, snaps, sent, got, hop in reporting_hops))
     return (not holders, holders)
+
+
+_SEVERITY = {names.VERDICT_COMPLETED: 0, names.VERDICT_FAILED: 1, names.VERDICT_LOST: 2}
+
+
+def verdict(snapshots: Iterable[CascadeSnapshot]) -> dict[str, Any]:
+    """How a cascade's work ended, from its view: ``outcome`` (lost when any unit
+    was lost, failed when the agents reported a failure, else completed), and the
+    listed ``losses`` and ``failures``, each naming its hop. Meaningful as the final
+    verdict once the view is settled: every ending is recorded no later than the
+    release of the unit it ended, so a settled view holds them all."""
+    lost = failed = 0
+    losses: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for s in sorted(snapshots, key=lambda s: (s.hop, s.incarnation)):
+        lost += s.lost
+        failed += s.failed
+        losses.extend({"hop": s.hop, **item} for item in s.losses)
+        failures.extend({"hop": s.hop, **item} for item in s.failures)
+    outcome = names.VERDICT_LOST if lost else names.VERDICT_FAILED if failed else names.VERDICT_COMPLETED
+    return {"outcome": outcome, "lost": lost, "failed": failed, "losses": losses, "failures": failures}
+
+
+def worse(a: str | None, b: str) -> str:
+    """The worse of two outcomes (a verdict only ever gets worse)."""
+    return b if a is None or _SEVERITY[b] > _SEVERITY[a] else a
+
+
+def awaiting_input(snapshots: Iterable[CascadeSnapshot], holders: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The tasks a cascade waits on when its only remaining work is tasks parked in
+    input-required / auth-required (every holder a hop whose units are all held by
+    such tasks; nothing in flight, the root reported); None otherwise."""
+    if not holders:
+        return None
+    by_inc = {s.incarnation: s for s in snapshots}
+    parked: list[dict[str, Any]] = []
+    for h in holders:
+        if h.get("kind") != "active_hop":
+            return None
+        s = by_inc[h["incarnation"]]
+        if not s.awaiting or s.awaiting_units() < s.active:
+            return None
+        parked.extend({"hop": s.hop, "task_id": t, "state": state} for t, (state, _units) in sorted(s.awaiting.items()))
+    return parked
 
 
 def _edge_holders(
@@ -260,6 +360,8 @@ class Cascade:
     latency_observed: bool = False
     holders: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0
+    outcome: str | None = None  # once settled: completed, failed or lost (only ever worse)
+    awaiting: list[dict[str, Any]] | None = None  # open, held only by tasks waiting for their user
 
     @property
     def settled(self) -> bool:
@@ -293,10 +395,11 @@ class Detector:
         self.on_settle = on_settle
         self.on_change = on_change
         self.cascades: OrderedDict[str, Cascade] = OrderedDict()
-        self.tombstones: OrderedDict[str, float] = OrderedDict()  # forgotten settled ids
+        self.tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()  # forgotten: (when, outcome)
         self.evicted_open = 0
         self.late_after_forget = 0
         self.settled_total = 0
+        self.settled_by_outcome: dict[str, int] = {v: 0 for v in names.VERDICTS}
         self.snapshots_total = 0
         self.stale_total = 0
 
@@ -329,18 +432,23 @@ class Detector:
     def _decide(self, cascade: Cascade, now: float) -> None:
         settled, holders = evaluate(cascade.view.values())
         cascade.holders = holders
+        cascade.awaiting = None if settled else awaiting_input(cascade.view.values(), holders)
         roots = sum(s.roots.count for s in cascade.view.values())
         if cascade.settled:
             if not settled:
                 cascade.activity_after_settle = True
             elif roots > cascade.settled_roots:
+                # a later root wave settled too: its endings count, the verdict only worsens
                 cascade.settled_roots = roots
+                cascade.outcome = worse(cascade.outcome, verdict(cascade.view.values())["outcome"])
                 if self.on_settle is not None:
                     self.on_settle(cascade)
             return
         if settled:
             cascade.settled_at = now
             cascade.settled_roots = roots
+            cascade.outcome = verdict(cascade.view.values())["outcome"]
+            self.settled_by_outcome[cascade.outcome] += 1
             passive = [s.passive_since for s in cascade.view.values() if s.passive_since]
             if passive:
                 cascade.detection_latency = max(0.0, now - max(passive))
@@ -352,23 +460,25 @@ class Detector:
         while len(self.cascades) > self.max_cascades:
             trace_id, old = self.cascades.popitem(last=False)
             if old.settled:
-                self._tombstone(trace_id)
+                self._tombstone(trace_id, old.outcome)
             else:
                 self.evicted_open += 1
 
-    def _tombstone(self, trace_id: str) -> None:
-        self.tombstones[trace_id] = self.clock()
+    def _tombstone(self, trace_id: str, outcome: str | None) -> None:
+        self.tombstones[trace_id] = (self.clock(), outcome)
         while len(self.tombstones) > self.max_tombstones:
             self.tombstones.popitem(last=False)
 
     # -- queries --------------------------------------------------------------
     def status(self, cascade: Cascade, now: float | None = None) -> str:
         if cascade.settled:
-            return "settled"
+            return names.STATUS_SETTLED
+        if cascade.awaiting:
+            return names.STATUS_AWAITING_INPUT  # waiting for a user is not being stuck
         now = self.clock() if now is None else now
         if now - cascade.last_progress >= self.stuck_after:
-            return "stuck"
-        return "open"
+            return names.STATUS_STUCK
+        return names.STATUS_OPEN
 
     def expire(self, now: float | None = None) -> int:
         """Forget settled cascades older than the retention period."""
@@ -379,8 +489,7 @@ class Detector:
             if c.settled_at is not None and now - c.settled_at >= self.retention
         ]
         for trace_id in gone:
-            del self.cascades[trace_id]
-            self._tombstone(trace_id)
+            self._tombstone(trace_id, self.cascades.pop(trace_id).outcome)
         return len(gone)
 
     def describe(self, trace_id: str, now: float | None = None) -> dict[str, Any]:
@@ -388,14 +497,23 @@ class Detector:
         cascade = self.cascades.get(trace_id)
         if cascade is None:
             if trace_id in self.tombstones:
-                return {"trace_id": trace_id, "status": "settled", "forgotten": True}
+                return {"trace_id": trace_id, "status": "settled", "forgotten": True,
+                        "outcome": self.tombstones[trace_id][1]}
             return {"trace_id": trace_id, "status": "unknown", "holders": []}
         status = self.status(cascade, now)
         snaps = sorted(cascade.view.values(), key=lambda s: (s.hop, s.incarnation))
+        ended = verdict(snaps)
         return {
             "trace_id": trace_id,
             "status": status,
             "settled": cascade.settled,
+            # final once settled; None while open (the losses and failures so far are listed)
+            "outcome": cascade.outcome,
+            "losses": ended["losses"],
+            "failures": ended["failures"],
+            "lost": ended["lost"],
+            "failed": ended["failed"],
+            "awaiting": cascade.awaiting or [],
             "settled_at": cascade.settled_at,
             "roots_received": sum(s.roots.count for s in snaps),
             "settled_roots": cascade.settled_roots if cascade.settled else 0,
@@ -416,19 +534,26 @@ class Detector:
                     "sent": s.sent_total().count,
                     "received": sum(t.count for t in s.received.values()),
                     "roots": s.roots.count,
+                    "awaiting_units": s.awaiting_units(),
+                    "failed": s.failed,
+                    "lost": s.lost,
                 }
                 for s in snaps
             ],
         }
 
     def counts(self, now: float | None = None) -> tuple[int, int]:
-        """(open including stuck, stuck)."""
+        """(open including stuck and awaiting input, stuck)."""
         now = self.clock() if now is None else now
         open_ = stuck = 0
         for c in self.cascades.values():
             if c.settled:
                 continue
             open_ += 1
-            if now - c.last_progress >= self.stuck_after:
+            if not c.awaiting and now - c.last_progress >= self.stuck_after:
                 stuck += 1
         return open_, stuck
+
+    def awaiting_count(self) -> int:
+        """Open cascades held only by tasks waiting for their user."""
+        return sum(1 for c in self.cascades.values() if not c.settled and c.awaiting)

@@ -55,7 +55,7 @@ class Agent:
         return max(self.incarnations.values(), key=lambda i: (i.started_at, i.first_seen))
 
 
-COUNTERS = ("producers_started", "stalls_total", "destroyed_pending_total")
+COUNTERS = ("producers_started", "stalls_total", "destroyed_pending_total", "push_failed_total")
 MAX_INCARNATIONS_PER_AGENT = 32
 
 
@@ -78,9 +78,10 @@ def _check_hop_body(body: dict[str, Any]) -> None:
     if shutdown is not None:
         if not isinstance(shutdown, dict):
             raise ValueError("shutdown must be an object or null")
-        leaked = shutdown.get("leaked_producers")
-        if leaked is not None and not _count(leaked):
-            raise ValueError("shutdown.leaked_producers must be a non-negative integer")
+        for key in ("leaked_producers", "cancelled_producers"):
+            value = shutdown.get(key)
+            if value is not None and not _count(value):
+                raise ValueError(f"shutdown.{key} must be a non-negative integer")
 
 
 class MeshState:
@@ -230,9 +231,12 @@ class MeshState:
                     finished[outcome] = finished.get(outcome, 0) + n
         leaked = None
         cascades_open = None
+        cancelled = None
         if latest is not None:
+            cancelled = 0
             if latest.shutdown is not None:
                 leaked = int(latest.shutdown.get("leaked_producers") or 0)
+                cancelled = int(latest.shutdown.get("cancelled_producers") or 0)
                 cascades_open = latest.shutdown_cascades_open or 0
             elif latest.lost or self.clock() - latest.last_seen > self.agent_timeout:
                 # died without a shutdown record: whatever it held is lost
@@ -247,6 +251,7 @@ class MeshState:
             "totals": totals,
             "finished": finished,
             "leaked": leaked,
+            "cancelled_at_shutdown": cancelled,
             "shutdown_cascades_open": cascades_open,
             "up": 1 if latest is not None and latest in live else 0,
             "last_seen": agent.last_seen,
@@ -264,6 +269,8 @@ class MeshState:
                     "producers_in_flight": view["in_flight"],
                     "stalled_closes_in_flight": view["stalled"],
                     "shutdown_leaked_producers": view["leaked"],
+                    "shutdown_cancelled_producers": view["cancelled_at_shutdown"],
+                    "push_deliveries_failed": view["totals"]["push_failed_total"],
                     "up": bool(view["up"]),
                     "last_seen": agent.last_seen,
                     "incarnation": latest.id if latest else None,

@@ -331,7 +331,7 @@ def test_expire_forgets_settled_and_late_snapshots_do_not_reopen():
     assert det.ingest(snap("B", seq=9, active=1, received={"A": one(M1)})) is None
     assert T not in det.cascades
     assert det.late_after_forget == 1
-    assert det.describe(T) == {"trace_id": T, "status": "settled", "forgotten": True}
+    assert det.describe(T) == {"trace_id": T, "status": "settled", "forgotten": True, "outcome": "completed"}
 
 
 def test_max_cascades_evicts_oldest():
