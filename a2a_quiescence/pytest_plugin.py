@@ -2,7 +2,8 @@
 
     def test_relay(a2a_quiescence):
         trace_id = start_my_cascade()
-        a2a_quiescence.assert_settled(trace_id)          # fails the test if not settled
+        a2a_quiescence.assert_settled(trace_id)          # fails unless settled and completed
+        a2a_quiescence.assert_settled(other, allow={"failed"})  # a failure the agents report is fine here
         a2a_quiescence.assert_no_leaked_producers()      # fails if any agent leaked at shutdown
 
 The collector's API URL comes from `--a2a-quiescence-endpoint` or the
@@ -12,12 +13,12 @@ environment variable A2A_QUIESCENCE_API (default http://127.0.0.1:9464).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import httpx
 import pytest
 
-from a2a_quiescence.wait import DEFAULT_ENDPOINT, NotSettled, _headers, describe_holders, wait_sync
+from a2a_quiescence.wait import DEFAULT_ENDPOINT, NotSettled, _headers, describe_endings, describe_holders, wait_sync
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,13 +43,26 @@ class Quiescence:
         """The collector's view once settled; raises NotSettled otherwise."""
         return wait_sync(trace_id, endpoint=self.endpoint, timeout=self.timeout if timeout is None else timeout, roots=roots, token=self.token)
 
-    def assert_settled(self, trace_id: str, timeout: float | None = None, roots: int = 1) -> dict[str, Any]:
+    def assert_settled(
+        self, trace_id: str, timeout: float | None = None, roots: int = 1, allow: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Wait until settled and check how it ended: anything but ``completed`` fails
+        the test, naming each loss and failure, unless its outcome is in ``allow``
+        (``"failed"``: the agents reported a failure; ``"lost"``: work was lost)."""
         try:
-            return self.wait(trace_id, timeout, roots)
+            state = self.wait(trace_id, timeout, roots)
         except NotSettled as exc:
             pytest.fail(f"cascade {trace_id} did not settle: {describe_holders(exc.state)}", pytrace=False)
         except httpx.HTTPError as exc:
             pytest.fail(f"a2a-quiescence collector at {self.endpoint} unreachable: {exc}", pytrace=False)
+        outcome = state.get("outcome") or "completed"
+        unknown = set(allow) - {"completed", "failed", "lost"}
+        if unknown:
+            raise ValueError(f"allow takes 'failed' and 'lost', got {sorted(unknown)}")
+        if outcome != "completed" and outcome not in set(allow):
+            pytest.fail(f"cascade {trace_id} settled {outcome}: {describe_endings(state) or 'no details kept'}",
+                        pytrace=False)
+        return state
 
     def mesh(self) -> dict[str, Any]:
         response = httpx.get(f"{self.endpoint.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)

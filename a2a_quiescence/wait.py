@@ -13,6 +13,14 @@ import httpx
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9464"
 
+# exit codes of `a2a-quiescence wait`
+EXIT_COMPLETED = 0
+EXIT_NOT_SETTLED = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_LOST = 4
+EXIT_BY_OUTCOME = {"completed": EXIT_COMPLETED, "failed": EXIT_FAILED, "lost": EXIT_LOST}
+
 
 class NotSettled(Exception):
     """The cascade did not settle in time; ``state`` says what holds it."""
@@ -23,10 +31,28 @@ class NotSettled(Exception):
         super().__init__(f"cascade {trace_id} not settled: {describe_holders(state)}")
 
 
+def describe_endings(state: dict[str, Any]) -> str:
+    """The losses and failures of a cascade, one clause each (empty when none)."""
+    parts = []
+    for what, items, total in (("lost", state.get("losses") or [], state.get("lost") or 0),
+                               ("failed", state.get("failures") or [], state.get("failed") or 0)):
+        for item in items:
+            where = f" at {item['parked_at']}" if item.get("parked_at") else ""
+            task = f" task {item['task_id']}" if item.get("task_id") else ""
+            detail = f" ({item['detail']})" if item.get("detail") else ""
+            parts.append(f"{what} on {item.get('hop', '?')}:{task} {item.get('kind')}{detail}{where}")
+        if total > len(items):
+            parts.append(f"and {total - len(items)} more {what}")
+    return "; ".join(parts)
+
+
 def describe_holders(state: dict[str, Any]) -> str:
     status = state.get("status", "unknown")
     if status == "unknown":
         return "unknown to the collector (no hop has reported it)"
+    if status == "awaiting_input":
+        tasks = ", ".join(f"task {a['task_id']} on {a['hop']} ({a['state']})" for a in state.get("awaiting") or [])
+        return f"awaiting_input; waiting for the user: {tasks}"
     parts = []
     for h in state.get("holders", []):
         if h.get("kind") == "active_hop":
@@ -110,8 +136,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="wait until a cascade has settled",
         description=(
             "Wait until the cascade TRACE_ID (the W3C trace id of its root request) has settled: "
-            "every hop passive and every message accounted for. Exit 0 when settled, 1 when not "
-            "settled in time (printing what still holds it), 2 on usage or connection errors."
+            "every hop passive and every message accounted for, and say how it ended. Exit codes: "
+            "0 settled and completed; 1 not settled in time (printing what still holds it, or the tasks "
+            "it waits on when it is awaiting a user's input); 2 usage or connection error; 3 settled, "
+            "failed (an agent reported a failure: an executor raised, a task ended failed, rejected or "
+            "cancelled by a client, a call was answered with an error); 4 settled with lost work (work "
+            "cancelled by a shutdown drain, a task destroyed while pending, a failed push delivery or "
+            "outbound call). Losses and failures are printed."
         ),
     )
     p.add_argument("trace_id", metavar="TRACE_ID", help="32 hex digits")
@@ -128,26 +159,29 @@ def run(args: argparse.Namespace) -> int:
     trace_id = args.trace_id.lower()
     if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
         print(f"a2a-quiescence wait: TRACE_ID must be 32 hex digits, got {args.trace_id!r}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.timeout < 0:
         print("a2a-quiescence wait: --timeout must be >= 0", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         state = wait_sync(trace_id, endpoint=args.endpoint, timeout=args.timeout, roots=args.roots, token=args.token)
     except NotSettled as exc:
         if args.json:
             print(json.dumps(exc.state, indent=2))
         print(f"not settled after {args.timeout:g}s: {describe_holders(exc.state)}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_SETTLED
     except httpx.HTTPStatusError as exc:
         print(f"a2a-quiescence wait: collector answered {exc.response.status_code}: {exc.response.text[:200]}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except httpx.HTTPError as exc:
         print(f"a2a-quiescence wait: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    outcome = state.get("outcome") or "completed"
     if args.json:
         print(json.dumps(state, indent=2))
     else:
         latency = state.get("detection_latency_seconds")
-        print(f"settled: {trace_id}" + (f" (detected {latency * 1000:.1f} ms after the last hop went passive)" if latency is not None else ""))
-    return 0
+        print(f"settled {outcome}: {trace_id}" + (f" (detected {latency * 1000:.1f} ms after the last hop went passive)" if latency is not None else ""))
+    if outcome != "completed":
+        print(f"settled {outcome}: {describe_endings(state) or 'details forgotten by the collector'}", file=sys.stderr)
+    return EXIT_BY_OUTCOME.get(outcome, EXIT_LOST)
