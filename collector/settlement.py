@@ -503,6 +503,13 @@ class Detector:
         status = self.status(cascade, now)
         snaps = sorted(cascade.view.values(), key=lambda s: (s.hop, s.incarnation))
         ended = verdict(snaps)
+        hop_of = {alias: s.hop for s in snaps for alias in s.aliases}
+        edges: dict[tuple[str, str], list[int]] = {}
+        for s in snaps:
+            for dest, tally in s.sent.items():
+                edges.setdefault((s.hop, hop_of.get(dest, dest)), [0, 0])[0] += tally.count
+            for src, tally in s.received.items():
+                edges.setdefault((src, s.hop), [0, 0])[1] += tally.count
         return {
             "trace_id": trace_id,
             "status": status,
@@ -514,6 +521,8 @@ class Detector:
             "lost": ended["lost"],
             "failed": ended["failed"],
             "awaiting": cascade.awaiting or [],
+            # messages per edge as each side reported them (a destination no hop claims stays an address)
+            "edges": [{"from": a, "to": b, "sent": n[0], "received": n[1]} for (a, b), n in sorted(edges.items())],
             "settled_at": cascade.settled_at,
             "roots_received": sum(s.roots.count for s in snaps),
             "settled_roots": cascade.settled_roots if cascade.settled else 0,
