@@ -3,7 +3,8 @@
 Every agent runs the same ``PlanExecutor``: the request's text is a JSON
 *plan* that says how long to work (``work_ms`` waiting, ``cpu_ms`` computing), which peers to delegate to (blocking or
 not, streamed or not, with a push webhook or not) and how to end (finish,
-fail, hang until cancelled, or be slow). So one code path serves a plain
+fail by raising or by reporting it, hang until cancelled, ask for input, or be
+slow). So one code path serves a plain
 A -> B -> C relay, random fan-out for the chaos test, and the #1101 hang.
 
 Agents record their own ground truth (JSON lines, one per event, with wall
@@ -140,6 +141,16 @@ class PlanExecutor(AgentExecutor):
                 for call in calls:
                     await call
             outcome = plan.get("outcome", "finish")
+            if outcome in ("input", "auth"):
+                # a multi-turn task: park it until the user's next message (whose plan then runs)
+                ask = updater.requires_input if outcome == "input" else updater.requires_auth
+                await ask(updater.new_agent_message([pb.Part(text=f"{self.name} needs more from you")]))
+                return
+            if outcome in ("failed", "rejected"):
+                # the agent reports the failure itself (no exception)
+                end = updater.failed if outcome == "failed" else updater.reject
+                await end(updater.new_agent_message([pb.Part(text=f"{self.name}: {outcome} by plan")]))
+                return
             if outcome == "hang":
                 self.truth.record("hang", trace_id, task_id=context.task_id)
                 await asyncio.Event().wait()
@@ -361,16 +372,21 @@ async def send_plan(
     streaming: bool = False,
     timeout: float = 30.0,
     return_immediately: bool = False,
+    task: pb.Task | None = None,
 ) -> Any:
     """Send a plan to an agent as an outside client; returns the responses.
 
     With ``return_immediately`` the request returns once the task is submitted
-    (see ``start_plan``) and the new task's id (or None) is returned instead."""
+    (see ``start_plan``) and the new task's id (or None) is returned instead.
+    With ``task`` the message continues that task (a follow-up turn)."""
     async with httpx.AsyncClient(timeout=timeout) as http:
         client = await create_client(url, client_config=ClientConfig(streaming=streaming, httpx_client=http))
         if return_immediately:
             return await start_plan(client, plan, trace_id=trace_id)
         request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
+        if task is not None:
+            request.message.task_id = task.id
+            request.message.context_id = task.context_id
         out = []
         async for event in client.send_message(request, context=call_context(trace_id)):
             out.append(event)
