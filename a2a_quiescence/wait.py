@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(state, indent=2))
     else:
         latency = state.get("detection_latency_seconds")
-        print(f"settled {outcome}: {trace_id}" + (f" (detected {latency * 1000:.1f} ms after the last hop went passive)" if latency is not None else ""))
+        detected = f"; detected {latency * 1000:.1f} ms after the last hop went passive" if latency is not None else ""
+        print(f"settled: {trace_id} ({outcome}{detected})")
     if outcome != "completed":
         print(f"settled {outcome}: {describe_endings(state) or 'details forgotten by the collector'}", file=sys.stderr)
     return EXIT_BY_OUTCOME.get(outcome, EXIT_LOST)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import random
 import urllib.parse
 import uuid
@@ -358,6 +359,29 @@ def _where(task: asyncio.Task) -> str:
     return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
 
 
+def _innermost(task: asyncio.Task) -> str:
+    """Where a task's work waits: the innermost frame of its await chain outside
+    asyncio itself (``Task.get_stack`` stops at the task's own coroutine)."""
+    try:
+        frame = None
+        coro: Any = task.get_coro()
+        for _ in range(100):
+            f = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+            if f is None:
+                break
+            if frame is None or _ASYNCIO_DIR not in f.f_code.co_filename:
+                frame = f
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if frame is None:
+            return "unknown"
+        return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+_ASYNCIO_DIR = os.sep + "asyncio" + os.sep
+
+
 def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
     message = str(context.get("message", ""))
     task = context.get("task")
@@ -595,7 +619,7 @@ def _parked_where(instance: Any, state: dict[str, Any]) -> str:
     task = ref() if ref is not None else None
     if task is None or task.done():
         task = getattr(instance, "_producer_task", None)
-    return _where(task) if task is not None else "unknown"
+    return _innermost(task) if task is not None else "unknown"
 
 
 async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -225,11 +225,12 @@ class HopTracker:
             if owner is not None:
                 c.owned[owner] = c.owned.get(owner, 0) + 1
             first = c.active == 1
-            if first:
+            if first or c.awaiting:
                 # only the passive -> active edge matters to the detector; the
                 # count itself rides along with the next snapshot that is sent
                 c.passive_since = None
                 self._mark(trace_id, c)
+                first = True
         if first:
             self.wake()
         return WorkToken(trace_id, owner, what)
@@ -272,7 +273,8 @@ class HopTracker:
         if last:
             c.active = 0
             c.passive_since = self.clock()
-        if last or ending is not None:
+        # while tasks wait for their user, every count matters: all units parked is awaiting_input
+        if last or ending is not None or c.awaiting:
             self._mark(token.trace_id, c)
         return last
 

@@ -37,6 +37,11 @@ from a2a.helpers.proto_helpers import get_message_text, new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
+
+try:  # a2a-sdk >= 1.1: the V1 handler kept under its own name
+    from a2a.server.request_handlers.default_request_handler import LegacyRequestHandler
+except ImportError:  # pragma: no cover - older releases have only the V1 handler
+    LegacyRequestHandler = DefaultRequestHandler  # type: ignore[misc]
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import (
     BasePushNotificationSender,
@@ -221,14 +226,16 @@ def build_app(
     webhook: str | None = None,
     aclose_on_shutdown: bool = True,
     public_url: str | None = None,
+    legacy: bool = False,
 ) -> tuple[Starlette, Any, PlanExecutor]:
-    """A Starlette app serving one plan agent over JSON-RPC."""
+    """A Starlette app serving one plan agent over JSON-RPC (``legacy``: on the V1
+    request handler instead of a2a-sdk's default V2 one)."""
     url = public_url or f"http://127.0.0.1:{port}/"
     truth = GroundTruth(events, name)
     executor = PlanExecutor(name, peers, truth, webhook)
     push_http = httpx.AsyncClient(timeout=10.0)
     push_store = InMemoryPushNotificationConfigStore()
-    handler = DefaultRequestHandler(
+    handler = (LegacyRequestHandler if legacy else DefaultRequestHandler)(
         agent_executor=executor,
         task_store=InMemoryTaskStore(),
         agent_card=agent_card(name, url),
@@ -279,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--webhook", help="push-notification URL given to the peers this agent calls")
     parser.add_argument("--events", help="append ground-truth events (JSON lines) to this file")
     parser.add_argument("--no-aclose", action="store_true", help="do not call aclose() at shutdown (leaks producers)")
+    parser.add_argument("--legacy-handler", action="store_true", help="serve with the V1 (legacy) request handler")
     parser.add_argument("--send-buffer", type=int, metavar="BYTES",
                         help="socket send buffer of the listening socket (small values make the #1101 hang "
                              "reproducible: a stream subscriber that stops reading soon blocks the server's writer)")
@@ -291,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         peers = dict(p.split("=", 1) for p in args.peer)
         app, _handler, _executor = build_app(
             args.name, args.port, peers, events=args.events, webhook=args.webhook,
-            aclose_on_shutdown=not args.no_aclose, public_url=args.public_url,
+            aclose_on_shutdown=not args.no_aclose, public_url=args.public_url, legacy=args.legacy_handler,
         )
     # a client holding a blocking call open must not keep the lifespan shutdown (aclose) from running
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on",
