@@ -64,6 +64,11 @@ def test_cases() -> list[dict[str, object]]:
         "Agent billing completed its last shutdown with 2 producer(s) still in "
         "flight; their work was abandoned and their callers may never get an answer."
     )
+    cancelled_description = (
+        "Agent billing cancelled 1 producer(s) that were still working when its last "
+        "shutdown drained them with aclose(); nothing leaked, but their work was lost: "
+        "the cascades they served settle as lost."
+    )
     down_tail = " is down or has no targets; leaked producers and stuck cascades go unseen while it is."
     return [
         case(
@@ -89,7 +94,9 @@ def test_cases() -> list[dict[str, object]]:
                 "1m",
                 "1 cascade(s) are open with no progress past the collector's "
                 f"--stuck-after threshold (collector {INSTANCE}); the mesh cannot "
-                "settle until they finish.",
+                "settle until they finish. Cascades whose only remaining work is "
+                "tasks waiting for their user (input or auth required) are not "
+                "counted as stuck.",
                 **TARGET,
             ),
         ),
@@ -97,6 +104,16 @@ def test_cases() -> list[dict[str, object]]:
             "open cascades that still progress do not fire",
             [series(n.M_CASCADES_STUCK, "0x5"), series(n.M_CASCADES_OPEN, "3x5")],
             silent(n.ALERT_STUCK, "1m"),
+        ),
+        case(
+            "cascades only awaiting their user's input do not fire, however long they wait",
+            [
+                series(n.M_CASCADES_AWAITING, "2x10"),
+                series(n.M_CASCADES_OPEN, "2x10"),
+                series(n.M_CASCADES_STUCK, "0x10"),
+            ],
+            silent(n.ALERT_STUCK, "1m"),
+            silent(n.ALERT_STUCK, "10m"),
         ),
         case(
             "a shutdown with a cascade still open fires",
@@ -148,6 +165,84 @@ def test_cases() -> list[dict[str, object]]:
                 **TARGET,
             ),
             silent(n.ALERT_DESTROYED_PENDING, "20m"),
+        ),
+        case(
+            "work cancelled by a shutdown drain fires at once",
+            [
+                series(n.M_SHUTDOWN_CANCELLED, "1x5", agent="billing"),
+                # the drain left nothing behind: the leak alert has nothing to say
+                series(n.M_SHUTDOWN_LEAKED, "0x5", agent="billing"),
+            ],
+            fires(n.ALERT_CANCELLED_AT_SHUTDOWN, "0m", cancelled_description, agent="billing", **TARGET),
+            fires(n.ALERT_CANCELLED_AT_SHUTDOWN, "5m", cancelled_description, agent="billing", **TARGET),
+            silent(n.ALERT_LEAKED, "5m"),
+        ),
+        case(
+            "a drain that cancelled nothing, a shutdown without a drain, and a live agent do not fire",
+            [
+                series(n.M_SHUTDOWN_CANCELLED, "0x5", agent="search"),
+                series(n.M_SHUTDOWN_LEAKED, "0x5", agent="search"),
+                # no aclose(): producers leaked (A2AProducerLeakedAtShutdown), none cancelled
+                series(n.M_SHUTDOWN_CANCELLED, "0x5", agent="billing"),
+                series(n.M_SHUTDOWN_LEAKED, "2x5", agent="billing"),
+                series(n.M_SHUTDOWN_CANCELLED, "0x5", agent="planner"),
+                series(n.M_AGENT_UP, "1x5", agent="planner"),
+            ],
+            silent(n.ALERT_CANCELLED_AT_SHUTDOWN, "0m"),
+            silent(n.ALERT_CANCELLED_AT_SHUTDOWN, "5m"),
+        ),
+        case(
+            "a cascade settled with lost work fires, then clears after the window",
+            [
+                series(n.M_CASCADES_SETTLED, "0+5x20", outcome=n.VERDICT_COMPLETED),
+                series(n.M_CASCADES_SETTLED, "0+1x20", outcome=n.VERDICT_FAILED),
+                series(n.M_CASCADES_SETTLED, "0 0 1+0x20", outcome=n.VERDICT_LOST),
+            ],
+            silent(n.ALERT_SETTLED_LOST, "1m"),
+            fires(
+                n.ALERT_SETTLED_LOST,
+                "3m",
+                f"Collector {INSTANCE} settled cascade(s) with outcome lost in the last "
+                f"{rules.SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed "
+                "while pending, or a push delivery or outbound call failed; their callers "
+                "got no complete answer.",
+                **TARGET,
+            ),
+            silent(n.ALERT_SETTLED_LOST, "20m"),
+        ),
+        case(
+            "cascades settled completed or failed do not fire",
+            [
+                series(n.M_CASCADES_SETTLED, "0+5x20", outcome=n.VERDICT_COMPLETED),
+                # the agents reported these failures themselves: nothing was lost
+                series(n.M_CASCADES_SETTLED, "0+1x20", outcome=n.VERDICT_FAILED),
+                series(n.M_CASCADES_SETTLED, "0x20", outcome=n.VERDICT_LOST),
+            ],
+            silent(n.ALERT_SETTLED_LOST, "5m"),
+            silent(n.ALERT_SETTLED_LOST, "20m"),
+        ),
+        case(
+            "failed push deliveries fire, then clear after the window",
+            [series(n.M_PUSH_FAILED, "0 0 2+0x20", agent="planner")],
+            silent(n.ALERT_PUSH_FAILED, "1m"),
+            fires(
+                n.ALERT_PUSH_FAILED,
+                "3m",
+                "Agent planner failed to deliver push notification(s) in the last "
+                f"{rules.PUSH_FAILED_WINDOW}; a2a-sdk logs and drops a failed delivery, "
+                "so the receiving webhook never learned of those task updates.",
+                agent="planner",
+            ),
+            silent(n.ALERT_PUSH_FAILED, "20m"),
+        ),
+        case(
+            "push deliveries that stopped failing before the window do not fire",
+            [
+                series(n.M_PUSH_FAILED, "3x20", agent="planner"),
+                series(n.M_PUSH_FAILED, "0x20", agent="search"),
+            ],
+            silent(n.ALERT_PUSH_FAILED, "5m"),
+            silent(n.ALERT_PUSH_FAILED, "20m"),
         ),
         case(
             "a failing scrape of the collector fires",

@@ -63,6 +63,12 @@ def _thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
 
 
 GREEN_RED = _thresholds((None, "green"), (1, "red"))
+# how each settled outcome is drawn (names.VERDICTS)
+OUTCOME_COLORS = {n.VERDICT_COMPLETED: "green", n.VERDICT_FAILED: "orange", n.VERDICT_LOST: "red"}
+
+
+def _fixed_color(color: str) -> list[dm.DynamicConfigValue]:
+    return [dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})]
 
 
 def _last() -> common.ReduceDataOptions:
@@ -171,6 +177,22 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
     latency_p50 = rules.R_DETECTION_LATENCY_P50
     latency_p99 = rules.R_DETECTION_LATENCY_P99
     stuck_link = _panel_link(tb, "Open cascades in traces")
+    settled_by_outcome = (
+        timeseries.Panel()
+        .title("Cascades settled by outcome")
+        .description(
+            "Cascades settled per second by outcome: completed (nothing failed or lost), failed (the "
+            "agents reported a failure), lost (some work never got to finish: cancelled by a shutdown "
+            "drain, destroyed while pending, a failed push or call). Any lost fires "
+            "A2ACascadeSettledWithLostWork; GET /v1/cascades/{trace_id} lists the losses."
+        )
+        .with_target(_q(f"sum by (outcome) (rate({n.M_CASCADES_SETTLED}[$__rate_interval]))", "A", "{{outcome}}"))
+        .unit("ops")
+        .legend(_legend())
+        .span(12).height(7)
+    )
+    for outcome, color in OUTCOME_COLORS.items():
+        settled_by_outcome = settled_by_outcome.override_by_name(outcome, _fixed_color(color))
 
     panels: list[tuple[str, list[Any]]] = [
         ("Quiescence", [
@@ -188,20 +210,23 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             })])
             .reduce_options(_last())
             .color_mode(cm.BigValueColorMode.BACKGROUND)
-            .span(4).height(6),
+            .span(3).height(6),
             stat.Panel()
             .title("Open cascades")
-            .description("Cascades (root trace ids) with work still in flight on some hop; includes stuck ones.")
+            .description(
+                "Cascades (root trace ids) with work still in flight on some hop; includes stuck ones "
+                "and those awaiting their user's input."
+            )
             .with_target(_q(f"sum({n.M_CASCADES_OPEN})", instant=True))
             .unit("short")
             .reduce_options(_last())
             .thresholds(_thresholds((None, "green"), (1, "blue")))
-            .span(4).height(6),
+            .span(3).height(6),
             stat.Panel()
             .title("Stuck cascades")
             .description(
-                "Open cascades with no progress for longer than the collector's --stuck-after. "
-                "Anything above 0 fires A2ACascadeStuck."
+                "Open cascades with no progress for longer than the collector's --stuck-after. Cascades "
+                "only awaiting their user's input are not stuck. Anything above 0 fires A2ACascadeStuck."
             )
             .with_target(_q(f"sum({n.M_CASCADES_STUCK})", instant=True))
             .unit("short")
@@ -209,7 +234,19 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .thresholds(GREEN_RED)
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .links([stuck_link])
-            .span(4).height(6),
+            .span(3).height(6),
+            stat.Panel()
+            .title("Cascades awaiting input")
+            .description(
+                "Open cascades whose only remaining work is tasks waiting for their user (a2a tasks in "
+                "INPUT_REQUIRED or AUTH_REQUIRED). They are not stuck, however long the user takes, and "
+                "continue when the user answers."
+            )
+            .with_target(_q(f"sum({n.M_CASCADES_AWAITING})", instant=True))
+            .unit("short")
+            .reduce_options(_last())
+            .thresholds(_thresholds((None, "green"), (1, "blue")))
+            .span(3).height(6),
             timeseries.Panel()
             .title("Settlement detection latency")
             .description(
@@ -227,13 +264,14 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .span(12).height(6),
             timeseries.Panel()
             .title("Cascades over time")
-            .description("Open and stuck cascades, and how many settle per second.")
+            .description("Open cascades, the stuck ones, and those awaiting their user's input (not stuck).")
             .with_target(_q(f"sum({n.M_CASCADES_OPEN})", "A", "open"))
             .with_target(_q(f"sum({n.M_CASCADES_STUCK})", "B", "stuck"))
-            .with_target(_q(f"sum(rate({n.M_CASCADES_SETTLED}[$__rate_interval]))", "C", "settled/s"))
+            .with_target(_q(f"sum({n.M_CASCADES_AWAITING})", "C", "awaiting input"))
             .unit("short")
             .legend(_legend())
-            .span(24).height(7),
+            .span(12).height(7),
+            settled_by_outcome,
         ]),
         ("Producers", [
             timeseries.Panel()
@@ -266,7 +304,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .title("Producers leaked at last shutdown")
             .description(
                 "Producers still in flight when each agent's last shutdown completed. 0 is a clean "
-                "shutdown; agents that never shut down are absent. Above 0 fires A2AProducerLeakedAtShutdown."
+                "shutdown; agents that never shut down show 0. Above 0 fires A2AProducerLeakedAtShutdown."
             )
             .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_LEAKED}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
             .unit("short")
@@ -274,7 +312,21 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .reduce_options(_last())
             .orientation(cm.VizOrientation.HORIZONTAL)
             .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
-            .span(8).height(8),
+            .span(6).height(8),
+            bargauge.Panel()
+            .title("Producers cancelled at last shutdown")
+            .description(
+                "Producers each agent's last shutdown drain (aclose()) cancelled while they still worked: "
+                "nothing leaked, but their work was lost. 0 is a drain with nothing left to do; agents that "
+                "never shut down show 0. Above 0 fires A2AWorkCancelledAtShutdown."
+            )
+            .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_CANCELLED}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
+            .unit("short")
+            .thresholds(GREEN_RED)
+            .reduce_options(_last())
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
+            .span(6).height(8),
             bargauge.Panel()
             .title("Cascades open at last shutdown")
             .description(
@@ -287,7 +339,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .reduce_options(_last())
             .orientation(cm.VizOrientation.HORIZONTAL)
             .data_links([_agent_data_link(tb)])
-            .span(8).height(8),
+            .span(6).height(8),
             timeseries.Panel()
             .title("Agents up and restarts")
             .description(
@@ -303,9 +355,9 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
                 "C", "{{agent}} seconds since last heard")).unit("short")
             .override_by_query("C", [dm.DynamicConfigValue(id_val="unit", value="s")])
             .legend(_legend())
-            .span(8).height(8),
+            .span(6).height(8),
         ]),
-        ("Event queues and tasks", [
+        ("Event queues, tasks and push deliveries", [
             timeseries.Panel()
             .title("Stalled EventQueue closes")
             .description(
@@ -320,7 +372,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .legend(_legend())
             .links([_panel_link(tb, "Stalled close spans of $agent", n.SPAN_QUEUE_CLOSE, stalled=True)])
             .data_links([_agent_data_link(tb, n.SPAN_QUEUE_CLOSE, stalled=True)])
-            .span(12).height(8),
+            .span(8).height(8),
             timeseries.Panel()
             .title("Tasks destroyed while pending")
             .description(
@@ -333,7 +385,22 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .unit("short")
             .legend(_legend())
             .data_links([_agent_data_link(tb)])
-            .span(12).height(8),
+            .span(8).height(8),
+            timeseries.Panel()
+            .title("Push deliveries failed")
+            .description(
+                "Push notification deliveries that failed, per agent and interval (refused, timed out, "
+                "answered with an error). a2a-sdk logs and drops them: the webhook never gets that update, "
+                "and the cascade settles lost. Any fires A2APushDeliveriesFailing."
+            )
+            .with_target(_q(
+                f"sum by (agent) (increase({n.M_PUSH_FAILED}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                "A", "{{agent}}"))
+            .unit("short")
+            .legend(_legend())
+            .links([_panel_link(tb, "Push delivery spans of $agent", n.SPAN_PUSH_SEND)])
+            .data_links([_agent_data_link(tb, n.SPAN_PUSH_SEND)])
+            .span(8).height(8),
         ]),
         ("Mesh topology", [
             nodegraph.Panel()

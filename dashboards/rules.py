@@ -33,8 +33,10 @@ RECORDING_RULES: dict[str, str] = {
 RECORDING_GROUP = "a2a-quiescence.rules"
 ALERT_GROUP = "a2a-quiescence.alerts"
 
-# Window of the A2ATaskDestroyedPending increase; named in its description.
+# Windows of the increases the counter-based alerts look at; named in their descriptions.
 DESTROYED_PENDING_WINDOW = "10m"
+SETTLED_LOST_WINDOW = "10m"
+PUSH_FAILED_WINDOW = "10m"
 COLLECTOR_UP = f'up{{job="{COLLECTOR_JOB}"}}'
 
 
@@ -87,7 +89,9 @@ ALERTS: tuple[Alert, ...] = (
         description=(
             "{{ $value }} cascade(s) are open with no progress past the "
             "collector's --stuck-after threshold (collector {{ $labels.instance }}); "
-            "the mesh cannot settle until they finish."
+            "the mesh cannot settle until they finish. Cascades whose only remaining "
+            "work is tasks waiting for their user (input or auth required) are not "
+            "counted as stuck."
         ),
     ),
     Alert(
@@ -127,6 +131,50 @@ ALERTS: tuple[Alert, ...] = (
             "Agent {{ $labels.agent }} reported \"Task was destroyed but it is "
             f"pending!\" in the last {DESTROYED_PENDING_WINDOW}: work was dropped "
             "without finishing or being cancelled."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_CANCELLED_AT_SHUTDOWN,
+        # written like A2AProducerLeakedAtShutdown: one series per agent and collector
+        expr=f"{n.M_SHUTDOWN_CANCELLED} > 0",
+        # like a leak, a completed shutdown is a one-off fact
+        for_="0m",
+        severity="warning",
+        summary="An agent's shutdown drain cancelled work still in progress.",
+        description=(
+            "Agent {{ $labels.agent }} cancelled {{ $value }} producer(s) that were "
+            "still working when its last shutdown drained them with aclose(); nothing "
+            "leaked, but their work was lost: the cascades they served settle as lost."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_SETTLED_LOST,
+        expr=(
+            f"sum by (job, instance) "
+            f'(increase({n.M_CASCADES_SETTLED}{{outcome="{n.VERDICT_LOST}"}}[{SETTLED_LOST_WINDOW}])) > 0'
+        ),
+        for_="0m",
+        severity="warning",
+        summary="Cascades settled with work that never got to finish.",
+        description=(
+            "Collector {{ $labels.instance }} settled cascade(s) with outcome lost in "
+            f"the last {SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed "
+            "while pending, or a push delivery or outbound call failed; their callers "
+            "got no complete answer."
+        ),
+    ),
+    Alert(
+        name=n.ALERT_PUSH_FAILED,
+        expr=(
+            f"sum by ({n.LABEL_AGENT}) (increase({n.M_PUSH_FAILED}[{PUSH_FAILED_WINDOW}])) > 0"
+        ),
+        for_="0m",
+        severity="warning",
+        summary="Push notification deliveries are failing.",
+        description=(
+            "Agent {{ $labels.agent }} failed to deliver push notification(s) in the "
+            f"last {PUSH_FAILED_WINDOW}; a2a-sdk logs and drops a failed delivery, so "
+            "the receiving webhook never learned of those task updates."
         ),
     ),
     Alert(

@@ -9,10 +9,16 @@ them (``opentelemetry-instrument python -m a2a_quiescence.demo.mesh``):
 * ``clean`` -- default agent; it delegates to ``leaky`` and shuts down with
   ``handler.aclose()``: no A2AProducerLeakedAtShutdown may be sent for it;
 * ``leaky`` -- started with ``--no-aclose`` and given a plan that hangs, then
-  SIGTERMed: A2AProducerLeakedAtShutdown must arrive for it.
+  SIGTERMed: A2AProducerLeakedAtShutdown must arrive for it;
+* ``drained`` -- default agent (its lifespan calls ``handler.aclose()``),
+  SIGTERMed while it works on a root request: the drain cancels that work, so
+  A2AWorkCancelledAtShutdown must arrive for it and, the cascade settling
+  ``lost``, A2ACascadeSettledWithLostWork -- while its drain leaks nothing.
 
 (``clean`` shuts down while that hanging cascade is still open on ``leaky``,
-so A2AShutdownWithCascadeInFlight does fire for it -- a different alert.)
+so A2AShutdownWithCascadeInFlight does fire for it -- a different alert. Its
+clean shutdown cancels nothing and loses nothing: neither
+A2AWorkCancelledAtShutdown nor A2ACascadeSettledWithLostWork may be sent then.)
 
 The hanging cascade also makes no progress past --stuck-after, which must
 fire A2ACascadeStuck; and every PromQL expression of the generated dashboard
@@ -49,6 +55,7 @@ pytestmark = [pytest.mark.external, pytest.mark.timeout(180)]
 
 CLEAN = "clean"
 LEAKY = "leaky"
+DRAINED = "drained"
 STUCK_AFTER = 3.0
 AGENT_TIMEOUT = 3.0
 DEADLINE = 30.0  # per wait; everything normally happens within a few seconds
@@ -74,10 +81,19 @@ class Stack:
         self.prom: Prom = monitoring.prom
         self.receiver: Receiver = monitoring.receiver
 
-    def send(self, agent: str, plan: dict[str, Any], trace_id: str | None = None) -> str:
+    def send(self, agent: str, plan: dict[str, Any], trace_id: str | None = None, *,
+             return_immediately: bool = False) -> str:
+        """Send ``plan`` to ``agent`` as a root request of cascade ``trace_id`` (new when None);
+        with ``return_immediately``, return once the agent has created the task."""
         trace_id = trace_id or new_trace_id()
-        asyncio.run(send_plan(self.mesh.agents[agent].url, plan, trace_id=trace_id, timeout=20.0))
+        asyncio.run(send_plan(self.mesh.agents[agent].url, plan, trace_id=trace_id, timeout=20.0,
+                              return_immediately=return_immediately))
         return trace_id
+
+    def describe(self, trace_id: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.mesh.api}/v1/cascades/{trace_id}", timeout=5)
+        assert r.status_code == 200, r.text
+        return r.json()
 
     def wait_settled(self, trace_id: str) -> dict[str, Any]:
         r = httpx.get(f"{self.mesh.api}/v1/cascades/{trace_id}/wait", params={"timeout": DEADLINE}, timeout=DEADLINE + 5)
@@ -103,14 +119,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         monitoring = Monitoring(workdir, mesh.collector.port, receiver, prometheus, alertmanager).start()
         # agents start while Prometheus and Alertmanager come up
         mesh.start_agent(LEAKY, no_aclose=True, wait=False)
-        wait_http(f"{mesh.agents[LEAKY].url}/.well-known/agent-card.json", proc=mesh.agents[LEAKY].popen)
+        mesh.start_agent(DRAINED, wait=False)  # no_aclose=False: its lifespan drains with aclose()
+        for name in (LEAKY, DRAINED):
+            wait_http(f"{mesh.agents[name].url}/.well-known/agent-card.json", proc=mesh.agents[name].popen)
         mesh.start_agent(CLEAN, peers=[LEAKY])
         monitoring.wait_ready()
         prom = monitoring.prom
         assert prom is not None
         poll("Prometheus to scrape the collector", lambda: prom.query(f'up{{job="{COLLECTOR_JOB}"}} == 1'))
-        poll("Prometheus to see both agents up",
-             lambda: len(prom.query(f"{names.M_AGENT_UP} == 1")) == 2)
+        poll("Prometheus to see the three agents up",
+             lambda: len(prom.query(f"{names.M_AGENT_UP} == 1")) == 3)
         yield Stack(mesh, monitoring)
     finally:
         if monitoring is not None:
@@ -188,10 +206,11 @@ def test_leaked_producer_alerts_and_clean_shutdown_does_not(stack: Stack, cascad
     poll("leaky's producer in flight",
          lambda: prom.query(f'{names.M_PRODUCERS_IN_FLIGHT}{{agent="{LEAKY}"}} == 1'))
 
-    # 1. clean shuts down with aclose(): nothing leaked
+    # 1. clean shuts down with aclose(): nothing leaked, nothing cancelled
     assert clean_proc.stop(signal.SIGTERM) is not None
     clean_down = (
         f'{names.M_SHUTDOWN_LEAKED}{{agent="{CLEAN}"}} == 0 '
+        f'and on (agent) {names.M_SHUTDOWN_CANCELLED}{{agent="{CLEAN}"}} == 0 '
         f'and on (agent) {names.M_AGENT_UP}{{agent="{CLEAN}"}} == 0'
     )
     poll("Prometheus to see clean's completed shutdown", lambda: prom.query(clean_down))
@@ -218,14 +237,63 @@ def test_leaked_producer_alerts_and_clean_shutdown_does_not(stack: Stack, cascad
 
     # ... and none of them produced an alert for clean, anywhere along the way
     assert prom.query(clean_down), "clean's shutdown record stayed clean"
-    assert not [a for a in prom.alerts()
-                if a["labels"].get("alertname") == names.ALERT_LEAKED and a["labels"].get("agent") == CLEAN]
-    assert not [a for a in stack.am_alerts()
-                if a["labels"].get("alertname") == names.ALERT_LEAKED and a["labels"].get("agent") == CLEAN]
-    assert receiver.alerts(names.ALERT_LEAKED, agent=CLEAN) == []
+    for alertname in (names.ALERT_LEAKED, names.ALERT_CANCELLED_AT_SHUTDOWN):
+        assert not [a for a in prom.alerts()
+                    if a["labels"].get("alertname") == alertname and a["labels"].get("agent") == CLEAN]
+        assert not [a for a in stack.am_alerts()
+                    if a["labels"].get("alertname") == alertname and a["labels"].get("agent") == CLEAN]
+        assert receiver.alerts(alertname, agent=CLEAN) == []
+    # no shutdown so far lost work: clean's drain had none to cancel, and leaky's leaked
+    # producer keeps its cascade open (stuck), never settled
+    assert prom.query(f'{names.M_CASCADES_SETTLED}{{outcome="{names.VERDICT_LOST}"}} == 0')
+    assert not [a for a in prom.alerts() if a["labels"].get("alertname") == names.ALERT_SETTLED_LOST]
+    assert not [a for a in stack.am_alerts() if a["labels"].get("alertname") == names.ALERT_SETTLED_LOST]
+    assert receiver.alerts(names.ALERT_SETTLED_LOST) == []
+    assert receiver.alerts(names.ALERT_CANCELLED_AT_SHUTDOWN) == []
     # the leaky notification carried every A2AProducerLeakedAtShutdown alert
     # Alertmanager held (group_by alertname), and only leaky's
     assert {a["labels"]["agent"] for a in receiver.alerts(names.ALERT_LEAKED)} == {LEAKY}
     # clean did shut down while the hanging cascade it delegated was open on leaky
     poll(f"{names.ALERT_SHUTDOWN_IN_FLIGHT} for {CLEAN}",
          lambda: receiver.alerts(names.ALERT_SHUTDOWN_IN_FLIGHT, agent=CLEAN))
+
+
+def test_work_cancelled_by_a_drain_alerts(stack: Stack, cascades: dict[str, str]) -> None:
+    """drained works on a root request when SIGTERM comes: its lifespan's aclose() cancels
+    the work. Nothing leaks, yet the work is lost, and both alerts say so."""
+    prom, receiver = stack.prom, stack.receiver
+    # nothing was lost before: the alerts below are this cascade's
+    assert receiver.alerts(names.ALERT_SETTLED_LOST) == []
+    assert receiver.alerts(names.ALERT_CANCELLED_AT_SHUTDOWN) == []
+
+    trace_id = stack.send(DRAINED, {"work_ms": 60000}, return_immediately=True)
+    poll(f"{DRAINED} to hold the cascade's work",
+         lambda: [h for h in stack.describe(trace_id).get("holders", [])
+                  if h.get("kind") == "active_hop" and h.get("hop") == DRAINED])
+    assert stack.mesh.agents[DRAINED].stop(signal.SIGTERM) is not None
+
+    # the cascade settles, and says what was lost where
+    state = stack.wait_settled(trace_id)
+    assert state["outcome"] == names.VERDICT_LOST, state
+    losses = [loss for loss in state["losses"] if loss["kind"] == names.END_CANCELLED_BY_SHUTDOWN]
+    assert losses and losses[0]["hop"] == DRAINED and losses[0]["task_id"], state
+
+    cancelled = poll(f"{names.ALERT_CANCELLED_AT_SHUTDOWN} for {DRAINED} at the receiver",
+                     lambda: receiver.alerts(names.ALERT_CANCELLED_AT_SHUTDOWN, agent=DRAINED))
+    assert cancelled[0]["status"] == "firing"
+    assert cancelled[0]["labels"]["severity"] == "warning"
+    assert cancelled[0]["annotations"]["runbook_url"].endswith(f"{names.ALERT_CANCELLED_AT_SHUTDOWN}.md")
+    lost = poll(f"{names.ALERT_SETTLED_LOST} at the receiver", lambda: receiver.alerts(names.ALERT_SETTLED_LOST))
+    assert lost[0]["status"] == "firing"
+    assert lost[0]["annotations"]["runbook_url"].endswith(f"{names.ALERT_SETTLED_LOST}.md")
+    # only drained's drain cancelled anything
+    assert {a["labels"]["agent"] for a in receiver.alerts(names.ALERT_CANCELLED_AT_SHUTDOWN)} == {DRAINED}
+
+    # the drain itself was clean: the shutdown record Prometheus alerted on leaked nothing,
+    # and the rules evaluated on it (the same evaluation) did not call it a leak
+    assert prom.query(
+        f'{names.M_SHUTDOWN_LEAKED}{{agent="{DRAINED}"}} == 0 '
+        f'and on (agent) {names.M_SHUTDOWN_CANCELLED}{{agent="{DRAINED}"}} == 1'
+    )
+    assert not [a for a in prom.alerts()
+                if a["labels"].get("alertname") == names.ALERT_LEAKED and a["labels"].get("agent") == DRAINED]
