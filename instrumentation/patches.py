@@ -471,10 +471,14 @@ class _ExecutorProxy:
         rt = RT
         try:
             coro = self._a2aq_executor.execute(*args, **kwargs)
-            if rt is None:
+            task_id = None
+            if rt is not None:
+                with _guard("execute"):
+                    request = args[0] if args else kwargs.get("context")
+                    task_id = str(getattr(request, "task_id", "") or state.get("task_id", ""))
+            if task_id is None:
                 return await coro
-            request = args[0] if args else kwargs.get("context")
-            return await _run_executor(rt, str(getattr(request, "task_id", "") or state.get("task_id", "")), state, coro)
+            return await _run_executor(rt, task_id, state, coro)
         except asyncio.CancelledError:
             state.setdefault("outcome", names.OUTCOME_CANCELLED)
             raise
