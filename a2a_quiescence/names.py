@@ -90,7 +90,11 @@ OTEL_SHUTDOWN_LEAKED = "a2a.shutdown.leaked_producers"
 OTEL_WORK_ENDED = "a2a.work.ended"  # failures and losses, by kind (attribute ATTR_ENDING)
 ATTR_ENDING = "a2a.work.ending"
 ATTR_SDK_PLUMBING = "a2a.sdk_plumbing"
-ATTR_ERROR_TYPE = "error.type"  # semantic conventions
+# semantic conventions
+ATTR_ERROR_TYPE = "error.type"
+ATTR_SERVER_ADDRESS = "server.address"
+ATTR_SERVER_PORT = "server.port"
+ATTR_URL_FULL = "url.full"
 
 # --- wire: headers carried on A2A calls and push deliveries ----------------
 HEADER_TRACEPARENT = "traceparent"

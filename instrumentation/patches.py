@@ -92,6 +92,7 @@ def _record_error(span: trace.Span | None, exc: BaseException) -> None:
     if span is not None:
         with _guard("span error"):
             span.record_exception(exc)
+            span.set_attribute(names.ATTR_ERROR_TYPE, type(exc).__qualname__)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
@@ -191,9 +192,17 @@ def _current_cascade() -> str | None:
     return None
 
 
-def _outbound_headers(rt: Runtime, message_id: str | None) -> dict[str, str]:
+def _server_attributes(authority: str) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` (semantic conventions) of a host:port."""
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit() and host:
+        return {names.ATTR_SERVER_ADDRESS: host.strip("[]"), names.ATTR_SERVER_PORT: int(port)}
+    return {names.ATTR_SERVER_ADDRESS: authority}
+
+
+def _outbound_headers(rt: Runtime, message_id: str | None, context: Any = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
-    ctx = baggage.set_baggage(names.BAGGAGE_SENDER, rt.service_name)
+    ctx = baggage.set_baggage(names.BAGGAGE_SENDER, rt.service_name, context=context)
     _TRACECONTEXT.inject(carrier, context=ctx)
     _BAGGAGE.inject(carrier, context=ctx)
     carrier[names.HEADER_SENDER] = rt.service_name
@@ -993,24 +1002,28 @@ def _transport_url(transport: Any) -> str:
 
 
 class _ClientCall:
+    """One outbound A2A call. Everything that can fail (span, headers, the new call
+    context) is done first; only then are the unit of work, the root and the send
+    recorded and the headers handed to the call, so an error in between (swallowed
+    by the guard) leaves nothing held, recorded or attached."""
+
     def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any]) -> None:
         self.rt = rt
         self.method = method
         self.work: WorkToken | None = None
         self.root: WorkToken | None = None
         self.span: trace.Span | None = None
-        self.otel_token = self.cascade_token = None
         self.destination = _authority(_transport_url(instance))
         self.message_id = uuid.uuid4().hex
         ensure_loop_hooks(rt)
         cascade = _current_cascade()
+        starts_cascade = False
         parent = otel_context.get_current()
         if cascade is None:
             # a caller that set its own traceparent names the cascade itself
             given = _given_trace_id(kwargs.get("context"))
             if given is not None:
-                cascade = given
-                self.root = rt.tracker.start_root(cascade)
+                cascade, starts_cascade = given, True
         current = trace.get_current_span().get_span_context()
         if cascade is not None and (not current.is_valid or _trace_hex(current) != cascade):
             parent = trace.set_span_in_context(_synthetic_span(cascade))
@@ -1019,27 +1032,27 @@ class _ClientCall:
             names.SPAN_CLIENT_PREFIX + method,
             kind=SpanKind.CLIENT,
             context=parent,
-            attributes={names.ATTR_METHOD: method, "server.address": self.destination},
+            attributes={names.ATTR_METHOD: method, **_server_attributes(self.destination)},
         )
-        sc = self.span.get_span_context()
-        if cascade is None and self.root is None:
-            # this process starts the cascade: it is the root hop
-            cascade = _trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
-            self.root = rt.tracker.start_root(cascade)
+        try:
+            sc = self.span.get_span_context()
+            if cascade is None:
+                # this process starts the cascade: it is the root hop
+                cascade = _trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
+                starts_cascade = True
+            carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
+            self.ctx = trace.set_span_in_context(carrier_span)
+            headers = _outbound_headers(rt, self.message_id, self.ctx)
+            call_context = _with_headers(kwargs.get("context"), headers)
+        except BaseException:
+            _end(self.span)
+            raise
         self.cascade = cascade
+        if starts_cascade:
+            self.root = rt.tracker.start_root(cascade)
         self.work = rt.tracker.acquire(cascade)
-        rt.tracker.send(self.work, self.destination, self.message_id)
-        carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
-        ctx = trace.set_span_in_context(carrier_span)
-        self.ctx = ctx
-        self.otel_token = otel_context.attach(ctx)
-        self.cascade_token = CASCADE.set(cascade)
-        headers = _outbound_headers(rt, self.message_id)
-        call_context = kwargs.get("context")
-        kwargs["context"] = _with_headers(call_context, headers)
-        otel_context.detach(self.otel_token)
-        CASCADE.reset(self.cascade_token)
-        self.otel_token = self.cascade_token = None
+        rt.tracker.send(self.work, self.destination, self.message_id)  # before the message can leave
+        kwargs["context"] = call_context
 
     def fail(self, exc: BaseException) -> None:
         _record_error(self.span, exc)
@@ -1161,19 +1174,16 @@ async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any
             task_id = str(kwargs.get("task_id", args[2] if len(args) > 2 else "") or "")
             url = str(getattr(push_info, "url", "") or "")
             span = _start_span(
-                rt,
-                names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT, attributes={"url.full": url, "server.address": _authority(url)}
+                rt, names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT,
+                attributes={names.ATTR_URL_FULL: url, **_server_attributes(_authority(url))},
             )
+            headers = _outbound_headers(rt, None, trace.set_span_in_context(span))
             cascade = _current_cascade()
+            # nothing above is held: the unit and the headers are taken last, together
+            token = _PUSH_HEADERS.set(headers)
             if cascade:
                 # in flight on the sender until the POST completes (the webhook is outside the mesh)
                 work = rt.tracker.acquire(cascade)
-            ctx = trace.set_span_in_context(span)
-            otel_token = otel_context.attach(ctx)
-            try:
-                token = _PUSH_HEADERS.set(_outbound_headers(rt, None))
-            finally:
-                otel_context.detach(otel_token)
     try:
         result = await wrapped(*args, **kwargs)
         if result is False:
@@ -1184,6 +1194,7 @@ async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any
         return result
     except Exception as exc:
         failed = type(exc).__name__
+        _record_error(span, exc)
         raise
     finally:
         with _guard("push end"):

@@ -307,3 +307,26 @@ async def _context_of(url: str, task_id: str) -> str:
         client = await create_client(url, client_config=ClientConfig(streaming=False, httpx_client=http))
         return (await client.get_task(pb.GetTaskRequest(id=task_id))).context_id
 
+
+
+# --- fail-open: an error while preparing a call holds nothing -----------------------------
+async def test_header_building_that_raises_leaves_the_answer_and_settlement_intact(
+    view: View, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the outbound headers fails: the guard swallows it, the call goes out
+    without our headers (so B starts a trace of its own), the answer is the one an
+    uninstrumented agent gives, and nothing (no unit, no send, no context) is left
+    behind to hold A's cascade."""
+    def broken(*_args: Any, **_kwargs: Any) -> dict[str, str]:
+        raise RuntimeError("header building broke")
+
+    trace_id = new_trace_id()
+    async with agents("A", "B") as mesh:
+        reference = await send_plan(mesh["urls"]["A"], relay("B"))
+        monkeypatch.setattr(patches, "_outbound_headers", broken)
+        answer = await send_plan(mesh["urls"]["A"], relay("B"), trace_id=trace_id)
+        state = await view.settled(trace_id)
+    assert [e.task.status.state for e in answer if e.HasField("task")] == \
+        [e.task.status.state for e in reference if e.HasField("task")]
+    assert state["outcome"] == names.VERDICT_COMPLETED, state
+    assert [h for h in state["hops"] if h["sent"]] == []  # no send recorded for the call that had no headers
