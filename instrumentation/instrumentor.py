@@ -21,6 +21,28 @@ from a2a_quiescence.instrumentation.tracker import HopTracker
 
 logger = logging.getLogger(__name__)
 
+
+def _after_fork_in_child() -> None:
+    """Prefork servers (gunicorn, ``os.fork``) copy an instrumented process: the
+    child is a new incarnation with its own reporter thread."""
+    inst = A2AQuiescenceInstrumentor._instance
+    runtime = getattr(inst, "runtime", None) if inst is not None else None
+    if runtime is None:
+        return
+    try:
+        patches.forget_inherited_units()
+        runtime.tracker.after_fork()
+        runtime.loops.clear()
+        runtime.shutting_down = False
+        if inst.reporter is not None:
+            inst.reporter.after_fork()
+    except Exception as exc:  # noqa: BLE001 - fail-open: the child serves on without us
+        patches._report_internal_error("after fork", exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _AT = "a2a.server.agent_execution.active_task"
 _REG = "a2a.server.agent_execution.active_task_registry"
 _V2 = "a2a.server.request_handlers.default_request_handler_v2"

@@ -275,6 +275,14 @@ _LIVE: dict[int, _TaskRef] = {}
 _COLLECTED: dict[int, WorkToken] = {}
 
 
+def forget_inherited_units() -> None:
+    """After a fork: the parent's tasks do not run here; their units were the parent's."""
+    for ref in list(_LIVE.values()):
+        ref.token.released = True
+    _LIVE.clear()
+    _COLLECTED.clear()
+
+
 def _task_done(task: asyncio.Future) -> None:
     ref = _LIVE.pop(id(task), None)
     if ref is not None:

@@ -157,6 +157,19 @@ class Reporter:
         self._thread: threading.Thread | None = None
         tracker.wake = self._event.set
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread, connection and locks are not ours;
+        start afresh (the tracker has become a new incarnation)."""
+        self._event = threading.Event()
+        self._send_lock = threading.Lock()
+        self._conn = None
+        self._collector_id = None
+        self._failures = 0
+        self._thread = None
+        self.tracker.wake = self._event.set
+        if not self._stop:
+            self.start()
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="a2a-quiescence-reporter", daemon=True)

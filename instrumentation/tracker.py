@@ -75,6 +75,17 @@ class WorkToken:
 class HopTracker:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.wake: Callable[[], None] = lambda: None
+        self._fresh()
+
+    def after_fork(self) -> None:
+        """In a forked child (prefork servers): a new incarnation, empty. What the
+        parent held is the parent's to report; the child's lock is new (the parent's
+        may have been held by a thread that does not exist here)."""
+        self._fresh()
+
+    def _fresh(self) -> None:
+        clock = self.clock
         self.lock = threading.Lock()
         self.incarnation = uuid.uuid4().hex
         self.pid = os.getpid()
@@ -93,7 +104,6 @@ class HopTracker:
         self.cascades: OrderedDict[str, _Cascade] = OrderedDict()
         self.dirty: set[str] = set()
         self.hop_dirty = True
-        self.wake: Callable[[], None] = lambda: None
         # work handed over from places that must not take the lock: the garbage
         # collector runs weakref callbacks and task finalizers in whatever thread
         # allocates, possibly this one inside ``with self.lock`` (not reentrant)
