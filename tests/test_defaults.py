@@ -81,3 +81,30 @@ def test_default_ports_need_no_settings(tmp_path: Path) -> None:
         if agent is not None:
             agent.stop()
         collector.stop()
+
+
+PROBE = (
+    "from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor as I; "
+    "i = I(); print(i.is_instrumented_by_opentelemetry, i.runtime is not None)"
+)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, "True True"),
+        ({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "a2a_quiescence"}, "False False"),  # the standard switch
+        ({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx,a2a_quiescence"}, "False False"),
+        ({names.ENV_DISABLED: "true"}, "True False"),  # ours: loaded, patches nothing, reports nothing
+    ],
+)
+def test_switching_the_instrumentation_off(env: dict[str, str], expected: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+    r = subprocess.run(
+        [_bin("opentelemetry-instrument"), sys.executable, "-c", PROBE],
+        env={**clean, "OTEL_SERVICE_NAME": "probe", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+             "OTEL_LOGS_EXPORTER": "none", names.ENV_ENDPOINT: "none", **env},
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == expected, (r.stdout, r.stderr)
