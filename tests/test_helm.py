@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from functools import lru_cache
@@ -524,3 +525,28 @@ def test_sidecar_forwards_to_the_mesh_collector_with_the_token() -> None:
     # off by default
     plain = sidecar_of(pod_spec(one(render("--values", str(CHART / "ci" / "all-values.yaml")), "Deployment", "example-agent")))
     assert "--forward" not in plain["args"]
+
+
+def test_a_non_default_metrics_job_reaches_every_selector() -> None:
+    """``metricsJob`` names the scrape job both monitors set; the rules and the
+    dashboard select the collector by that job, whatever it is."""
+    job = "mesh-collectors"
+    docs = render("--set", f"metricsJob={job}", "--set", "prometheusRule.enabled=true",
+                  "--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true")
+    for kind, endpoints in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
+        for endpoint in one(docs, kind)["spec"][endpoints]:
+            jobs = [r["replacement"] for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
+            assert jobs == [job], (kind, endpoint)
+    rules_text = json.dumps(one(docs, "PrometheusRule")["spec"])
+    config_map = one(docs, "ConfigMap")
+    dashboard_text = next(iter(config_map["data"].values()))
+    json.loads(dashboard_text)  # still valid JSON after the substitution
+    for text in (rules_text, dashboard_text):
+        selectors = set(re.findall(r'job=\\*"([^"\\]+)\\*"', text))
+        assert selectors == {job}, selectors
+        assert "a2a-quiescence\\\"}" not in text and 'job="a2a-quiescence"' not in text
+
+
+def test_a_metrics_job_that_could_break_a_selector_is_refused() -> None:
+    done = helm("template", RELEASE, str(CHART), "--set", 'metricsJob=a"b')
+    assert done.returncode != 0 and "metricsJob" in done.stderr
