@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 
 from a2a_quiescence import names
-from a2a_quiescence.collector.server import Collector, Config, split_hostport
+from a2a_quiescence.collector.config import Config, split_hostport
+
+EXTRA_MISSING = (
+    "a2a-quiescence collector: the sidecar's dependencies are not installed ({missing}); "
+    "install them with: pip install 'a2a-quiescence[collector]'"
+)
 
 ENV = "A2A_QUIESCENCE_"
 
@@ -116,6 +121,12 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except (ValueError, OSError) as exc:
         print(f"a2a-quiescence collector: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        from a2a_quiescence.collector.server import Collector
+    except ImportError as exc:  # the agent-side install has no server dependencies
+        print(EXTRA_MISSING.format(missing=exc.name or exc), file=sys.stderr)
         return 2
 
     async def main() -> int:

@@ -8,7 +8,6 @@ import hmac
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from starlette.routing import Route
 
 from a2a_quiescence import names
 from a2a_quiescence.collector import otlp
+from a2a_quiescence.collector.config import Config, split_hostport
 from a2a_quiescence.collector.metrics import LatencyHistogram, StateCollector
 from a2a_quiescence.collector.settlement import Cascade, Detector
 from a2a_quiescence.collector.state import MeshState
@@ -29,32 +29,6 @@ from a2a_quiescence.collector.state import MeshState
 STATUS_PAGE = Path(__file__).with_name("status_page.html")
 
 logger = logging.getLogger("a2a_quiescence.collector")
-
-
-@dataclass
-class Config:
-    otlp_listen: str | None = names.DEFAULT_OTLP_HTTP
-    grpc_listen: str | None = names.DEFAULT_OTLP_GRPC
-    http_listen: str = names.DEFAULT_HTTP
-    token: str | None = None
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_agents: int = 1000
-    max_cascades: int = 100_000
-    stuck_after: float = 30.0
-    retention: float = 300.0
-    agent_timeout: float = 10.0
-    forward: str | None = None
-    forward_token: str | None = None
-    forward_queue: int = 1000
-    forward_retries: int = 3
-    max_wait: float = 300.0
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 class Collector:

