@@ -10,14 +10,19 @@ scraping it, Alertmanager sending every alert to a receiver in this process
 `opentelemetry-instrument` the way users start them.
 
 What it does: clean cascades A -> B -> C, each waited on with the settlement
-API; a non-blocking delegation whose pushes outlive A's answer; the a2a-sdk
-#1101 hang (a stream subscriber that stops reading, so C's producer parks in
-`EventQueue.close(immediate=False)`: reported while it hangs, with its alert);
-then C shuts down without draining while it still works on a long job, so
-that producer is leaked, the sidecar keeps the record after C is gone, and
-the leak alert fires. A summary table ends it. Prometheus and Alertmanager
-are optional: without them the demo says so and shows everything the
-collector knows.
+API; a non-blocking delegation whose pushes outlive A's answer; a multi-turn
+task C parks waiting for its user's input (awaiting_input, never stuck) and
+completes once answered; the a2a-sdk #1101 hang (a stream subscriber that
+stops reading, so C's producer parks in `EventQueue.close(immediate=False)`:
+reported while it hangs, with its alert); then C shuts down without draining
+while it still works on a long job, so that producer is leaked, the sidecar
+keeps the record after C is gone, and the leak alert fires. C starts again,
+draining at shutdown this time, and A, B and C all shut down cleanly with
+aclose() while C works on another long job: nothing leaks, but the cascade
+settles with its outcome `lost` (C's work cancelled by the drain) and its
+alerts fire. A summary table ends it, with every cascade's outcome.
+Prometheus and Alertmanager are optional: without them the demo says so and
+shows everything the collector knows.
 """
 
 from __future__ import annotations
@@ -35,13 +40,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
+from a2a.client import ClientConfig, create_client
+from a2a.types import a2a_pb2 as pb
 
 from a2a_quiescence import names
 from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
 from a2a_quiescence.demo.harness import Mesh, Proc, read_events, wait_http
 from a2a_quiescence.demo.mesh import HANG_PLAN, SMALL_BUFFER, new_trace_id, send_plan, small_buffer_stream
 from a2a_quiescence.demo.monitoring import ALERTMANAGER, PROMETHEUS, Monitoring, Receiver, find_tool
-from a2a_quiescence.wait import NotSettled, describe_holders, wait_for_quiescence
+from a2a_quiescence.wait import EXIT_BY_OUTCOME, NotSettled, describe_endings, describe_holders, wait_for_quiescence
 
 STALL_SECONDS = 1.0  # the agents' stall watchdog (default 5 s; shorter so the demo shows it soon)
 STUCK_AFTER = 3.0  # the collector's --stuck-after
@@ -56,11 +63,19 @@ class DemoError(RuntimeError):
 class Cascade:
     trace_id: str
     kind: str
-    status: str = "open"
+    status: str = "open"  # open | awaiting_input | stuck | settled
+    outcome: str | None = None  # once settled: completed | failed | lost
     detection_latency_seconds: float | None = None
     answered_ms: float | None = None
     settled_ms: float | None = None
     held_by: str = ""
+    losses: list[dict[str, Any]] = field(default_factory=list)  # as the settlement API lists them
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    # seconds it was seen waiting for its user's input (status awaiting_input), never stuck
+    awaiting_input_seconds: float | None = None
+
+    def endings(self) -> str:
+        return describe_endings({"losses": self.losses, "failures": self.failures})
 
 
 @dataclass
@@ -70,7 +85,7 @@ class Summary:
     workdir: str
     monitoring: bool = False
     cascades: list[Cascade] = field(default_factory=list)
-    hops: list[dict[str, Any]] = field(default_factory=list)
+    hops: list[dict[str, Any]] = field(default_factory=list)  # one per agent process (incarnation)
     alerts: list[dict[str, str]] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
     completed: bool = False
@@ -124,6 +139,9 @@ class Demo:
         self.receiver: Receiver | None = None
         self.monitoring: Monitoring | None = None
         self.summary = Summary(str(workdir))
+        self.agent_env = {"A2A_QUIESCENCE_STALL_SECONDS": str(STALL_SECONDS)}
+        self.drains = {"A": True, "B": True, "C": False}  # whether each agent's lifespan calls aclose()
+        self.replaced: list[Proc] = []  # agent processes a restart replaced (already stopped)
 
     # -- the sidecar's view ------------------------------------------------------
     def mesh_state(self) -> dict[str, Any]:
@@ -131,6 +149,21 @@ class Demo:
 
     def agent(self, name: str) -> dict[str, Any]:
         return next((a for a in self.mesh_state()["agents"] if a["agent"] == name), {})
+
+    def cascade_state(self, trace_id: str) -> dict[str, Any]:
+        return httpx.get(f"{self.mesh.api}/v1/cascades/{trace_id}", timeout=5).json()
+
+    def hop_row(self, a: dict[str, Any]) -> dict[str, Any]:
+        """One agent process as the sidecar last saw it (its latest incarnation)."""
+        return {
+            "agent": a["agent"],
+            "incarnation": a.get("incarnation"),
+            "aclose": self.drains.get(a["agent"]),
+            "producers_in_flight": a["producers_in_flight"],
+            "shutdown_leaked_producers": a["shutdown_leaked_producers"],
+            "shutdown_cancelled_producers": a.get("shutdown_cancelled_producers"),
+            "state": "up" if a["up"] else ("shut down" if a.get("shutdown") else "lost"),
+        }
 
     def in_flight_line(self) -> str:
         agents = {a["agent"]: a for a in self.mesh_state()["agents"]}
@@ -169,7 +202,7 @@ class Demo:
             say(f"NOTE: {missing} not installed, so no alerts in this run (as root: apt-get install "
                 "prometheus prometheus-alertmanager, or bash scripts/setup.sh). Everything else runs.")
         self.mesh.start_webhook()
-        env = {"A2A_QUIESCENCE_STALL_SECONDS": str(STALL_SECONDS)}
+        env = self.agent_env
         # C drains nothing at shutdown (no aclose) and has a small send buffer (the #1101 hang)
         self.mesh.start_agent("C", no_aclose=True, env=env, wait=False, args=["--send-buffer", str(SMALL_BUFFER)])
         self.mesh.start_agent("B", ["C"], env=env, wait=False)
@@ -187,10 +220,11 @@ class Demo:
             say(f"Prometheus {prom.url} (rules loaded, scraping every 1 s), Alertmanager {self.monitoring.am.url}")  # type: ignore[union-attr]
 
     def pids(self) -> list[int]:
-        procs: list[Proc] = list(self.mesh.agents.values()) + [p for p in (self.mesh.webhook, self.mesh.collector) if p]
+        procs: list[Proc] = self.replaced + list(self.mesh.agents.values()) + [
+            p for p in (self.mesh.webhook, self.mesh.collector) if p]
         return [p.popen.pid for p in procs] + (self.monitoring.pids if self.monitoring else [])
 
-    async def settle(self, cascade: Cascade, t0: float) -> None:
+    async def settle(self, cascade: Cascade, t0: float, quiet: bool = False) -> None:
         try:
             state = await wait_for_quiescence(cascade.trace_id, endpoint=self.mesh.api, timeout=DEADLINE)
         except NotSettled as exc:
@@ -198,8 +232,12 @@ class Demo:
             self.say(f"  {cascade.kind} {cascade.trace_id[:12]}…: NOT settled: {cascade.held_by}")
             return
         cascade.status = "settled"
+        cascade.outcome = state.get("outcome")
+        cascade.losses, cascade.failures = state.get("losses") or [], state.get("failures") or []
         cascade.settled_ms = (time.monotonic() - t0) * 1000
         cascade.detection_latency_seconds = state.get("detection_latency_seconds")
+        if cascade.outcome != names.VERDICT_COMPLETED and not quiet:
+            self.say(f"  {cascade.kind} {cascade.trace_id[:12]}… settled {cascade.outcome}: {cascade.endings()}")
 
     async def clean_cascades(self) -> None:
         plan = {"work_ms": 30, "calls": [{"to": "B", "plan": {"work_ms": 30, "calls": [
@@ -234,6 +272,51 @@ class Demo:
             self.say(f"  settled {cascade.settled_ms:.0f} ms after the request, once C finished and its "
                      f"{len(pushes)} push deliveries were done (a closed stream on A said nothing about them)")
 
+    async def ask_for_input(self) -> tuple[Cascade, float]:
+        """A -> B -> C where C asks its user for more input: left waiting while the next step runs."""
+        cascade = Cascade(new_trace_id(), "multi-turn: C asks for input")
+        self.summary.cascades.append(cascade)
+        plan = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "plan": {"outcome": "input"}}]}}]}
+        self.say("a multi-turn task: C asks its user for more input (INPUT_REQUIRED); we leave it waiting meanwhile")
+        t0 = time.monotonic()
+        await send_plan(self.mesh.agents["A"].url, plan, trace_id=cascade.trace_id)
+        cascade.answered_ms = (time.monotonic() - t0) * 1000
+        state = await until_async("the cascade to be awaiting_input", lambda: (
+            s := self.cascade_state(cascade.trace_id))["status"] == names.STATUS_AWAITING_INPUT and s)
+        cascade.status = state["status"]
+        self.say(f"  the cascade is {describe_holders(state)}")
+        return cascade, t0
+
+    async def answer_input(self, cascade: Cascade, t0: float) -> None:
+        """The cascade ``ask_for_input`` left waiting: past --stuck-after and not stuck; then the user answers."""
+        state = await until_async(f"the waiting cascade to go {STUCK_AFTER:g} s (--stuck-after) without progress",
+                                  lambda: (s := self.cascade_state(cascade.trace_id)).get("seconds_without_progress", 0)
+                                  >= STUCK_AFTER and s)
+        cascade.status = state["status"]
+        if state["status"] != names.STATUS_AWAITING_INPUT:
+            cascade.held_by = describe_holders(state)
+            self.say(f"  back to the task waiting for input: the cascade is {cascade.held_by}")
+            return
+        cascade.awaiting_input_seconds = state["seconds_without_progress"]
+        self.say(f"  back to the task waiting for input: {cascade.awaiting_input_seconds:.1f} s without progress "
+                 f"(--stuck-after is {STUCK_AFTER:g} s) and still {state['status']}: waiting for a user is not "
+                 f"being stuck, so {names.ALERT_STUCK} does not count it")
+        if self.monitoring is not None and self.monitoring.prom is not None:
+            prom = self.monitoring.prom
+            await until_async("Prometheus to see it awaiting input and nothing stuck", lambda: prom.query(
+                f"{names.M_CASCADES_AWAITING} == 1 and {names.M_CASCADES_STUCK} == 0"))
+            self.say(f"  Prometheus: {names.M_CASCADES_AWAITING} = 1, {names.M_CASCADES_STUCK} = 0")
+        [waiting] = state["awaiting"]
+        c_url = self.mesh.agents["C"].url
+        async with httpx.AsyncClient(timeout=30) as http:
+            client = await create_client(c_url, client_config=ClientConfig(streaming=False, httpx_client=http))
+            task = await client.get_task(pb.GetTaskRequest(id=waiting["task_id"]))
+        self.say(f"  the answer comes: a second message to C's task {waiting['task_id'][:8]}…, which then completes")
+        await send_plan(c_url, {}, trace_id=new_trace_id(), task=task)
+        await self.settle(cascade, t0)
+        if cascade.status == "settled":
+            self.say(f"  and the cascade that waited for it settled {cascade.outcome}")
+
     async def issue_1101(self) -> None:
         cascade = Cascade(new_trace_id(), "#1101 abandoned stream on C")
         self.summary.cascades.append(cascade)
@@ -254,7 +337,7 @@ class Demo:
         if cascade.status == "settled":
             self.say("  and only now the cascade settled")
 
-    async def leak_at_shutdown(self) -> None:
+    async def leak_at_shutdown(self) -> Cascade:
         cascade = Cascade(new_trace_id(), "C busy when shut down")
         self.summary.cascades.append(cascade)
         plan = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "blocking": False, "plan": {"outcome": "hang"}}]}}]}
@@ -271,47 +354,95 @@ class Demo:
         await asyncio.to_thread(self.mesh.agents["C"].stop)
         c = await until_async("C's shutdown record at the sidecar",
                               lambda: (a := self.agent("C")).get("shutdown") and not a.get("up") and a)
+        self.summary.hops.append(self.hop_row(c))  # a restart of C replaces it at the sidecar: keep it now
         self.say(f"  C is gone; the sidecar keeps its shutdown record: {c['shutdown_leaked_producers']} producer(s) "
                  f"leaked, still scrapeable as {names.M_SHUTDOWN_LEAKED}{{agent=\"C\"}}")
         await self.wait_alert(names.ALERT_LEAKED, agent="C")
+        return cascade
+
+    async def leaked_cascade_stuck(self, cascade: Cascade) -> None:
         state = await until_async("the abandoned cascade to be reported stuck", lambda: (
-            s := httpx.get(f"{self.mesh.api}/v1/cascades/{cascade.trace_id}", timeout=5).json())["status"] == "stuck" and s)
+            s := self.cascade_state(cascade.trace_id))["status"] == names.STATUS_STUCK and s)
         cascade.status, cascade.held_by = state["status"], describe_holders(state)
         self.say(f"  the cascade is {cascade.held_by} -- the work was lost, and it is never settled by a timeout")
         await self.wait_alert(names.ALERT_STUCK)
 
-    def shutdown_clean(self) -> None:
-        self.say("A and B shut down cleanly (their lifespan calls aclose())")
-        for name in ("A", "B"):
-            self.mesh.agents[name].stop()
-        until("A's and B's shutdown records", lambda: all(
-            (a := self.agent(n)).get("shutdown") and not a.get("up") for n in ("A", "B")))
+    async def restart_c(self) -> None:
+        """A new C process on the old one's port (B's peer URL), draining at shutdown this time.
+
+        Only once the leak alert has arrived: a new incarnation resets C's shutdown record."""
+        old = self.mesh.agents["C"]
+        gone = self.agent("C").get("incarnation")
+        self.say("C starts again on the same port, this time draining at shutdown (its lifespan calls aclose())")
+        self.replaced.append(old)
+        self.drains["C"] = True
+        await asyncio.to_thread(self.mesh.start_agent, "C", port=old.port, env=self.agent_env)
+        await until_async("the new C at the sidecar", lambda: (
+            a := self.agent("C")).get("up") and a.get("incarnation") != gone)
+        self.say("  the new C is up: a new incarnation at the sidecar; the old one still holds its stuck cascade")
+
+    async def lost_at_clean_shutdown(self) -> None:
+        cascade = Cascade(new_trace_id(), "C busy at aclose() shutdown")
+        self.summary.cascades.append(cascade)
+        ten_minutes = {"work_ms": 600_000}
+        plan = {"calls": [{"to": "B", "plan": {"calls": [{"to": "C", "blocking": False, "plan": ten_minutes}]}}]}
+        self.say("another long job: B hands C ten minutes of work and returns")
+        t0 = time.monotonic()
+        await send_plan(self.mesh.agents["A"].url, plan, trace_id=cascade.trace_id)
+        cascade.answered_ms = (time.monotonic() - t0) * 1000
+        await until_async("C's producer to be in flight", lambda: self.agent("C").get("producers_in_flight"))
+        self.say(f"  producers in flight: {self.in_flight_line()}")
+        self.say("A, B and C shut down cleanly (SIGTERM; each lifespan calls aclose(), whose drain cancels what "
+                 "still works)")
+        incarnations = {n: self.agent(n).get("incarnation") for n in ("A", "B", "C")}
+        await asyncio.gather(*(asyncio.to_thread(self.mesh.agents[n].stop) for n in ("A", "B", "C")))
+        await self.settle(cascade, t0, quiet=True)
+        if cascade.outcome is not None:
+            self.say(f"  the cascade settled, outcome {cascade.outcome} (a2a-quiescence wait exits "
+                     f"{EXIT_BY_OUTCOME.get(cascade.outcome, '?')}): {cascade.endings() or 'nothing lost'}")
+        hops = await until_async("the shutdown records of A, B and C", lambda: self.shut_down(incarnations))
+        c = hops["C"]
+        leaked = ", ".join(f"{n} {hops[n]['shutdown_leaked_producers']}" for n in ("A", "B", "C"))
+        self.say(f"  producers leaked: {leaked}; C's drain cancelled {c['shutdown_cancelled_producers']} producer(s), "
+                 f"kept as {names.M_SHUTDOWN_CANCELLED}{{agent=\"C\"}}")
+        await self.wait_alert(names.ALERT_CANCELLED_AT_SHUTDOWN, agent="C")
+        await self.wait_alert(names.ALERT_SETTLED_LOST)
+
+    def shut_down(self, incarnations: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+        """The agents by name once each of these incarnations has its shutdown record, else None."""
+        agents = {a["agent"]: a for a in self.mesh_state()["agents"]}
+        done = all((a := agents.get(n, {})).get("shutdown") and not a.get("up") and a.get("incarnation") == inc
+                   for n, inc in incarnations.items())
+        return agents if done else None
 
     def collect_hops(self) -> None:
-        self.summary.hops = [
-            {
-                "agent": a["agent"],
-                "producers_in_flight": a["producers_in_flight"],
-                "shutdown_leaked_producers": a["shutdown_leaked_producers"],
-                "state": "up" if a["up"] else ("shut down" if a.get("shutdown") else "lost"),
-            }
-            for a in sorted(self.mesh_state()["agents"], key=lambda a: a["agent"])
-        ]
+        """The agents' latest incarnations, after the ones a restart replaced (kept when they shut down)."""
+        latest = [self.hop_row(a) for a in self.mesh_state()["agents"]]
+        self.summary.hops = sorted(self.summary.hops + latest, key=lambda h: h["agent"])  # stable: C before C
 
     def print_summary(self) -> None:
         s = self.summary
         print("\nSummary")
-        print(f"  {'hop':<6}{'producers in flight':>21}{'leaked at shutdown':>20}  state")
+        print(f"  {'hop':<5}{'at shutdown':<12}{'producers in flight':>21}{'leaked at shutdown':>20}"
+              f"{'cancelled at shutdown':>23}  state")
         for h in s.hops:
-            leaked = "-" if h["shutdown_leaked_producers"] is None else h["shutdown_leaked_producers"]
-            print(f"  {h['agent']:<6}{h['producers_in_flight']:>21}{leaked:>20}  {h['state']}")
-        print(f"\n  {'cascade':<14}{'what':<30}{'result':<10}{'detection latency':>18}")
+            drain = {True: "aclose()", False: "no drain"}.get(h["aclose"], "-")
+            leaked, cancelled = ("-" if v is None else v for v in (h["shutdown_leaked_producers"],
+                                                                   h["shutdown_cancelled_producers"]))
+            print(f"  {h['agent']:<5}{drain:<12}{h['producers_in_flight']:>21}{leaked:>20}{cancelled:>23}"
+                  f"  {h['state']}")
+        print(f"\n  {'cascade':<14}{'what':<31}{'status':<9}{'outcome':<11}{'detection latency':>18}")
         for c in s.cascades:
             latency = "-" if c.detection_latency_seconds is None else f"{c.detection_latency_seconds * 1000:.1f} ms"
-            print(f"  {c.trace_id[:12] + '…':<14}{c.kind:<30}{c.status:<10}{latency:>18}")
+            print(f"  {c.trace_id[:12] + '…':<14}{c.kind:<31}{c.status:<9}{c.outcome or '-':<11}{latency:>18}")
         for c in s.cascades:
+            if c.awaiting_input_seconds is not None:
+                print(f"  {c.trace_id[:12]}… was awaiting_input for {c.awaiting_input_seconds:.1f} s, never stuck, "
+                      "until its user answered")
             if c.status != "settled":
                 print(f"  {c.trace_id[:12]}… is held by: {c.held_by.split('; ', 1)[-1]}")
+            elif c.outcome != names.VERDICT_COMPLETED:
+                print(f"  {c.trace_id[:12]}… {c.endings() or c.outcome}")
         if s.monitoring:
             seen = sorted({f"{a['alertname']}{'(' + a['agent'] + ')' if a['agent'] else ''}" for a in s.alerts})
             print(f"\n  alerts that reached Alertmanager's receiver: {', '.join(seen) or 'none'}")
@@ -333,12 +464,19 @@ class Demo:
     async def run(self) -> None:
         await self.clean_cascades()
         await self.nonblocking_with_pushes()
-        await self.issue_1101()
-        await self.leak_at_shutdown()
+        waiting, t0 = await self.ask_for_input()
+        await self.issue_1101()  # the task waiting for input waits through it
+        await self.answer_input(waiting, t0)
+        leaked = await self.leak_at_shutdown()
+        # the new C starts while the abandoned cascade goes stuck (C's leak alert has arrived by now)
+        await asyncio.gather(self.leaked_cascade_stuck(leaked), self.restart_c())
+        await self.lost_at_clean_shutdown()
 
     def stop(self) -> None:
         if self.monitoring is not None:
             self.monitoring.stop()
+        for proc in self.replaced:
+            proc.stop()
         self.mesh.stop_all()
         if self.receiver is not None:
             self.receiver.close()
@@ -373,7 +511,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.start()
         asyncio.run(demo.run())
-        demo.shutdown_clean()
         demo.collect_hops()
         demo.summary.completed = True
         demo.print_summary()
