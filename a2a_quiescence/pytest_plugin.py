@@ -8,17 +8,44 @@
 
 The collector's API URL comes from `--a2a-quiescence-endpoint` or the
 environment variable A2A_QUIESCENCE_API (default http://127.0.0.1:9464).
+
+The drain gate (`--a2a-quiescence-gate`), with no change to the tests: at the
+teardown of every test (before its fixtures are finalized, so the agents they
+run can finish), wait until every cascade whose root request arrived during
+the test has settled; a cascade that does not settle within
+`--a2a-quiescence-timeout`, or settles failed or with lost work, makes the test
+error in teardown, naming what holds it or what was lost. Allow outcomes with
+`--a2a-quiescence-gate-allow failed,lost` or per test with
+`@pytest.mark.a2a_quiescence_gate(allow={"failed"})`; leave a test out with
+`@pytest.mark.a2a_quiescence_gate(skip=True)`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+import statistics
+import time
+from typing import Any, Generator, Iterable
 
 import httpx
 import pytest
 
-from a2a_quiescence.wait import DEFAULT_ENDPOINT, NotSettled, _headers, describe_endings, describe_holders, wait_sync
+from a2a_quiescence.wait import (
+    DEFAULT_ENDPOINT,
+    MeshNotQuiet,
+    NotSettled,
+    _headers,
+    describe_endings,
+    describe_holders,
+    describe_mesh,
+    wait_mesh_sync,
+    wait_sync,
+)
+
+OUTCOMES = ("completed", "failed", "lost")
+_GATE_START = pytest.StashKey[float]()
+_GATE_ALLOW = pytest.StashKey[frozenset]()
+_GATE_SECONDS: list[float] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,6 +56,95 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a2a-quiescence collector API URL (default: env A2A_QUIESCENCE_API or http://127.0.0.1:9464)",
     )
     group.addoption("--a2a-quiescence-timeout", type=float, default=30.0, help="seconds to wait for settlement")
+    group.addoption(
+        "--a2a-quiescence-gate", action="store_true", default=False,
+        help="drain gate: at each test's teardown wait until every cascade rooted during the test has settled; "
+             "error the test when one does not in time, or settles failed or with lost work",
+    )
+    group.addoption(
+        "--a2a-quiescence-gate-allow", default="", metavar="OUTCOMES",
+        help="outcomes the gate accepts besides completed, comma-separated: failed, lost",
+    )
+    group.addoption(
+        "--a2a-quiescence-grace", type=float, default=None, metavar="SECONDS",
+        help="seconds after a test during which root requests it made may still be reported "
+             "(default: the collector's --root-grace)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "a2a_quiescence_gate(allow=(), skip=False): outcomes the drain gate accepts for this test, or leave it out",
+    )
+    config.stash[_GATE_ALLOW] = _allowed(config.getoption("--a2a-quiescence-gate-allow"))
+
+
+
+def _allowed(value: Any) -> frozenset[str]:
+    items = {v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()}
+    unknown = items - set(OUTCOMES)
+    if unknown:
+        raise pytest.UsageError(f"a2a-quiescence gate: unknown outcome(s) {sorted(unknown)}; use failed, lost")
+    return frozenset(items | {"completed"})
+
+
+def _endpoint(config: pytest.Config) -> str:
+    return config.getoption("--a2a-quiescence-endpoint") or os.environ.get("A2A_QUIESCENCE_API") or DEFAULT_ENDPOINT
+
+
+def _gated(item: pytest.Item) -> bool:
+    if not item.config.getoption("--a2a-quiescence-gate"):
+        return False
+    marker = item.get_closest_marker("a2a_quiescence_gate")
+    return not (marker is not None and marker.kwargs.get("skip"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _gated(item):
+        item.stash[_GATE_START] = time.time()  # fixtures set up for the test count as the test
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    problem = _gate(item) if _GATE_START in item.stash else None
+    result = yield  # the test's fixtures are finalized whatever the gate found
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return result
+
+
+def _gate(item: pytest.Item) -> str | None:
+    """Wait for the cascades rooted during the test; what is wrong with them, if anything."""
+    config = item.config
+    since, began = item.stash[_GATE_START], time.monotonic()
+    marker = item.get_closest_marker("a2a_quiescence_gate")
+    allowed = config.stash[_GATE_ALLOW] | (_allowed(marker.kwargs.get("allow", ())) if marker else frozenset())
+    endpoint = _endpoint(config)
+    timeout = config.getoption("--a2a-quiescence-timeout")
+    try:
+        state = wait_mesh_sync(since=since, endpoint=endpoint, timeout=timeout,
+                               grace=config.getoption("--a2a-quiescence-grace"))
+    except MeshNotQuiet as exc:
+        return f"a2a-quiescence gate: not every cascade of this test settled within {timeout:g}s: {describe_mesh(exc.state)}"
+    except httpx.HTTPError as exc:
+        return f"a2a-quiescence gate: collector at {endpoint} unreachable: {exc}"
+    finally:
+        _GATE_SECONDS.append(time.monotonic() - began)
+    outcome = state.get("outcome") or "completed"
+    if outcome not in allowed:
+        return f"a2a-quiescence gate: this test's cascades settled {outcome}: {describe_mesh(state)}"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if config.getoption("--a2a-quiescence-gate") and _GATE_SECONDS:
+        ms = sorted(1000 * s for s in _GATE_SECONDS)
+        terminalreporter.write_line(
+            f"a2a-quiescence gate: {len(ms)} test(s), added median {statistics.median(ms):.0f} ms, "
+            f"worst {ms[-1]:.0f} ms"
+        )
 
 
 class Quiescence:
@@ -77,5 +193,4 @@ class Quiescence:
 
 @pytest.fixture
 def a2a_quiescence(request: pytest.FixtureRequest) -> Quiescence:
-    endpoint = request.config.getoption("--a2a-quiescence-endpoint") or os.environ.get("A2A_QUIESCENCE_API") or DEFAULT_ENDPOINT
-    return Quiescence(endpoint, request.config.getoption("--a2a-quiescence-timeout"))
+    return Quiescence(_endpoint(request.config), request.config.getoption("--a2a-quiescence-timeout"))

@@ -75,9 +75,9 @@ class _LongPoll:
     deadline, at least one. ``params()`` gives the next request's query (None: time is up);
     ``answer(response)`` returns the settled state, or None after a 408, or raises."""
 
-    def __init__(self, trace_id: str, endpoint: str, timeout: float, roots: int) -> None:
-        self.url = f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait"
-        self.roots = roots
+    def __init__(self, url: str, timeout: float, query: dict[str, Any]) -> None:
+        self.url = url
+        self.query = query
         self.deadline = time.monotonic() + timeout
         self.state: dict[str, Any] = {}
         self.asked = False
@@ -87,7 +87,7 @@ class _LongPoll:
         if self.asked and left <= 0:
             return None
         self.asked = True
-        return {"timeout": f"{max(0.0, min(60.0, left)):.3f}", "roots": self.roots}
+        return {"timeout": f"{max(0.0, min(60.0, left)):.3f}", **self.query}
 
     def answer(self, response: httpx.Response) -> dict[str, Any] | None:
         if response.status_code == 200:
@@ -96,6 +96,66 @@ class _LongPoll:
             response.raise_for_status()
         self.state = response.json()
         return None
+
+
+def _cascade_poll(trace_id: str, endpoint: str, timeout: float, roots: int) -> _LongPoll:
+    return _LongPoll(f"{endpoint.rstrip('/')}/v1/cascades/{trace_id}/wait", timeout, {"roots": roots})
+
+
+def _mesh_poll(endpoint: str, since: float, until: float | None, timeout: float, grace: float | None) -> _LongPoll:
+    query: dict[str, Any] = {"since": f"{since:.6f}"}
+    # a window that ends now ends when the first request is made; later long-polls keep it
+    query["until"] = f"{(time.time() if until is None else until):.6f}"
+    if grace is not None:
+        query["grace"] = grace
+    return _LongPoll(f"{endpoint.rstrip('/')}/v1/mesh/wait", timeout, query)
+
+
+class MeshNotQuiet(Exception):
+    """Not every cascade rooted in the window settled in time; ``state`` lists them."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        super().__init__(f"mesh not quiet: {describe_mesh(state)}")
+
+
+def describe_mesh(state: dict[str, Any]) -> str:
+    """One clause per cascade of a mesh-wait answer that did not complete (empty when all did)."""
+    parts = []
+    for c in state.get("cascades") or []:
+        if c.get("status") != "settled":
+            parts.append(f"cascade {c['trace_id']} {describe_holders(c)}")
+        elif c.get("outcome") not in (None, "completed"):
+            parts.append(f"cascade {c['trace_id']} settled {c['outcome']}: {describe_endings(c) or 'details forgotten'}")
+    return "; ".join(parts)
+
+
+def wait_mesh_sync(
+    *, since: float, until: float | None = None, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0,
+    grace: float | None = None, token: str | None = None,
+) -> dict[str, Any]:
+    """Wait until every cascade whose root request arrived in [since, until] (until:
+    now) has settled; the collector's answer lists each with its outcome. Raises
+    ``MeshNotQuiet`` when one has not within ``timeout`` seconds."""
+    poll = _mesh_poll(endpoint, since, until, timeout, grace)
+    with httpx.Client(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
+        while (params := poll.params()) is not None:
+            if (state := poll.answer(client.get(poll.url, params=params))) is not None:
+                return state
+    raise MeshNotQuiet(poll.state)
+
+
+async def wait_for_mesh(
+    *, since: float, until: float | None = None, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0,
+    grace: float | None = None, token: str | None = None,
+) -> dict[str, Any]:
+    """``wait_mesh_sync`` on the event loop (cancellable)."""
+    poll = _mesh_poll(endpoint, since, until, timeout, grace)
+    async with httpx.AsyncClient(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
+        while (params := poll.params()) is not None:
+            if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
+                return state
+    raise MeshNotQuiet(poll.state)
 
 
 async def wait_for_quiescence(
@@ -112,7 +172,7 @@ async def wait_for_quiescence(
     ``httpx.HTTPError`` when the collector cannot be reached. Cancelling the
     awaiting task ends the wait at once.
     """
-    poll = _LongPoll(trace_id, endpoint, timeout, roots)
+    poll = _cascade_poll(trace_id, endpoint, timeout, roots)
     async with httpx.AsyncClient(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
         while (params := poll.params()) is not None:
             if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
@@ -122,7 +182,7 @@ async def wait_for_quiescence(
 
 def wait_sync(trace_id: str, *, endpoint: str, timeout: float, roots: int = 1, token: str | None = None) -> dict[str, Any]:
     """``wait_for_quiescence`` for code without an event loop (the CLI, the pytest fixture)."""
-    poll = _LongPoll(trace_id, endpoint, timeout, roots)
+    poll = _cascade_poll(trace_id, endpoint, timeout, roots)
     with httpx.Client(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
         while (params := poll.params()) is not None:
             if (state := poll.answer(client.get(poll.url, params=params))) is not None:
@@ -145,7 +205,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "outbound call). Losses and failures are printed."
         ),
     )
-    p.add_argument("trace_id", metavar="TRACE_ID", help="32 hex digits")
+    p.add_argument("trace_id", metavar="TRACE_ID", nargs="?", help="32 hex digits (not with --mesh)")
+    p.add_argument("--mesh", action="store_true",
+                   help="wait instead until every cascade whose root request arrived in a window (--since, --until) "
+                        "has settled: a drain gate for a suite that does not know its trace ids; exit codes as "
+                        "below for the worst outcome")
+    p.add_argument("--since", type=float, help="with --mesh: start of the window, unix seconds")
+    p.add_argument("--until", type=float, help="with --mesh: end of the window, unix seconds (default: now)")
+    p.add_argument("--grace", type=float,
+                   help="with --mesh: seconds after the window during which its root requests may still be "
+                        "reported (default: the collector's --root-grace)")
     p.add_argument("--endpoint", default=os.environ.get("A2A_QUIESCENCE_API", DEFAULT_ENDPOINT),
                    help="collector HTTP API base URL (default %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default %(default)s)")
@@ -155,7 +224,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def run_mesh(args: argparse.Namespace) -> int:
+    if args.trace_id or args.since is None:
+        print("a2a-quiescence wait: --mesh takes --since (and no TRACE_ID)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.timeout < 0 or (args.until is not None and args.until < args.since) or (args.grace or 0) < 0:
+        print("a2a-quiescence wait: need --timeout >= 0, --until >= --since, --grace >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        state = wait_mesh_sync(since=args.since, until=args.until, endpoint=args.endpoint, timeout=args.timeout,
+                               grace=args.grace, token=args.token)
+    except MeshNotQuiet as exc:
+        if args.json:
+            print(json.dumps(exc.state, indent=2))
+        print(f"not quiet after {args.timeout:g}s: {describe_mesh(exc.state)}", file=sys.stderr)
+        return EXIT_NOT_SETTLED
+    except httpx.HTTPStatusError as exc:
+        print(f"a2a-quiescence wait: collector answered {exc.response.status_code}: {exc.response.text[:200]}", file=sys.stderr)
+        return EXIT_USAGE
+    except httpx.HTTPError as exc:
+        print(f"a2a-quiescence wait: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    outcome = state.get("outcome") or "completed"
+    if args.json:
+        print(json.dumps(state, indent=2))
+    else:
+        print(f"quiet: {len(state.get('cascades') or [])} cascade(s) rooted in the window settled ({outcome})")
+    if outcome != "completed":
+        print(f"settled {outcome}: {describe_mesh(state)}", file=sys.stderr)
+    return EXIT_BY_OUTCOME.get(outcome, EXIT_LOST)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.mesh:
+        return run_mesh(args)
+    if not args.trace_id:
+        print("a2a-quiescence wait: TRACE_ID is required (or --mesh --since T)", file=sys.stderr)
+        return EXIT_USAGE
     trace_id = args.trace_id.lower()
     if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
         print(f"a2a-quiescence wait: TRACE_ID must be 32 hex digits, got {args.trace_id!r}", file=sys.stderr)

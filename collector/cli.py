@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cascades tracked at most (oldest evicted, counted)")
     p.add_argument("--stuck-after", type=float, default=_env("STUCK_AFTER", "30"),
                    help="seconds without progress after which an open cascade is reported stuck")
+    p.add_argument("--root-grace", type=float, default=_env("ROOT_GRACE", "0.05"),
+                   help="default of /v1/mesh/wait's grace: seconds after a window ends during which root requests "
+                        "received in it may still be reported (agents report within milliseconds)")
     p.add_argument("--retention", type=float, default=_env("RETENTION", "300"),
                    help="seconds a settled cascade stays queryable in detail")
     p.add_argument("--agent-timeout", type=float, default=_env("AGENT_TIMEOUT", "10"),
@@ -92,6 +95,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         token = Path(args.token_file).read_text(encoding="utf-8").strip()
         if not token:
             raise ValueError(f"--token-file {args.token_file} is empty")
+    if not 0 <= args.root_grace <= 60:
+        raise ValueError(f"--root-grace must be 0..60 seconds, got {args.root_grace}")
     for flag in ("max_body_bytes", "max_agents", "max_cascades", "stuck_after", "retention", "agent_timeout", "forward_queue"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be greater than 0, got {getattr(args, flag)}")
@@ -107,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_agents=args.max_agents,
         max_cascades=args.max_cascades,
         stuck_after=args.stuck_after,
+        root_grace=args.root_grace,
         retention=args.retention,
         agent_timeout=args.agent_timeout,
         forward=args.forward,

@@ -25,6 +25,9 @@ class Config:
     forward_queue: int = 1000
     forward_retries: int = 3
     max_wait: float = 300.0
+    # how long after a mesh wait's window ends a root request received in it may
+    # still be on its way to the collector (agents report within milliseconds)
+    root_grace: float = 0.05
 
 
 def split_hostport(value: str) -> tuple[str, int]:

@@ -23,7 +23,7 @@ from a2a_quiescence import names
 from a2a_quiescence.collector import otlp
 from a2a_quiescence.collector.config import Config, split_hostport
 from a2a_quiescence.collector.metrics import LatencyHistogram, StateCollector
-from a2a_quiescence.collector.settlement import Cascade, Detector
+from a2a_quiescence.collector.settlement import Cascade, Detector, worse
 from a2a_quiescence.collector.state import MeshState
 
 STATUS_PAGE = Path(__file__).with_name("status_page.html")
@@ -37,6 +37,7 @@ class Collector:
         self.id = uuid.uuid4().hex
         self.latency = LatencyHistogram()
         self._changed: dict[str, asyncio.Event] = {}
+        self._mesh_changed: asyncio.Event | None = None  # set on any cascade change, while someone waits
         self._waiting: dict[str, int] = {}
         self.detector = Detector(
             stuck_after=config.stuck_after,
@@ -58,6 +59,9 @@ class Collector:
         event = self._changed.pop(cascade.trace_id, None)
         if event is not None:
             event.set()
+        if self._mesh_changed is not None:
+            self._mesh_changed.set()
+            self._mesh_changed = None
 
     def _on_settle(self, cascade: Cascade) -> None:
         # observed once per cascade (a later root wave settling again is not a new detection)
@@ -250,7 +254,7 @@ class Collector:
         deadline = time.monotonic() + timeout
         while True:
             cascade = self.detector.cascades.get(trace_id)
-            if cascade is not None and cascade.settled and cascade.settled_roots >= max(roots, _roots_in_view(cascade)):
+            if cascade is not None and cascade.done(roots):
                 # a root wave reported after the settle (same trace id) must settle too
                 return JSONResponse(self.describe(trace_id))
             if cascade is None and trace_id in self.detector.tombstones:
@@ -271,6 +275,67 @@ class Collector:
                     self._waiting[trace_id] = left
                 elif self._changed.get(trace_id) is event:
                     del self._changed[trace_id]
+
+    def mesh_window(self, since: float, until: float) -> tuple[bool, dict[str, Any]]:
+        """(every cascade rooted in [since, until] done?, the answer listing each)."""
+        held, forgotten = self.detector.rooted_between(since, until)
+        items = []
+        waiting = 0
+        for cascade in sorted(held, key=lambda c: c.started()):
+            d = self.describe(cascade.trace_id)
+            done = cascade.done()
+            waiting += not done
+            item = {k: d.get(k) for k in ("trace_id", "status", "outcome", "started_at", "settled_at",
+                                            "losses", "failures", "lost", "failed", "awaiting")}
+            if not done:
+                item["holders"] = d.get("holders", [])
+                item["pending_roots"] = d.get("pending_roots", 0)
+            items.append(item)
+        items.extend({"trace_id": t, "status": "settled", "outcome": o, "forgotten": True} for t, o in forgotten)
+        outcomes = [i["outcome"] for i in items if i.get("outcome")]
+        worst = None
+        for outcome in outcomes:
+            worst = worse(worst, outcome)
+        return waiting == 0, {
+            "since": since, "until": until, "settled": waiting == 0, "cascades": items,
+            "open": waiting, "outcome": worst if waiting == 0 else None,
+        }
+
+    async def api_mesh_wait(self, request: Request) -> Response:
+        """Wait until every cascade whose root request arrived in [since, until] has
+        settled; roots reported up to ``grace`` seconds after ``until`` count too."""
+        if (denied := self._api_auth(request)) is not None:
+            return denied
+        now = time.time()
+        q = request.query_params
+        try:
+            since = float(q["since"])
+            until = float(q.get("until", now))
+            timeout = float(q.get("timeout", "30"))
+            grace = float(q.get("grace", str(self.config.root_grace)))
+            if not (0 <= timeout <= self.config.max_wait and 0 <= grace <= 60 and since <= until):
+                raise ValueError
+        except (KeyError, ValueError):
+            return JSONResponse({"error": "since (unix seconds) is required; until >= since; "
+                                          f"timeout 0..{self.config.max_wait}; grace 0..60 seconds"}, 400)
+        deadline = time.monotonic() + timeout
+        # a root received before `until` may still be on its way to us: not before `until + grace`
+        reported_by = time.monotonic() + max(0.0, until + grace - now)
+        while True:
+            done, answer = self.mesh_window(since, until)
+            left = deadline - time.monotonic()
+            if done and time.monotonic() >= reported_by:
+                return JSONResponse(answer)
+            if left <= 0:
+                return JSONResponse(answer, 408)
+            if self._mesh_changed is None:
+                self._mesh_changed = asyncio.Event()
+            wake = self._mesh_changed
+            pause = left if not done else min(left, reported_by - time.monotonic())
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, pause))
+            except asyncio.TimeoutError:
+                pass
 
     async def api_mesh(self, request: Request) -> Response:
         if (denied := self._api_auth(request)) is not None:
@@ -303,6 +368,7 @@ class Collector:
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route("/v1/mesh", self.api_mesh),
+            Route("/v1/mesh/wait", self.api_mesh_wait),
             Route("/v1/cascades/{trace_id}", self.api_cascade),
             Route("/v1/cascades/{trace_id}/wait", self.api_wait),
         ]
@@ -368,10 +434,6 @@ class Collector:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def _roots_in_view(cascade: Cascade) -> int:
-    return sum(s.roots.count for s in cascade.view.values())
 
 
 def _trace_id(request: Request) -> str | None:

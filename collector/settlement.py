@@ -96,7 +96,7 @@ def _endings(value: Any, kinds: frozenset[str], what: str) -> tuple[dict[str, An
         if type(item) is not dict or item.get("kind") not in kinds:
             raise ValueError(f"each of {what} needs a kind among {sorted(kinds)}")
         out.append({str(k)[:64]: (v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:500])
-                    for k, v in list(item.items())[:16]})
+                    for k, v in list(item.items())[:16] if v is not None})
     return tuple(out)
 
 
@@ -129,6 +129,7 @@ class CascadeSnapshot:
     failures: tuple[dict[str, Any], ...] = ()
     losses: tuple[dict[str, Any], ...] = ()
     awaiting: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # task id -> (state, units held)
+    root_at: float | None = None  # wall clock at the hop when it received its first root request
 
     def awaiting_units(self) -> int:
         return sum(units for _state, units in self.awaiting.values())
@@ -167,6 +168,9 @@ class CascadeSnapshot:
             if len(failures) > failed or len(losses) > lost:
                 raise ValueError("failures/losses list more than failed/lost count")
             awaiting = _awaiting(body.get("awaiting"))
+            root_at = body.get("root_at")
+            if root_at is not None:
+                root_at = float(root_at)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed cascade snapshot: {exc!r}") from exc
         return cls(
@@ -186,20 +190,8 @@ class CascadeSnapshot:
             failures=failures,
             losses=losses,
             awaiting=awaiting,
+            root_at=root_at,
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "incarnation": self.incarnation,
-            "seq": self.seq,
-            "active": self.active,
-            "roots": self.roots.to_json(),
-            "sent": {k: v.to_json() for k, v in self.sent.items()},
-            "received": {k: v.to_json() for k, v in self.received.items()},
-            "aliases": list(self.aliases),
-            "passive_since": self.passive_since,
-            "at": self.at,
-        }
 
 
 def evaluate(snapshots: Iterable[CascadeSnapshot]) -> tuple[bool, list[dict[str, Any]]]:
@@ -361,11 +353,23 @@ class Cascade:
     holders: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0
     outcome: str | None = None  # once settled: completed, failed or lost (only ever worse)
+    root_at: float | None = None  # earliest root receipt any hop reported (its clock); else first_seen
     awaiting: list[dict[str, Any]] | None = None  # open, held only by tasks waiting for their user
 
     @property
     def settled(self) -> bool:
         return self.settled_at is not None
+
+    def started(self) -> float:
+        """When the cascade began: its first root receipt (the hop's clock), else when first seen."""
+        return self.root_at if self.root_at is not None else self.first_seen
+
+    def roots_in_view(self) -> int:
+        return sum(s.roots.count for s in self.view.values())
+
+    def done(self, roots: int = 1) -> bool:
+        """Settled with respect to every root request in the view (and at least ``roots``)."""
+        return self.settled and self.settled_roots >= max(roots, self.roots_in_view())
 
 
 class Detector:
@@ -395,7 +399,8 @@ class Detector:
         self.on_settle = on_settle
         self.on_change = on_change
         self.cascades: OrderedDict[str, Cascade] = OrderedDict()
-        self.tombstones: OrderedDict[str, tuple[float, str | None]] = OrderedDict()  # forgotten: (when, outcome)
+        # forgotten settled cascades: (when forgotten, outcome, when rooted)
+        self.tombstones: OrderedDict[str, tuple[float, str | None, float]] = OrderedDict()
         self.evicted_open = 0
         self.late_after_forget = 0
         self.settled_total = 0
@@ -420,6 +425,8 @@ class Detector:
             self.stale_total += 1
             return cascade
         cascade.view[snap.incarnation] = snap
+        if snap.root_at is not None and (cascade.root_at is None or snap.root_at < cascade.root_at):
+            cascade.root_at = snap.root_at
         if current is None or _changed(current, snap):
             # a resent or refreshed snapshot that says nothing new is not progress
             cascade.last_progress = now
@@ -460,12 +467,12 @@ class Detector:
         while len(self.cascades) > self.max_cascades:
             trace_id, old = self.cascades.popitem(last=False)
             if old.settled:
-                self._tombstone(trace_id, old.outcome)
+                self._tombstone(trace_id, old)
             else:
                 self.evicted_open += 1
 
-    def _tombstone(self, trace_id: str, outcome: str | None) -> None:
-        self.tombstones[trace_id] = (self.clock(), outcome)
+    def _tombstone(self, trace_id: str, cascade: Cascade) -> None:
+        self.tombstones[trace_id] = (self.clock(), cascade.outcome, cascade.started())
         while len(self.tombstones) > self.max_tombstones:
             self.tombstones.popitem(last=False)
 
@@ -489,7 +496,7 @@ class Detector:
             if c.settled_at is not None and now - c.settled_at >= self.retention
         ]
         for trace_id in gone:
-            self._tombstone(trace_id, self.cascades.pop(trace_id).outcome)
+            self._tombstone(trace_id, self.cascades.pop(trace_id))
         return len(gone)
 
     def describe(self, trace_id: str, now: float | None = None) -> dict[str, Any]:
@@ -531,6 +538,7 @@ class Detector:
             "detection_latency_seconds": cascade.detection_latency,
             "activity_after_settle": cascade.activity_after_settle,
             "first_seen": cascade.first_seen,
+            "started_at": cascade.started(),
             "last_progress": cascade.last_progress,
             "seconds_without_progress": round(now - cascade.last_progress, 3),
             "holders": [] if cascade.settled else cascade.holders,
@@ -562,6 +570,14 @@ class Detector:
             if not c.awaiting and now - c.last_progress >= self.stuck_after:
                 stuck += 1
         return open_, stuck
+
+    def rooted_between(self, since: float, until: float) -> tuple[list[Cascade], list[tuple[str, str | None]]]:
+        """Cascades whose first root request arrived in [since, until]: those still
+        held, and (trace id, outcome) of those settled and since forgotten."""
+        held = [c for c in self.cascades.values() if since <= c.started() <= until]
+        forgotten = [(t, outcome) for t, (_when, outcome, started) in self.tombstones.items()
+                     if since <= started <= until]
+        return held, forgotten
 
     def awaiting_count(self) -> int:
         """Open cascades held only by tasks waiting for their user."""

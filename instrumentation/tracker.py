@@ -54,6 +54,7 @@ class _Cascade:
     failed: int = 0
     lost: int = 0
     ended: set[tuple[bool, str]] = field(default_factory=set)  # (is loss, a2a task id) already recorded
+    root_at: float | None = None  # wall clock of the first root request received here
 
 
 class WorkToken:
@@ -215,6 +216,8 @@ class HopTracker:
                 c.received[sender] = c.received.get(sender, EMPTY).with_id(message_id)
             else:
                 c.roots = c.roots.with_id(message_id)
+                if c.root_at is None:
+                    c.root_at = self.clock()
             if alias:
                 c.aliases.add(alias)
             c.active += 1
@@ -398,6 +401,8 @@ class HopTracker:
                     "passive_since": c.passive_since,
                     "at": now,
                 }
+                if c.root_at is not None:
+                    body["root_at"] = c.root_at
                 if c.failed or c.lost:
                     body["failed"] = c.failed
                     body["lost"] = c.lost
