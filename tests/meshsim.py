@@ -28,13 +28,29 @@ instrumentation records things:
 * pushes to an (uninstrumented) webhook are only a work unit on the sender
   for the duration of the POST;
 * a snapshot is all fields of one incarnation at one instant, with an
-  increasing ``seq``.
+  increasing ``seq``;
+* a unit of work may end badly (when the ``endings`` feature is drawn): the
+  agents report a failure (``names.FAILURE_KINDS``) or the work is lost
+  (``names.LOSS_KINDS``: a call that failed in transport, a push that failed,
+  a task destroyed while pending, work cancelled by a shutdown drain). The
+  incarnation records the ending (``failed``/``lost`` counts and the
+  ``failures``/``losses`` lists) in the same step that releases the unit, or
+  while it still holds the unit (a client's cancel), like the tracker; a task
+  destroyed while pending is released, with its loss, at the incarnation's
+  next snapshot (``release_later``). A restart may drain first: every unit it
+  holds is released with a loss, then it reports and exits. The simulator
+  keeps the ground truth: every ending that happened, plus work that died
+  with a killed incarnation or a message lost on the wire.
 
 ``Variant`` switches in the weakenings of the SETTLEMENT.md table, either in
 the detector's rule, in the instrumentation (torn snapshots, receipt before
 becoming active, send recorded after going passive, counters reset under the
 same key on restart), in the execution (a second root request) or in the
-oracle (``root task COMPLETED``).
+oracle (``root task COMPLETED``); and the weakenings of the verdict: an
+ending recorded in a later step than the release, a snapshot whose endings
+are from an earlier instant than its flag, a detector that reads endings
+only from snapshots showing the hop active, or one that recomputes the
+outcome after dropping a restarted hop's old incarnation.
 """
 
 from __future__ import annotations
@@ -46,6 +62,7 @@ from typing import Any, Callable
 
 from hypothesis import strategies as st
 
+from a2a_quiescence import names
 from a2a_quiescence.collector.settlement import (
     EMPTY,
     MASK64,
@@ -53,6 +70,7 @@ from a2a_quiescence.collector.settlement import (
     Detector,
     Tally,
     evaluate,
+    verdict,
 )
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -67,6 +85,30 @@ WITHDRAWN = "withdrawn"  # provably never left; the sender withdrew the id
 MAX_RESTARTS = 3
 OBSERVER_LIMIT = 4000
 MAX_ROOTS = 3
+
+
+COMPLETED, FAILED, LOST_WORK = names.VERDICT_COMPLETED, names.VERDICT_FAILED, names.VERDICT_LOST
+SEVERITY = {COMPLETED: 0, FAILED: 1, LOST_WORK: 2}
+BY_SEVERITY = (COMPLETED, FAILED, LOST_WORK)
+
+# how each kind of unit may end badly (drawn when the ``endings`` feature is on)
+BAD_ENDINGS = {
+    "root": (names.END_EXECUTOR_FAILED, names.END_TASK_FAILED, names.END_TASK_REJECTED,
+             names.END_CANCELLED, names.END_DESTROYED_PENDING),
+    "task": (names.END_EXECUTOR_FAILED, names.END_TASK_FAILED, names.END_TASK_REJECTED,
+             names.END_CANCELLED, names.END_DESTROYED_PENDING),
+    "bg": (names.END_EXECUTOR_FAILED, names.END_CANCELLED, names.END_DESTROYED_PENDING),
+    "cancel": (names.END_REQUEST_FAILED,),
+    "call": (names.END_CALL_REJECTED, names.END_CALL_FAILED),
+    "push": (names.END_PUSH_FAILED,),
+}
+# what a shutdown drain records for each unit it cancels
+DRAIN_ENDING = {"call": names.END_CALL_FAILED, "push": names.END_PUSH_FAILED}
+assert all(k in names.FAILURE_KINDS | names.LOSS_KINDS for ks in BAD_ENDINGS.values() for k in ks)
+
+
+def severity_of(failed: int, lost: int) -> int:
+    return 2 if lost else 1 if failed else 0
 
 
 def authority(hop: str) -> str:
@@ -162,6 +204,54 @@ class RuleDetector(Detector):
             self.settled_total += 1
 
 
+# --------------------------------------------------------------------------
+# verdicts (the real one and the weakened ones), each: (detector, cascade) -> outcome
+# --------------------------------------------------------------------------
+def outcome_from_active_snapshots(detector: "VerdictDetector", cascade) -> str:
+    """Weakening: endings read only from snapshots that show the hop active
+    ("endings are recorded while work is held"), which misses the ending
+    recorded in the same critical section as the last release."""
+    snaps = detector.last_active.get(cascade.trace_id, {}).values()
+    return verdict(snaps)["outcome"]
+
+
+def outcome_from_latest_incarnations(detector: "VerdictDetector", cascade) -> str:
+    """Weakening: the view compacted to the newest incarnation of each hop (a
+    restarted hop's old incarnation dropped), the outcome recomputed from it."""
+    newest: dict[str, float] = {}
+    for s in cascade.view.values():
+        newest[s.hop] = max(newest.get(s.hop, s.at), s.at)
+    return verdict([s for s in cascade.view.values() if s.at == newest[s.hop]])["outcome"]
+
+
+OUTCOME_RULES = {
+    "active_snapshots": outcome_from_active_snapshots,
+    "latest_incarnations": outcome_from_latest_incarnations,
+}
+
+
+class VerdictDetector(Detector):
+    """The real Detector (same rule, same sticky settled flag) with the
+    outcome taken from ``outcome_of`` when it settles, and, if ``recompute``,
+    again after every later ingest."""
+
+    def __init__(self, outcome_of, recompute: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.outcome_of = outcome_of
+        self.recompute = recompute
+        # per cascade, per incarnation: its latest snapshot that showed it active
+        self.last_active: dict[str, dict[str, CascadeSnapshot]] = {}
+
+    def _decide(self, cascade, now):  # type: ignore[override]
+        for s in cascade.view.values():
+            if s.active > 0:
+                self.last_active.setdefault(cascade.trace_id, {})[s.incarnation] = s
+        was_settled = cascade.settled
+        super()._decide(cascade, now)
+        if cascade.settled and (not was_settled or self.recompute):
+            cascade.outcome = self.outcome_of(self, cascade)
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -183,6 +273,11 @@ class Variant:
     # whether it needs a root receipt. None: no observer.
     balance: str | None = "ids"
     needs_root: bool = True
+    # endings (the verdict on a settled cascade)
+    ending_after_release: bool = False  # instrumentation: the ending recorded in a later step
+    torn_endings: bool = False  # instrumentation: endings from an earlier instant than the flag
+    outcome_of: str | None = None  # detector: a weakened verdict (OUTCOME_RULES); None: the real one
+    recompute_outcome: bool = False  # detector: outcome recomputed on every ingest once settled
 
 
 REAL = Variant("real", strict=True, finish=True)
@@ -217,6 +312,21 @@ WEAKENINGS = {
     ),
 }
 
+# weakenings of the verdict: the generator must find a settled cascade whose
+# outcome is better than the truth (an early ``completed``)
+OUTCOME_WEAKENINGS = {
+    "ending recorded after the release": Variant("ending_late", ending_after_release=True),
+    "endings from an earlier instant than the flag (torn snapshot)": Variant(
+        "torn_endings", torn_endings=True, balance=None
+    ),
+    "endings read only from snapshots showing the hop active": Variant(
+        "active_only_endings", outcome_of="active_snapshots", balance=None
+    ),
+    "outcome recomputed without a restarted hop's old incarnation": Variant(
+        "latest_incarnations", outcome_of="latest_incarnations", recompute_outcome=True, balance=None
+    ),
+}
+
 
 # --------------------------------------------------------------------------
 # execution state
@@ -229,6 +339,7 @@ class Unit:
     cancelled: bool = False
     blocked_on: str | None = None  # a task waiting for its blocking call
     msg: str | None = None  # the message of a call unit
+    doomed: str | None = None  # destroyed while pending: released with this loss at the next snapshot
 
 
 @dataclass
@@ -260,9 +371,19 @@ class Incarnation:
     deferred: list[Message] = field(default_factory=list)  # send_after_passive only
     died_active: bool = False
     died_unreported: bool = False
+    # how its work ended, as recorded (cumulative, like the tracker's)
+    failed: int = 0
+    lost: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    endings_history: list[tuple] = field(default_factory=lambda: [(0, 0, (), ())])  # torn_endings only
+    late_endings: list[dict[str, Any]] = field(default_factory=list)  # ending_after_release only
 
     def reported_active(self) -> int:
         return sum(1 for u in self.units.values() if u.counted)
+
+    def endings(self) -> tuple:
+        return (self.failed, self.lost, tuple(self.failures), tuple(self.losses))
 
     def tallies(self) -> tuple:
         return (self.roots, dict(self.sent), dict(self.received))
@@ -283,6 +404,7 @@ class Features:
     slow_sends: bool  # sends may wait before leaving (and may be refused: withdrawn)
     random_snapshots: bool  # snapshots at random times, delivered at random
     handlers: bool  # a delivery may run a short handler at once: a few sends, maybe finish
+    endings: bool = False  # units may end failed or lost; a restart may drain first
 
 
 @dataclass
@@ -299,6 +421,10 @@ class Outcome:
     snapshots: int
     ingests: int
     liveness_checked: bool
+    outcome: str | None = None  # the detector's outcome at the end of the run
+    truth: str = COMPLETED  # how the execution's work ended, as the simulator knows it
+    bad_outcome: tuple[str, str] | None = None  # (outcome, truth) when the violation is about the verdict
+    improved: bool = False  # the violation is an outcome that got better after the settle
 
     def __repr__(self) -> str:
         head = f"<{self.variant}: {self.violation or 'no violation'}; {self.hops} hops, {self.features}>"
@@ -330,10 +456,19 @@ class MeshSim:
         self.restarts = 0
         self.ingests = 0
         self.liveness_checked = False
+        self.happened: list[tuple[str, str]] = []  # every ending of the execution: (hop, kind)
+        self.outcome_seen: str | None = None  # the worst outcome the detector has given so far
+        self.bad_outcome: tuple[str, str] | None = None
+        self.improved = False
         kwargs = dict(clock=lambda: float(self.clock), stuck_after=1e9, retention=1e9)
-        self.detector: Detector = (
-            Detector(**kwargs) if variant.rule is None else RuleDetector(variant.rule, **kwargs)
-        )
+        if variant.rule is not None:
+            self.detector: Detector = RuleDetector(variant.rule, **kwargs)
+        elif variant.outcome_of is not None:
+            self.detector = VerdictDetector(
+                OUTCOME_RULES[variant.outcome_of], variant.recompute_outcome, **kwargs
+            )
+        else:
+            self.detector = Detector(**kwargs)
         # the exhaustive observer: per snapshot key, every distinct state a
         # snapshot could have shown with active == 0, and when it first existed
         self.cands: dict[str, list[Candidate]] = {}
@@ -362,9 +497,43 @@ class MeshSim:
         self._note(inc)
         return unit
 
-    def _remove_unit(self, inc: Incarnation, unit: Unit) -> None:
+    def _remove_unit(self, inc: Incarnation, unit: Unit, ending: str | None = None, *, now: bool = True) -> None:
+        """Release ``unit``; a bad ``ending`` is recorded in the same step (or,
+        weakened, in a later one). ``now``: the ending happens now (not
+        earlier, as for a task destroyed while pending)."""
+        if ending is not None:
+            if now:
+                self.happened.append((inc.hop, ending))
+            item = {"kind": ending, "task_id": f"u{unit.uid}", "detail": unit.kind}
+            if self.variant.ending_after_release:
+                inc.late_endings.append(item)
+            else:
+                self._record_ending(inc, item)
         del inc.units[unit.uid]
         self._note(inc)
+
+    def _record_ending(self, inc: Incarnation, item: dict[str, Any]) -> None:
+        if item["kind"] in names.LOSS_KINDS:
+            inc.lost += 1
+            inc.losses.append(item)
+        else:
+            inc.failed += 1
+            inc.failures.append(item)
+        inc.endings_history.append(inc.endings())
+        self.log.append(f"{inc.name()} records {item['kind']} ({item.get('detail')})")
+
+    def _draw_ending(self, kind: str) -> str | None:
+        """How a unit of ``kind`` ends: None (completed) or a bad ending."""
+        if not self.features.endings or not self.draw(st.booleans()):
+            return None
+        return self.draw(st.sampled_from(BAD_ENDINGS[kind]))
+
+    def _collect(self, inc: Incarnation) -> None:
+        """Units destroyed while pending are released, with their loss, when
+        the incarnation next takes a snapshot (the tracker's ``release_later``)."""
+        for unit in [u for u in inc.units.values() if u.doomed]:
+            self.log.append(f"{inc.name()} releases u{unit.uid}, destroyed while pending")
+            self._remove_unit(inc, unit, unit.doomed, now=False)
 
     def _note(self, inc: Incarnation) -> None:
         active = inc.reported_active()
@@ -398,6 +567,24 @@ class MeshSim:
         if any(inc.died_active for inc in self.incs):
             return False
         return True
+
+    def truth(self) -> str:
+        """How the execution's work has ended so far: lost when a unit was lost
+        (an ending, work that died with a killed incarnation, a message lost on
+        the wire), else failed when the agents reported a failure."""
+        if (
+            any(kind in names.LOSS_KINDS for _hop, kind in self.happened)
+            or any(inc.died_active for inc in self.incs)
+            or any(m.state == LOST for m in self.messages)
+        ):
+            return LOST_WORK
+        return FAILED if self.happened else COMPLETED
+
+    def detector_outcome(self) -> str | None:
+        if self.variant.oracle == "root_completed":
+            return None
+        cascade = self.detector.cascades.get(TRACE_ID)
+        return cascade.outcome if cascade is not None else None
 
     def strict_ok(self) -> bool:
         return not any(inc.died_unreported for inc in self.incs)
@@ -437,8 +624,29 @@ class MeshSim:
         elif self.variant.strict and not self.strict_ok():
             dead = [i.name() for i in self.incs if i.died_unreported]
             self.violation = f"settled after {where} although {dead} died holding unreported state"
+        else:
+            self.check_outcome(where)
         if self.violation:
             self.log.append("!! " + self.violation)
+
+    def check_outcome(self, where: str) -> None:
+        """Settled: the outcome is never better than the truth, nor worse (it
+        names only endings that happened): it is the truth."""
+        outcome = self.detector_outcome()
+        if outcome is None:  # a weakened settle rule, or an oracle without a verdict
+            return
+        truth = self.truth()
+        if SEVERITY[outcome] < SEVERITY[truth]:
+            self.bad_outcome = (outcome, truth)
+            self.violation = f"settled {outcome} after {where}, but work {truth}: {self.happened_text()}"
+        elif SEVERITY[outcome] > SEVERITY[truth]:
+            self.violation = f"settled {outcome} after {where}, worse than the truth ({truth})"
+
+    def happened_text(self) -> str:
+        parts = [f"{hop} {kind}" for hop, kind in self.happened]
+        parts += [f"{inc.name()} died holding work" for inc in self.incs if inc.died_active]
+        parts += [f"{m.src_hop}->{m.dst_hop} lost on the wire" for m in self.messages if m.state == LOST]
+        return ", ".join(parts)
 
     # ---- the exhaustive observer ---------------------------------------------
     # Whatever hypothesis chose, *any* instant of an incarnation could have been
@@ -452,12 +660,12 @@ class MeshSim:
         for inc in self._live():
             if inc.reported_active() != 0 and not self.variant.torn:
                 continue
-            ident = (inc.key, _norm(inc.tallies()))
+            ident = (inc.key, _norm(inc.tallies()), inc.failed, inc.lost)  # endings only grow
             if ident in self.cand_seen:
                 continue
             self.cand_seen.add(ident)
             cand = Candidate(inc, inc.roots, dict(inc.sent), dict(inc.received), self.clock,
-                             self._vec(inc))
+                             self._vec(inc), inc.endings())
             found = self._search(cand)
             self.cands.setdefault(inc.key, []).append(cand)
             if found is not None:
@@ -496,28 +704,36 @@ class MeshSim:
         return tuple(a + b for a, b in zip(v, w))
 
     def _search(self, cand: "Candidate") -> list["Candidate"] | None:
+        """A view holding ``cand`` that satisfies the rule while the execution
+        has not terminated, or (the real verdict) whose endings make its
+        outcome better than the truth; None if there is none."""
         self.observer_searches += 1
         need_root = self.variant.needs_root
         zero = tuple(0 for _ in cand.vec)
         start = self._add(zero, cand.vec)
-        # reachable (sum of vectors, has a root) -> one choice of candidates
-        states: dict[tuple, list[Candidate]] = {(start, cand.roots.count > 0): [cand]}
+        # reachable (sum of vectors, has a root, worst ending shown) -> one choice of candidates
+        states: dict[tuple, list[Candidate]] = {(start, cand.roots.count > 0, cand.severity()): [cand]}
         for key, cands in self.cands.items():
             if key == cand.inc.key:
                 continue
             new = dict(states)  # this key not in the view
-            for (v, r), chosen in states.items():
+            for (v, r, sev), chosen in states.items():
                 for c in cands:
-                    state = (self._add(v, c.vec), r or c.roots.count > 0)
+                    state = (self._add(v, c.vec), r or c.roots.count > 0, max(sev, c.severity()))
                     if state not in new:
                         new[state] = chosen + [c]
             if len(new) > OBSERVER_LIMIT:
                 self.observer_truncated += 1
                 new = dict(list(new.items())[:OBSERVER_LIMIT])
             states = new
+        early = not self.latched and not self.terminated_now()
+        # the verdict on a view is the real one unless the detector's is weakened
+        real_verdict = self.variant.outcome_of is None and self.variant.rule is None
+        truth = SEVERITY[self.truth()] if real_verdict and not early else 0
         for root in (True, False) if not need_root else (True,):
-            if (zero, root) in states and not self.latched and not self.terminated_now():
-                return states[(zero, root)]
+            for sev in range(3):
+                if (zero, root, sev) in states and (early or sev < truth):
+                    return states[(zero, root, sev)]
         return None
 
     def _observer_violation(self, chosen: list["Candidate"], where: str) -> None:
@@ -525,13 +741,22 @@ class MeshSim:
         rule = self.variant.rule or rule_real
         assert rule(view), f"observer and rule disagree on {view}"  # the model's own check
         parts = ", ".join(
-            f"{c.inc.name()} as at t={c.at} (roots={c.roots.count} sent={_count(c.sent)} recv={_count(c.received)})"
+            f"{c.inc.name()} as at t={c.at} (roots={c.roots.count} sent={_count(c.sent)} recv={_count(c.received)}"
+            f" failed={c.endings[0]} lost={c.endings[1]})"
             for c in chosen
         )
-        self.violation = (
-            f"early settle possible after {where}: a view of {parts} satisfies the rule"
-            f" while {self.why_not_terminated()}"
-        )
+        if not self.latched and not self.terminated_now():
+            self.violation = (
+                f"early settle possible after {where}: a view of {parts} satisfies the rule"
+                f" while {self.why_not_terminated()}"
+            )
+        else:
+            outcome, truth = verdict(view)["outcome"], self.truth()
+            self.bad_outcome = (outcome, truth)
+            self.violation = (
+                f"settle {outcome} possible after {where}: a view of {parts} satisfies the rule"
+                f" while work {truth}: {self.happened_text()}"
+            )
         self.log.append("!! " + self.violation)
 
     # ---- the step ------------------------------------------------------------
@@ -541,6 +766,7 @@ class MeshSim:
             for inc in self._live()
             for u in inc.units.values()
             if u.kind in ("root", "task", "bg") and u.counted and u.blocked_on is None and not u.cancelled
+            and not u.doomed
         ]
 
     def finishable(self) -> list[tuple[Incarnation, Unit]]:
@@ -549,6 +775,7 @@ class MeshSim:
             for inc in self._live()
             for u in inc.units.values()
             if u.kind in ("root", "task", "bg", "cancel") and u.counted and u.blocked_on is None
+            and not u.doomed
         ]
 
     def units_of(self, kind: str, pred=lambda inc, u: True) -> list[tuple[Incarnation, Unit]]:
@@ -588,6 +815,10 @@ class MeshSim:
             cats.append("activate")
         if any(inc.deferred for inc in self._live()):
             cats.append("record_send")
+        if self.variant.ending_after_release and any(inc.late_endings for inc in self._live()):
+            cats.append("record_ending")
+        if self.features.endings and any(u.doomed for inc in self._live() for u in inc.units.values()):
+            cats.append("collect")
         if (
             self.variant.second_root
             and self.roots_sent < MAX_ROOTS
@@ -663,8 +894,8 @@ class MeshSim:
         m.state = WITHDRAWN
         auth = authority(m.dst_hop)
         inc.sent[auth] = inc.sent[auth].without_id(m.mid)
-        self._end_call(inc, inc.units[m.call_uid])
         self.log.append(f"{m.src_hop}->{m.dst_hop} ({m.mid[:6]}) refused before leaving; id withdrawn")
+        self._end_call(inc, inc.units[m.call_uid], names.END_CALL_FAILED)
 
     def do_lose(self) -> None:
         m = self._pick(self.msgs(FLIGHT, lambda m: m.kind != "root"))
@@ -676,8 +907,8 @@ class MeshSim:
         unit = self.deliver(m, choose=True)
         call = m.src.units.get(m.call_uid) if m.src.alive else None
         if call is not None and self.draw(st.booleans()):
-            self._end_call(m.src, call)  # the response comes straight back
             self.log.append(f"{m.src.name()} call ({m.mid[:6]}) returns")
+            self._end_call(m.src, call, self._draw_ending("call"))  # the response comes straight back
         self._handler(unit)
 
     def do_deliver_root(self) -> None:
@@ -695,7 +926,7 @@ class MeshSim:
             if m.state == PENDING:
                 m.state = FLIGHT
         if self.draw(st.booleans()):
-            self.finish_unit(inc, unit)
+            self.finish_unit(inc, unit, self._draw_ending(unit.kind))
 
     def deliver(self, m: Message, choose: bool) -> Unit:
         inc = self.current[m.dst_hop]
@@ -717,28 +948,45 @@ class MeshSim:
                 target = self._pick(targets) if choose else targets[0]
                 target.cancelled = True  # still work until its producer finishes
                 self.log.append(f"{inc.name()} producer u{target.uid} cancelled (still running)")
+                # the client's cancel is a failure the agents report, recorded now,
+                # while the producer still holds its unit (patches.active_task_cancel)
+                self.happened.append((inc.hop, names.END_TASK_CANCELLED))
+                self._record_ending(inc, {"kind": names.END_TASK_CANCELLED, "task_id": f"u{target.uid}"})
         return unit
 
     def do_call_end(self) -> None:
         inc, unit = self._pick(self.units_of("call", lambda inc, u: self._msg(u.msg).state != PENDING))
-        self._end_call(inc, unit)
         self.log.append(f"{inc.name()} call ({unit.msg[:6]}) returns")
+        if self._msg(unit.msg).state == LOST:
+            # its request never arrived: the caller times out (a transport failure)
+            ending = names.END_CALL_FAILED if self.features.endings else None
+        else:
+            ending = self._draw_ending("call")
+        self._end_call(inc, unit, ending)
 
-    def _end_call(self, inc: Incarnation, unit: Unit) -> None:
+    def _end_call(self, inc: Incarnation, unit: Unit, ending: str | None = None) -> None:
         for u in inc.units.values():
             if u.blocked_on == unit.msg:
                 u.blocked_on = None
-        self._remove_unit(inc, unit)
+        self._remove_unit(inc, unit, ending)
 
     def do_finish(self) -> None:
         inc, unit = self._pick(self.finishable())
-        self.finish_unit(inc, unit)
+        self.finish_unit(inc, unit, self._draw_ending(unit.kind))
 
-    def finish_unit(self, inc: Incarnation, unit: Unit) -> None:
-        self._remove_unit(inc, unit)
+    def finish_unit(self, inc: Incarnation, unit: Unit, ending: str | None = None) -> None:
+        if ending == names.END_DESTROYED_PENDING:
+            # garbage-collected while pending: lost now; its unit is released
+            # (with the loss) at the next snapshot, looking held until then
+            unit.doomed = ending
+            self.happened.append((inc.hop, ending))
+            self.log.append(f"{inc.name()} {unit.kind} u{unit.uid} destroyed while pending")
+            return
+        self._remove_unit(inc, unit, ending)
         if unit.kind == "root" and getattr(self, "first_root_uid", None) == unit.uid:
             self.root_finished = True
-        self.log.append(f"{inc.name()} {unit.kind} u{unit.uid} finishes (active={inc.reported_active()})")
+        how = f" {ending}" if ending else ""
+        self.log.append(f"{inc.name()} {unit.kind} u{unit.uid} finishes{how} (active={inc.reported_active()})")
 
     def do_spawn(self) -> None:
         inc, _ = self._pick(self.actable())
@@ -752,8 +1000,17 @@ class MeshSim:
 
     def do_push_end(self) -> None:
         inc, unit = self._pick(self.units_of("push"))
-        self._remove_unit(inc, unit)
-        self.log.append(f"{inc.name()} push POST completes")
+        ending = self._draw_ending("push")
+        self.log.append(f"{inc.name()} push POST {'fails' if ending else 'completes'}")
+        self._remove_unit(inc, unit, ending)
+
+    def do_record_ending(self) -> None:
+        inc = self._pick([inc for inc in self._live() if inc.late_endings])
+        self._record_ending(inc, inc.late_endings.pop(0))
+
+    def do_collect(self) -> None:
+        # the reporter's next pass over an incarnation holding a destroyed task
+        self.snapshot(self._pick([inc for inc in self._live() if any(u.doomed for u in inc.units.values())]))
 
     def do_activate(self) -> None:
         inc, unit = self._pick(
@@ -776,20 +1033,32 @@ class MeshSim:
     def do_restart(self) -> None:
         hop = self._pick(self.hops)
         graceful = self.draw(st.booleans())
+        drain = graceful and self.features.endings and self.draw(st.booleans())
         old = self.current[hop]
+        if drain:
+            # the shutdown drain cancels every unit still held: each one lost,
+            # recorded as it is released
+            self._collect(old)
+            for unit in list(old.units.values()):
+                self._remove_unit(old, unit, DRAIN_ENDING.get(unit.kind, names.END_CANCELLED_BY_SHUTDOWN))
         if graceful:
             self.snapshot(old)
         old.alive = False
         old.died_active = bool(old.units)
         last = old.snapshots[-1] if old.snapshots else None
         reported = (last.roots, dict(last.sent), dict(last.received)) if last else (EMPTY, {}, {})
+        reported_endings = (last.failed, last.lost) if last else (0, 0)
         # also "unreported" when its last report still says active: it went
         # passive and died before saying so (the detector cannot know)
-        old.died_unreported = _norm(old.tallies()) != _norm(reported) or bool(last and last.active)
+        old.died_unreported = (
+            _norm(old.tallies()) != _norm(reported)
+            or bool(last and last.active)
+            or reported_endings != (old.failed, old.lost)
+        )
         self.restarts += 1
         new = self._start(hop)
         self.log.append(
-            f"{old.name()} {'exits' if graceful else 'is killed'}"
+            f"{old.name()} {'drains and exits' if drain else 'exits' if graceful else 'is killed'}"
             f"{' ACTIVE' if old.died_active else ''}"
             f"{' with unreported state' if old.died_unreported else ''}; {new.name()} starts"
         )
@@ -802,9 +1071,14 @@ class MeshSim:
         self.snapshot(self._pick(self._live()))
 
     def snapshot(self, inc: Incarnation, *, torn_ok: bool = True) -> CascadeSnapshot:
+        self._collect(inc)
         active = inc.reported_active()
         if self.variant.torn and torn_ok:
             active = self._pick(inc.history)  # the flag read at some earlier instant
+        failed, lost, failures, losses = inc.endings()
+        if self.variant.torn_endings and torn_ok:
+            # the endings read at some earlier instant than the flag
+            failed, lost, failures, losses = self._pick(inc.endings_history)
         if self.variant.same_key_reset:
             self.hop_seq[inc.hop] += 1
             seq = self.hop_seq[inc.hop]
@@ -823,6 +1097,10 @@ class MeshSim:
             aliases=(authority(inc.hop),),
             passive_since=inc.passive_since if active == 0 else None,
             at=float(self.clock),
+            failed=failed,
+            lost=lost,
+            failures=tuple(dict(f) for f in failures),
+            losses=tuple(dict(f) for f in losses),
         )
         inc.snapshots.append(snap)
         self.produced.append(snap)
@@ -830,6 +1108,7 @@ class MeshSim:
             f"snapshot s{len(self.produced) - 1} of {inc.name()} seq={seq} active={active}"
             f" roots={inc.roots.count} sent={sum(t.count for t in inc.sent.values())}"
             f" recv={sum(t.count for t in inc.received.values())}"
+            + (f" failed={failed} lost={lost}" if failed or lost else "")
         )
         return snap
 
@@ -840,7 +1119,17 @@ class MeshSim:
     def ingest(self, i: int) -> None:
         self.ingests += 1
         self.detector.ingest(self.produced[i])
-        self.log.append(f"detector ingests s{i} -> verdict {self.verdict()}")
+        outcome = self.detector_outcome()
+        self.log.append(f"detector ingests s{i} -> verdict {self.verdict()}" + (f", {outcome}" if outcome else ""))
+        if outcome is None:
+            return
+        seen = self.outcome_seen
+        if seen is not None and SEVERITY[outcome] < SEVERITY[seen] and not self.violation:
+            self.improved = True
+            self.bad_outcome = (outcome, self.truth())
+            self.violation = f"outcome improved from {seen} to {outcome} after ingesting s{i}"
+            self.log.append("!! " + self.violation)
+        self.outcome_seen = outcome if seen is None else BY_SEVERITY[max(SEVERITY[seen], SEVERITY[outcome])]
 
     # ---- the end: drain, deliver final snapshots, require settled ------------
     def drain(self) -> None:
@@ -850,6 +1139,12 @@ class MeshSim:
             for inc in self._live():
                 for m in list(inc.deferred):
                     self.record_send(inc, m)
+                    moved = True
+                while inc.late_endings:
+                    self._record_ending(inc, inc.late_endings.pop(0))
+                    moved = True
+                if any(u.doomed for u in inc.units.values()):
+                    self._collect(inc)
                     moved = True
                 for u in inc.units.values():
                     if not u.counted:
@@ -909,6 +1204,9 @@ class MeshSim:
                 cascade = self.detector.cascades.get(TRACE_ID)
                 holders = cascade.holders if cascade else "no cascade"
                 self.violation = f"not settled after every final snapshot arrived: {holders}"
+            else:
+                self.check_outcome("every final snapshot arrived")  # the outcome is the truth
+            if self.violation:
                 self.log.append("!! " + self.violation)
 
     def outcome(self) -> Outcome:
@@ -925,6 +1223,10 @@ class MeshSim:
             snapshots=len(self.produced),
             ingests=self.ingests,
             liveness_checked=self.liveness_checked,
+            outcome=self.detector_outcome(),
+            truth=self.truth(),
+            bad_outcome=self.bad_outcome,
+            improved=self.improved,
         )
 
 
@@ -936,8 +1238,13 @@ class Candidate:
     received: dict[str, Tally]
     at: int
     vec: tuple
+    endings: tuple = (0, 0, (), ())  # failed, lost, failures, losses
+
+    def severity(self) -> int:
+        return severity_of(self.endings[0], self.endings[1])
 
     def snapshot(self, seq: int) -> CascadeSnapshot:
+        failed, lost, failures, losses = self.endings
         return CascadeSnapshot(
             trace_id=TRACE_ID,
             hop=self.inc.hop,
@@ -948,6 +1255,10 @@ class Candidate:
             sent=self.sent,
             received=self.received,
             aliases=(authority(self.inc.hop),),
+            failed=failed,
+            lost=lost,
+            failures=failures,
+            losses=losses,
         )
 
 
@@ -973,6 +1284,8 @@ def executions(
     ``hops`` bounds the mesh size; ``force`` pins features (e.g. restart=True).
     """
     n_hops = draw(st.integers(*hops))
+    # drawn unless pinned (pinning it leaves the other draws as they were)
+    endings = force["endings"] if "endings" in force else draw(st.booleans())
     features = Features(
         restart=draw(st.booleans()),
         loss=draw(st.booleans()),
@@ -984,6 +1297,7 @@ def executions(
         slow_sends=draw(st.booleans()),
         random_snapshots=draw(st.booleans()),
         handlers=draw(st.booleans()),
+        endings=endings,
     )
     for name, value in force.items():
         setattr(features, name, value)
