@@ -15,12 +15,14 @@ passes. The window is each test's own, from its setup to its teardown.
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, read_events
+from a2a_quiescence.demo.harness import Mesh, _bin, read_events
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(300)
@@ -93,6 +95,10 @@ INNER = textwrap.dedent(
 )
 
 
+def wait_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([_bin("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=60)
+
+
 def test_gate_against_the_demo_mesh(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     events, marks = tmp_path / "events.jsonl", tmp_path / "marks.jsonl"
     with Mesh(tmp_path, events=events) as mesh:
@@ -107,10 +113,21 @@ def test_gate_against_the_demo_mesh(pytester: pytest.Pytester, tmp_path: Path, m
                            "GATE_MARKS": str(marks), "GATE_D_PID": str(d.popen.pid)}.items():
             monkeypatch.setenv(key, value)
         pytester.makepyfile(test_suite=INNER)
+        began = time.time()
         result = pytester.runpytest_subprocess(
             "-p", "no:cacheprovider", "-p", "no:randomly", "-q", "-rA",
             "--a2a-quiescence-gate", f"--a2a-quiescence-endpoint={mesh.api}", "--a2a-quiescence-timeout=5",
         )
+        ended = time.time()
+        # the same gate by hand, over the whole run: the worst outcome decides the exit code
+        whole = wait_cli("--mesh", "--since", repr(began), "--until", repr(ended), "--endpoint", mesh.api,
+                         "--timeout", "5")
+        nothing = wait_cli("--mesh", "--since", repr(ended), "--endpoint", mesh.api, "--timeout", "5")
+        usage = wait_cli("--mesh", "--endpoint", mesh.api)
+    assert whole.returncode == 1, whole.stderr  # U's cascade never settles
+    assert "no reports from" in whole.stderr and "lost on D" in whole.stderr
+    assert nothing.returncode == 0 and "quiet: 0 cascade(s)" in nothing.stdout, (nothing.stdout, nothing.stderr)
+    assert usage.returncode == 2 and "--since" in usage.stderr
     out = result.stdout.str()
     result.assert_outcomes(passed=6, errors=2)
     errors = {line.split(" - ")[0].split("::")[-1]: line for line in out.splitlines() if line.startswith("ERROR ")}
