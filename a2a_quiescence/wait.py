@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -79,6 +79,7 @@ class _LongPoll:
         self.url = url
         self.query = query
         self.deadline = time.monotonic() + timeout
+        self.request_timeout = min(timeout, 60.0) + 10
         self.state: dict[str, Any] = {}
         self.asked = False
 
@@ -96,6 +97,24 @@ class _LongPoll:
             response.raise_for_status()
         self.state = response.json()
         return None
+
+
+def _poll_sync(poll: _LongPoll, token: str | None) -> dict[str, Any] | None:
+    """Run a wait's long-polls; the answer, or None when time ran out (``poll.state``: the last view)."""
+    with httpx.Client(headers=_headers(token), timeout=poll.request_timeout) as client:
+        while (params := poll.params()) is not None:
+            if (state := poll.answer(client.get(poll.url, params=params))) is not None:
+                return state
+    return None
+
+
+async def _poll_async(poll: _LongPoll, token: str | None) -> dict[str, Any] | None:
+    """``_poll_sync`` on the event loop: cancelling the awaiting task ends the wait at once."""
+    async with httpx.AsyncClient(headers=_headers(token), timeout=poll.request_timeout) as client:
+        while (params := poll.params()) is not None:
+            if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
+                return state
+    return None
 
 
 def _cascade_poll(trace_id: str, endpoint: str, timeout: float, roots: int) -> _LongPoll:
@@ -138,11 +157,10 @@ def wait_mesh_sync(
     now) has settled; the collector's answer lists each with its outcome. Raises
     ``MeshNotQuiet`` when one has not within ``timeout`` seconds."""
     poll = _mesh_poll(endpoint, since, until, timeout, grace)
-    with httpx.Client(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
-        while (params := poll.params()) is not None:
-            if (state := poll.answer(client.get(poll.url, params=params))) is not None:
-                return state
-    raise MeshNotQuiet(poll.state)
+    state = _poll_sync(poll, token)
+    if state is None:
+        raise MeshNotQuiet(poll.state)
+    return state
 
 
 async def wait_for_mesh(
@@ -151,11 +169,10 @@ async def wait_for_mesh(
 ) -> dict[str, Any]:
     """``wait_mesh_sync`` on the event loop (cancellable)."""
     poll = _mesh_poll(endpoint, since, until, timeout, grace)
-    async with httpx.AsyncClient(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
-        while (params := poll.params()) is not None:
-            if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
-                return state
-    raise MeshNotQuiet(poll.state)
+    state = await _poll_async(poll, token)
+    if state is None:
+        raise MeshNotQuiet(poll.state)
+    return state
 
 
 async def wait_for_quiescence(
@@ -173,21 +190,19 @@ async def wait_for_quiescence(
     awaiting task ends the wait at once.
     """
     poll = _cascade_poll(trace_id, endpoint, timeout, roots)
-    async with httpx.AsyncClient(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
-        while (params := poll.params()) is not None:
-            if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
-                return state
-    raise NotSettled(trace_id, poll.state)
+    state = await _poll_async(poll, token)
+    if state is None:
+        raise NotSettled(trace_id, poll.state)
+    return state
 
 
 def wait_sync(trace_id: str, *, endpoint: str, timeout: float, roots: int = 1, token: str | None = None) -> dict[str, Any]:
     """``wait_for_quiescence`` for code without an event loop (the CLI, the pytest fixture)."""
     poll = _cascade_poll(trace_id, endpoint, timeout, roots)
-    with httpx.Client(headers=_headers(token), timeout=min(timeout, 60.0) + 10) as client:
-        while (params := poll.params()) is not None:
-            if (state := poll.answer(client.get(poll.url, params=params))) is not None:
-                return state
-    raise NotSettled(trace_id, poll.state)
+    state = _poll_sync(poll, token)
+    if state is None:
+        raise NotSettled(trace_id, poll.state)
+    return state
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -224,20 +239,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run_mesh(args: argparse.Namespace) -> int:
-    if args.trace_id or args.since is None:
-        print("a2a-quiescence wait: --mesh takes --since (and no TRACE_ID)", file=sys.stderr)
-        return EXIT_USAGE
-    if args.timeout < 0 or (args.until is not None and args.until < args.since) or (args.grace or 0) < 0:
-        print("a2a-quiescence wait: need --timeout >= 0, --until >= --since, --grace >= 0", file=sys.stderr)
-        return EXIT_USAGE
+def _report(args: argparse.Namespace, wait: Callable[[], dict[str, Any]], not_done: str,
+            describe_open: Callable[[dict[str, Any]], str], describe_ended: Callable[[dict[str, Any]], str],
+            headline: Callable[[dict[str, Any], str], str]) -> int:
+    """Run a wait for the CLI: print its answer, return the exit code of its outcome."""
     try:
-        state = wait_mesh_sync(since=args.since, until=args.until, endpoint=args.endpoint, timeout=args.timeout,
-                               grace=args.grace, token=args.token)
-    except MeshNotQuiet as exc:
+        state = wait()
+    except (NotSettled, MeshNotQuiet) as exc:
         if args.json:
             print(json.dumps(exc.state, indent=2))
-        print(f"not quiet after {args.timeout:g}s: {describe_mesh(exc.state)}", file=sys.stderr)
+        print(f"{not_done} after {args.timeout:g}s: {describe_open(exc.state)}", file=sys.stderr)
         return EXIT_NOT_SETTLED
     except httpx.HTTPStatusError as exc:
         print(f"a2a-quiescence wait: collector answered {exc.response.status_code}: {exc.response.text[:200]}", file=sys.stderr)
@@ -246,13 +257,26 @@ def run_mesh(args: argparse.Namespace) -> int:
         print(f"a2a-quiescence wait: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     outcome = state.get("outcome") or "completed"
-    if args.json:
-        print(json.dumps(state, indent=2))
-    else:
-        print(f"quiet: {len(state.get('cascades') or [])} cascade(s) rooted in the window settled ({outcome})")
+    print(json.dumps(state, indent=2) if args.json else headline(state, outcome))
     if outcome != "completed":
-        print(f"settled {outcome}: {describe_mesh(state)}", file=sys.stderr)
+        print(f"settled {outcome}: {describe_ended(state) or 'details forgotten by the collector'}", file=sys.stderr)
     return EXIT_BY_OUTCOME.get(outcome, EXIT_LOST)
+
+
+def run_mesh(args: argparse.Namespace) -> int:
+    if args.trace_id or args.since is None:
+        print("a2a-quiescence wait: --mesh takes --since (and no TRACE_ID)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.timeout < 0 or (args.until is not None and args.until < args.since) or (args.grace or 0) < 0:
+        print("a2a-quiescence wait: need --timeout >= 0, --until >= --since, --grace >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    return _report(
+        args,
+        lambda: wait_mesh_sync(since=args.since, until=args.until, endpoint=args.endpoint, timeout=args.timeout,
+                               grace=args.grace, token=args.token),
+        "not quiet", describe_mesh, describe_mesh,
+        lambda state, outcome: f"quiet: {len(state.get('cascades') or [])} cascade(s) rooted in the window settled ({outcome})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,26 +292,14 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout < 0:
         print("a2a-quiescence wait: --timeout must be >= 0", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        state = wait_sync(trace_id, endpoint=args.endpoint, timeout=args.timeout, roots=args.roots, token=args.token)
-    except NotSettled as exc:
-        if args.json:
-            print(json.dumps(exc.state, indent=2))
-        print(f"not settled after {args.timeout:g}s: {describe_holders(exc.state)}", file=sys.stderr)
-        return EXIT_NOT_SETTLED
-    except httpx.HTTPStatusError as exc:
-        print(f"a2a-quiescence wait: collector answered {exc.response.status_code}: {exc.response.text[:200]}", file=sys.stderr)
-        return EXIT_USAGE
-    except httpx.HTTPError as exc:
-        print(f"a2a-quiescence wait: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    outcome = state.get("outcome") or "completed"
-    if args.json:
-        print(json.dumps(state, indent=2))
-    else:
+
+    def headline(state: dict[str, Any], outcome: str) -> str:
         latency = state.get("detection_latency_seconds")
         detected = f"; detected {latency * 1000:.1f} ms after the last hop went passive" if latency is not None else ""
-        print(f"settled: {trace_id} ({outcome}{detected})")
-    if outcome != "completed":
-        print(f"settled {outcome}: {describe_endings(state) or 'details forgotten by the collector'}", file=sys.stderr)
-    return EXIT_BY_OUTCOME.get(outcome, EXIT_LOST)
+        return f"settled: {trace_id} ({outcome}{detected})"
+
+    return _report(
+        args,
+        lambda: wait_sync(trace_id, endpoint=args.endpoint, timeout=args.timeout, roots=args.roots, token=args.token),
+        "not settled", describe_holders, describe_endings, headline,
+    )
