@@ -20,9 +20,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpcore  # noqa: F401 - imported before pytester snapshots sys.modules (see below)
 import pytest
 
 from a2a_quiescence.demo.harness import Mesh, _bin, read_events
+
+# pytester removes the modules first imported during its test; httpx maps httpcore's
+# exceptions through classes it caches on first use, so httpcore must outlive the test
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(300)
