@@ -1,8 +1,8 @@
 """Cascade settlement: the channel-counting termination detector.
 
-See docs/settlement.md (and ../shared/design/SETTLEMENT.md) for the model and
-the proof. In short, per cascade (= W3C trace id) the detector keeps the latest
-snapshot of every hop incarnation and declares the cascade settled when
+See docs/settlement.md for the model and the proof. In short, per cascade
+(= W3C trace id) the detector keeps the latest snapshot of every hop
+incarnation and declares the cascade settled when
 
 1. every incarnation it knows of reports passive,
 2. for every sending hop p, the messages p sent (all incarnations) equal the
@@ -18,181 +18,13 @@ Settled is terminal: late or duplicate snapshots never turn it back to open.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable
 
 from a2a_quiescence import names
-
-MASK64 = (1 << 64) - 1
-MAX_ENDINGS_PER_SNAPSHOT = 64
-
-
-def id_hash(message_id: str) -> int:
-    """The 64-bit value a message id contributes to an edge sum.
-
-    The whole id is hashed (ids arrive in headers a peer controls, so their
-    form is not trusted), giving uniform 64-bit values whatever the id scheme."""
-    return int.from_bytes(hashlib.blake2b(message_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
-
-
-class Tally(NamedTuple):
-    """A multiset of message ids summarised as (count, sum of id hashes mod 2**64)."""
-
-    count: int = 0
-    total: int = 0
-
-    def add(self, other: "Tally") -> "Tally":
-        return Tally(self.count + other.count, (self.total + other.total) & MASK64)
-
-    def with_id(self, message_id: str) -> "Tally":
-        return Tally(self.count + 1, (self.total + id_hash(message_id)) & MASK64)
-
-    def without_id(self, message_id: str) -> "Tally":
-        return Tally(self.count - 1, (self.total - id_hash(message_id)) & MASK64)
-
-    def to_json(self) -> list[int]:
-        return [self.count, self.total]
-
-    @classmethod
-    def from_json(cls, value: Any) -> "Tally":
-        # hot path of ingest: check exactly, cheaply
-        if type(value) is list and len(value) == 2:
-            count, total = value
-            if type(count) is int and type(total) is int and count >= 0:
-                return cls(count, total & MASK64)
-        raise ValueError(f"a tally is [count, sum], got {value!r}")
-
-
-EMPTY = Tally()
-
-
-def _object(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if type(value) is not dict:
-        raise ValueError(f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _count(body: Mapping[str, Any], key: str) -> int:
-    value = body.get(key, 0)
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{key} must be a non-negative integer")
-    return value
-
-
-def _endings(value: Any, kinds: frozenset[str], what: str) -> tuple[dict[str, Any], ...]:
-    """A list of endings ({kind, task_id?, detail?, parked_at?, ...}), each kept as
-    plain strings and numbers; an unknown kind is refused (it would change the verdict)."""
-    if value is None:
-        return ()
-    if type(value) is not list or len(value) > MAX_ENDINGS_PER_SNAPSHOT:
-        raise ValueError(f"{what} must be a list of at most {MAX_ENDINGS_PER_SNAPSHOT} objects")
-    out = []
-    for item in value:
-        if type(item) is not dict or item.get("kind") not in kinds:
-            raise ValueError(f"each of {what} needs a kind among {sorted(kinds)}")
-        out.append({str(k)[:64]: (v if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:500])
-                    for k, v in list(item.items())[:16] if v is not None})
-    return tuple(out)
-
-
-def _awaiting(value: Any) -> dict[str, tuple[str, int]]:
-    out = {}
-    for task_id, item in _object(value).items():
-        if type(item) is not dict or type(item.get("units")) is not int or item["units"] < 0:
-            raise ValueError("awaiting maps task ids to {state, units}")
-        out[task_id] = (str(item.get("state", "")), item["units"])
-    return out
-
-
-@dataclass(slots=True)
-class CascadeSnapshot:
-    """One hop incarnation's atomic report about one cascade."""
-
-    trace_id: str
-    hop: str
-    incarnation: str
-    seq: int
-    active: int
-    roots: Tally = EMPTY
-    sent: Mapping[str, Tally] = field(default_factory=dict)  # by destination authority
-    received: Mapping[str, Tally] = field(default_factory=dict)  # by sending hop
-    aliases: tuple[str, ...] = ()  # authorities this hop was reached at
-    passive_since: float | None = None  # wall clock, seconds
-    at: float = 0.0  # wall clock when taken
-    failed: int = 0  # units whose failure the agents reported (all counted; ``failures`` lists some)
-    lost: int = 0  # units of work that never got to finish (``losses`` lists some)
-    failures: tuple[dict[str, Any], ...] = ()
-    losses: tuple[dict[str, Any], ...] = ()
-    awaiting: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # task id -> (state, units held)
-    root_at: float | None = None  # wall clock at the hop when it received its first root request
-
-    def awaiting_units(self) -> int:
-        return sum(units for _state, units in self.awaiting.values())
-
-    def sent_total(self) -> Tally:
-        total = EMPTY
-        for tally in self.sent.values():
-            total = total.add(tally)
-        return total
-
-    @classmethod
-    def from_json(cls, trace_id: str, hop: str, body: Mapping[str, Any]) -> "CascadeSnapshot":
-        """Parse the JSON body of an ``a2a.quiescence.cascade`` log record."""
-        try:
-            incarnation = body["incarnation"]
-            seq = body["seq"]
-            active = body["active"]
-            if not isinstance(incarnation, str) or not incarnation:
-                raise ValueError("incarnation must be a non-empty string")
-            if not isinstance(seq, int) or not isinstance(active, int) or active < 0:
-                raise ValueError("seq and active must be non-negative integers")
-            # keys of a JSON object are always strings: no conversion needed
-            sent = {k: Tally.from_json(v) for k, v in _object(body.get("sent")).items()}
-            received = {k: Tally.from_json(v) for k, v in _object(body.get("received")).items()}
-            roots = Tally.from_json(body.get("roots") or [0, 0])
-            aliases = tuple(map(str, body.get("aliases") or ()))
-            passive_since = body.get("passive_since")
-            if passive_since is not None:
-                passive_since = float(passive_since)
-            at = float(body.get("at") or 0.0)
-            # schema 2 (absent from schema 1 snapshots, which read as nothing failed or lost)
-            failed = _count(body, "failed")
-            lost = _count(body, "lost")
-            failures = _endings(body.get("failures"), names.FAILURE_KINDS, "failures")
-            losses = _endings(body.get("losses"), names.LOSS_KINDS, "losses")
-            if len(failures) > failed or len(losses) > lost:
-                raise ValueError("failures/losses list more than failed/lost count")
-            awaiting = _awaiting(body.get("awaiting"))
-            root_at = body.get("root_at")
-            if root_at is not None:
-                root_at = float(root_at)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"malformed cascade snapshot: {exc!r}") from exc
-        return cls(
-            trace_id=trace_id,
-            hop=hop,
-            incarnation=incarnation,
-            seq=seq,
-            active=active,
-            roots=roots,
-            sent=sent,
-            received=received,
-            aliases=aliases,
-            passive_since=passive_since,
-            at=at,
-            failed=failed,
-            lost=lost,
-            failures=failures,
-            losses=losses,
-            awaiting=awaiting,
-            root_at=root_at,
-        )
-
+from a2a_quiescence.wire import EMPTY, CascadeSnapshot, Tally
 
 def evaluate(snapshots: Iterable[CascadeSnapshot]) -> tuple[bool, list[dict[str, Any]]]:
     """Decide settlement for one cascade's current view.

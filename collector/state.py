@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from a2a_quiescence import names
-from a2a_quiescence.collector.settlement import Cascade, CascadeSnapshot, Detector
+from a2a_quiescence.collector.settlement import Cascade, Detector
+from a2a_quiescence.wire import CascadeSnapshot, HopSnapshot
 
 
 @dataclass
@@ -23,22 +24,28 @@ class Incarnation:
     first_seen: float
     last_seen: float
     seq: int = -1
-    body: dict[str, Any] = field(default_factory=dict)
+    snap: HopSnapshot | None = None  # the latest hop snapshot (none yet: only cascade snapshots so far)
     lost: bool = False  # silent past the agent timeout without a shutdown record
     shutdown_cascades_open: int | None = None
 
     @property
     def started_at(self) -> float:
-        return float(self.body.get("started_at") or self.first_seen)
+        return (self.snap.started_at if self.snap is not None else None) or self.first_seen
 
     @property
     def shutdown(self) -> dict[str, Any] | None:
-        value = self.body.get("shutdown")
-        return value if isinstance(value, dict) else None
+        return self.snap.shutdown if self.snap is not None else None
+
+    @property
+    def finished(self) -> dict[str, int]:
+        return self.snap.producers_finished if self.snap is not None else {}
 
     def counter(self, key: str) -> int:
-        value = self.body.get(key)
-        return value if isinstance(value, int) and value >= 0 else 0
+        return getattr(self.snap, key) if self.snap is not None else 0
+
+    def silent(self, now: float, timeout: float) -> bool:
+        """Gone without a shutdown record: marked lost, or not heard from for ``timeout``."""
+        return self.shutdown is None and (self.lost or now - self.last_seen > timeout)
 
 
 @dataclass
@@ -57,31 +64,6 @@ class Agent:
 
 COUNTERS = ("producers_started", "stalls_total", "destroyed_pending_total", "push_failed_total")
 MAX_INCARNATIONS_PER_AGENT = 32
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_hop_body(body: dict[str, Any]) -> None:
-    """Refuse (ValueError) the fields /metrics and the API read with a fixed type,
-    so one malformed snapshot cannot break every later scrape."""
-    started_at = body.get("started_at")
-    if started_at is not None and (isinstance(started_at, bool) or not isinstance(started_at, (int, float))):
-        raise ValueError("started_at must be a number")
-    finished = body.get("producers_finished")
-    if finished is not None and (
-        not isinstance(finished, dict) or not all(isinstance(k, str) and _count(n) for k, n in finished.items())
-    ):
-        raise ValueError("producers_finished must map outcomes to non-negative integers")
-    shutdown = body.get("shutdown")
-    if shutdown is not None:
-        if not isinstance(shutdown, dict):
-            raise ValueError("shutdown must be an object or null")
-        for key in ("leaked_producers", "cancelled_producers"):
-            value = shutdown.get(key)
-            if value is not None and not _count(value):
-                raise ValueError(f"shutdown.{key} must be a non-negative integer")
 
 
 class MeshState:
@@ -132,33 +114,28 @@ class MeshState:
                 _, old = agent.incarnations.popitem(last=False)
                 for key in COUNTERS:
                     agent.retired[key] = agent.retired.get(key, 0) + old.counter(key)
-                for outcome, n in (old.body.get("producers_finished") or {}).items():
+                for outcome, n in old.finished.items():
                     k = "finished:" + outcome
-                    agent.retired[k] = agent.retired.get(k, 0) + int(n)
+                    agent.retired[k] = agent.retired.get(k, 0) + n
                 self.evicted["incarnation"] += 1
         return inc
 
     def ingest_hop(self, agent_name: str, body: dict[str, Any]) -> None:
-        inc_id = body.get("incarnation")
-        seq = body.get("seq")
-        if not isinstance(inc_id, str) or not inc_id or not isinstance(seq, int):
-            raise ValueError("hop snapshot needs incarnation and seq")
-        _check_hop_body(body)
+        snap = HopSnapshot.from_json(body)
         now = self.clock()
         agent = self._agent(agent_name)
-        inc = self._incarnation(agent, inc_id, now)
+        inc = self._incarnation(agent, snap.incarnation, now)
         inc.last_seen = now
         agent.last_seen = now
         inc.lost = False
         self.snapshots["hop"] += 1
-        if seq <= inc.seq:
+        if snap.seq <= inc.seq:
             return
-        had_shutdown = inc.shutdown is not None
-        inc.seq = seq
-        inc.body = body
-        if inc.shutdown is not None and (not had_shutdown or inc.shutdown_cascades_open is None):
-            inc.shutdown_cascades_open = self._open_cascades_with(agent_name)
-        elif inc.shutdown is not None:
+        before = inc.shutdown
+        inc.seq = snap.seq
+        inc.snap = snap
+        if inc.shutdown is not None and inc.shutdown != before:
+            # taken when a shutdown record arrives (or a later shutdown replaces it), not on every snapshot
             inc.shutdown_cascades_open = self._open_cascades_with(agent_name)
 
     def _open_cascades_with(self, agent_name: str) -> int:
@@ -199,7 +176,7 @@ class MeshState:
         now = self.clock()
         for agent in self.agents.values():
             for inc in agent.incarnations.values():
-                if inc.shutdown is None and not inc.lost and now - inc.last_seen > self.agent_timeout:
+                if not inc.lost and inc.silent(now, self.agent_timeout):
                     inc.lost = True
                     inc.shutdown_cascades_open = self._open_cascades_with(agent.name)
 
@@ -210,25 +187,20 @@ class MeshState:
             return "unknown"
         if inc.shutdown is not None:
             return "shut_down"
-        if inc.lost or self.clock() - inc.last_seen > self.agent_timeout:
-            return "lost"
-        return "alive"
+        return "lost" if inc.silent(self.clock(), self.agent_timeout) else "alive"
 
     def agent_view(self, agent: Agent) -> dict[str, Any]:
         """Per-agent values for /metrics and the API."""
-        live = [
-            i for i in agent.incarnations.values()
-            if i.shutdown is None and not i.lost and self.clock() - i.last_seen <= self.agent_timeout
-        ]
+        now = self.clock()
+        live = [i for i in agent.incarnations.values() if i.shutdown is None and not i.silent(now, self.agent_timeout)]
         latest = agent.latest()
         finished: dict[str, int] = {o: agent.retired.get("finished:" + o, 0) for o in names.OUTCOMES}
         totals = {k: agent.retired.get(k, 0) for k in COUNTERS}
         for inc in agent.incarnations.values():
             for k in COUNTERS:
                 totals[k] += inc.counter(k)
-            for outcome, n in (inc.body.get("producers_finished") or {}).items():
-                if isinstance(n, int) and n >= 0:
-                    finished[outcome] = finished.get(outcome, 0) + n
+            for outcome, n in inc.finished.items():
+                finished[outcome] = finished.get(outcome, 0) + n
         leaked = None
         cascades_open = None
         cancelled = None
@@ -238,7 +210,7 @@ class MeshState:
                 leaked = int(latest.shutdown.get("leaked_producers") or 0)
                 cancelled = int(latest.shutdown.get("cancelled_producers") or 0)
                 cascades_open = latest.shutdown_cascades_open or 0
-            elif latest.lost or self.clock() - latest.last_seen > self.agent_timeout:
+            elif latest.silent(now, self.agent_timeout):
                 # died without a shutdown record: whatever it held is lost
                 leaked = latest.counter("producers_in_flight")
                 cascades_open = latest.shutdown_cascades_open or 0
@@ -275,7 +247,7 @@ class MeshState:
                     "last_seen": agent.last_seen,
                     "incarnation": latest.id if latest else None,
                     "shutdown": latest.shutdown if latest else None,
-                    "recent": (latest.body.get("recent") if latest else None) or [],
+                    "recent": latest.snap.recent if latest is not None and latest.snap is not None else [],
                 }
             )
         return out

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from a2a_quiescence import names
-from a2a_quiescence.collector.settlement import EMPTY, Tally
+from a2a_quiescence.wire import EMPTY, HopSnapshot, Tally, cascade_body
 
 MAX_LOCAL_CASCADES = 20_000
 PASSIVE_RETENTION_SECONDS = 600.0
@@ -389,28 +389,24 @@ class HopTracker:
                 if c is None:
                     continue
                 self.seq += 1
-                body = {
-                    "v": names.SNAPSHOT_SCHEMA_VERSION,
-                    "incarnation": self.incarnation,
-                    "seq": self.seq,
-                    "active": c.active,
-                    "roots": c.roots.to_json(),
-                    "sent": {k: v.to_json() for k, v in c.sent.items()},
-                    "received": {k: v.to_json() for k, v in c.received.items()},
-                    "aliases": sorted(c.aliases),
-                    "passive_since": c.passive_since,
-                    "at": now,
-                }
-                if c.root_at is not None:
-                    body["root_at"] = c.root_at
-                if c.failed or c.lost:
-                    body["failed"] = c.failed
-                    body["lost"] = c.lost
-                    body["failures"] = list(c.failures)
-                    body["losses"] = list(c.losses)
-                if c.awaiting:
+                body = cascade_body(
+                    incarnation=self.incarnation,
+                    seq=self.seq,
+                    active=c.active,
+                    roots=c.roots,
+                    sent=c.sent,
+                    received=c.received,
+                    aliases=sorted(c.aliases),
+                    passive_since=c.passive_since,
+                    at=now,
+                    root_at=c.root_at,
+                    failed=c.failed,
+                    lost=c.lost,
+                    failures=c.failures,
+                    losses=c.losses,
                     # units held only by tasks waiting for their user
-                    body["awaiting"] = {t: {"state": s, "units": c.owned.get(t, 0)} for t, s in c.awaiting.items()}
+                    awaiting={t: (state, c.owned.get(t, 0)) for t, state in c.awaiting.items()},
+                )
                 cascades.append((trace_id, body))
             return hop, cascades
 
@@ -419,24 +415,23 @@ class HopTracker:
             self.hop_dirty = True
 
     def _hop_body(self, now: float) -> dict[str, Any]:
-        return {
-            "v": names.SNAPSHOT_SCHEMA_VERSION,
-            "incarnation": self.incarnation,
-            "seq": self.seq,
-            "pid": self.pid,
-            "started_at": self.started_at,
-            "at": now,
-            "producers_in_flight": self.producers_in_flight,
-            "producers_started": self.producers_started,
-            "producers_finished": dict(self.producers_finished),
-            "stalled_closes_in_flight": self.stalled_in_flight,
-            "stalls_total": self.stalls_total,
-            "destroyed_pending_total": self.destroyed_pending,
-            "push_failed_total": self.push_failed,
-            "shutdown_cancelled_total": self.cancelled_by_shutdown,
-            "recent": list(self.recent),
-            "shutdown": self.shutdown,
-        }
+        return HopSnapshot(
+            incarnation=self.incarnation,
+            seq=self.seq,
+            pid=self.pid,
+            started_at=self.started_at,
+            at=now,
+            producers_in_flight=self.producers_in_flight,
+            producers_started=self.producers_started,
+            producers_finished=dict(self.producers_finished),
+            stalled_closes_in_flight=self.stalled_in_flight,
+            stalls_total=self.stalls_total,
+            destroyed_pending_total=self.destroyed_pending,
+            push_failed_total=self.push_failed,
+            shutdown_cancelled_total=self.cancelled_by_shutdown,
+            recent=list(self.recent),
+            shutdown=self.shutdown,
+        ).to_json()
 
     def has_dirty(self) -> bool:
         return self.hop_dirty or bool(self.dirty) or bool(self.deferred)

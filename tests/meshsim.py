@@ -63,15 +63,8 @@ from typing import Any, Callable
 from hypothesis import strategies as st
 
 from a2a_quiescence import names
-from a2a_quiescence.collector.settlement import (
-    EMPTY,
-    MASK64,
-    CascadeSnapshot,
-    Detector,
-    Tally,
-    evaluate,
-    verdict,
-)
+from a2a_quiescence.collector.settlement import Detector, evaluate, verdict
+from a2a_quiescence.wire import EMPTY, MASK64, CascadeSnapshot, Tally
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 ROOT_HOP = "H0"

@@ -34,14 +34,8 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis.errors import NoSuchExample
 
 from a2a_quiescence import names
-from a2a_quiescence.collector.settlement import (
-    EMPTY,
-    CascadeSnapshot,
-    Detector,
-    Tally,
-    evaluate,
-    verdict,
-)
+from a2a_quiescence.collector.settlement import Detector, evaluate, verdict
+from a2a_quiescence.wire import EMPTY, CascadeSnapshot, Tally
 from meshsim import (
     EDGE_COUNTS,
     OUTCOME_WEAKENINGS,

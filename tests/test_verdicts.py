@@ -25,7 +25,8 @@ import pytest
 from a2a.types import a2a_pb2 as pb
 
 from a2a_quiescence import names
-from a2a_quiescence.collector.settlement import CascadeSnapshot, Detector
+from a2a_quiescence.collector.settlement import Detector
+from a2a_quiescence.wire import CascadeSnapshot
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
 from a2a_quiescence.instrumentation import patches
