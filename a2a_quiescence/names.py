@@ -98,13 +98,10 @@ ATTR_URL_FULL = "url.full"
 
 # --- wire: headers carried on A2A calls and push deliveries ----------------
 HEADER_TRACEPARENT = "traceparent"
-HEADER_BAGGAGE = "baggage"
 # unique id of one delivery attempt (SETTLEMENT.md: ids per delivery attempt)
 HEADER_MESSAGE_ID = "x-a2a-quiescence-message"
 # the sending hop (its service.name); also in baggage for other tools
 HEADER_SENDER = "x-a2a-quiescence-sender"
-# set by an instrumented receiver on its response (push deliveries use it)
-HEADER_ACK = "x-a2a-quiescence-ack"
 # set by the collector on OTLP responses: a new value means it restarted
 HEADER_COLLECTOR_ID = "x-a2a-quiescence-collector"
 BAGGAGE_SENDER = "a2a.quiescence.sender"

@@ -4,7 +4,6 @@ pulling our lifecycle snapshots out of OTLP log records."""
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import zlib
 from dataclasses import dataclass
@@ -162,6 +161,3 @@ def snapshots(request: ExportLogsServiceRequest) -> Iterator[Snapshot | PayloadE
                     trace_id = raw_id.hex()
                 yield Snapshot(event, agent, trace_id, body)
 
-
-def gzip_bytes(data: bytes) -> bytes:
-    return gzip.compress(data)

@@ -183,7 +183,6 @@ class Cascade:
     activity_after_settle: bool = False
     latency_observed: bool = False
     holders: list[dict[str, Any]] = field(default_factory=list)
-    version: int = 0
     outcome: str | None = None  # once settled: completed, failed or lost (only ever worse)
     root_at: float | None = None  # earliest root receipt any hop reported (its clock); else first_seen
     awaiting: list[dict[str, Any]] | None = None  # open, held only by tasks waiting for their user
@@ -262,7 +261,6 @@ class Detector:
         if current is None or _changed(current, snap):
             # a resent or refreshed snapshot that says nothing new is not progress
             cascade.last_progress = now
-        cascade.version += 1
         self._decide(cascade, now)
         if self.on_change is not None:
             self.on_change(cascade)
@@ -272,7 +270,7 @@ class Detector:
         settled, holders = evaluate(cascade.view.values())
         cascade.holders = holders
         cascade.awaiting = None if settled else awaiting_input(cascade.view.values(), holders)
-        roots = sum(s.roots.count for s in cascade.view.values())
+        roots = cascade.roots_in_view()
         if cascade.settled:
             if not settled:
                 cascade.activity_after_settle = True
@@ -363,10 +361,10 @@ class Detector:
             # messages per edge as each side reported them (a destination no hop claims stays an address)
             "edges": [{"from": a, "to": b, "sent": n[0], "received": n[1]} for (a, b), n in sorted(edges.items())],
             "settled_at": cascade.settled_at,
-            "roots_received": sum(s.roots.count for s in snaps),
+            "roots_received": cascade.roots_in_view(),
             "settled_roots": cascade.settled_roots if cascade.settled else 0,
             # root requests seen after the settle whose wave has not settled yet
-            "pending_roots": max(0, sum(s.roots.count for s in snaps) - cascade.settled_roots) if cascade.settled else 0,
+            "pending_roots": max(0, cascade.roots_in_view() - cascade.settled_roots) if cascade.settled else 0,
             "detection_latency_seconds": cascade.detection_latency,
             "activity_after_settle": cascade.activity_after_settle,
             "first_seen": cascade.first_seen,

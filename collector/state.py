@@ -88,7 +88,6 @@ class MeshState:
         self.dropped = 0
         self.edges: dict[tuple[str, str], int] = {}
         self._edge_seen: dict[tuple[str, str, str], int] = {}  # (incarnation, trace, src) -> count
-        self.latencies: list[float] = []  # drained by the metrics collector
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -1111,7 +1111,7 @@ def client_call(method: str) -> Callable:
             with _guard("client " + method):
                 call = _ClientCall(rt, method, instance, kwargs)
         try:
-            if call is None or call.ctx is None:
+            if call is None:
                 return await wrapped(*args, **kwargs)
             # our client span stays current during the call, so an HTTP-level
             # instrumentation (httpx) nests its span under it in the same trace
@@ -1137,7 +1137,7 @@ async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
     call = None
     with _guard("client " + method):
         call = _ClientCall(rt, method, instance, kwargs)
-    ctx = call.ctx if call is not None else None
+    ctx = call.ctx if call is not None else None  # None: the call goes out as if uninstrumented
     cascade = call.cascade if call is not None else None
     if ctx is None:
         agen = wrapped(*args, **kwargs)

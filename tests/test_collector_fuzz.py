@@ -222,8 +222,11 @@ def test_collector_ingest_random_snapshots(batch: list[ExportLogsServiceRequest]
     collector = Collector(Config(otlp_listen=None, grpc_listen=None, http_listen="127.0.0.1:0",
                                  max_agents=2, max_cascades=3, agent_timeout=0.0))
     for request in batch:
+        refused_before = sum(collector.state.rejected.values())
         bad = collector.ingest("logs", request)
-        assert bad >= 0
+        records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        assert 0 <= bad <= records  # at most one refusal per record
+        assert sum(collector.state.rejected.values()) - refused_before == bad  # each counted, with a reason
         _check_renders(collector)
 
 
