@@ -223,6 +223,29 @@ def tracemalloc_per_item(n: int) -> tuple[float, float]:
     return per_agent, per_cascade
 
 
+def mesh_ms(n_open: int, repeat: int = 5) -> float:
+    """Median time of one /v1/mesh answer (what the status page asks for every
+    second), computed in-process, with ``n_open`` open cascades over 30 agents."""
+    import statistics
+
+    from a2a_quiescence.collector.config import Config
+    from a2a_quiescence.collector.server import Collector
+
+    c = Collector(Config(otlp_listen=None, grpc_listen=None, max_cascades=n_open * 2, agent_timeout=3600))
+    incs = [uuid.uuid4().hex for _ in range(30)]
+    for i, inc in enumerate(incs):
+        c.state.ingest_hop(f"agent-{i}", hop(inc, 1))
+    for k in range(n_open):
+        i = k % len(incs)
+        c.state.ingest_cascade(f"agent-{i}", uuid.uuid4().hex, cascade(incs[i], 2 + k, 1, "peer"))
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        c.mesh()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -242,6 +265,11 @@ def main() -> None:
     for agents in (30, 300):
         r = throughput(agents, args.batch, args.clients, args.seconds)
         _row(r)
+
+    print()
+    print("# /v1/mesh (the status page's poll), in-process, median of 5")
+    for n_open in (100, 10_000):
+        print(f"open cascades {n_open:>6}: {mesh_ms(n_open):8.1f} ms")
 
     print()
     print("# memory per tracked item")

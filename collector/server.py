@@ -4,6 +4,7 @@ API and a status page out; optional forwarding upstream."""
 from __future__ import annotations
 
 import asyncio
+import heapq
 import hmac
 import logging
 import time
@@ -27,6 +28,8 @@ from a2a_quiescence.collector.settlement import Cascade, Detector, worse
 from a2a_quiescence.collector.state import MeshState
 
 STATUS_PAGE = Path(__file__).with_name("status_page.html")
+MESH_LISTED = 100  # open, stuck and awaiting-input cascades described in /v1/mesh, each
+MESH_SETTLED_LISTED = 50  # recently settled cascades listed in /v1/mesh
 
 logger = logging.getLogger("a2a_quiescence.collector")
 
@@ -184,8 +187,9 @@ class Collector:
                     delay *= 2
 
     # -- API -----------------------------------------------------------------------
-    def describe(self, trace_id: str) -> dict[str, Any]:
-        self.state.refresh()
+    def describe(self, trace_id: str, refresh: bool = True) -> dict[str, Any]:
+        if refresh:
+            self.state.refresh()
         out = self.detector.describe(trace_id)
         for holder in out.get("holders", []):
             if holder.get("kind") == "active_hop":
@@ -193,31 +197,40 @@ class Collector:
         return out
 
     def mesh(self) -> dict[str, Any]:
+        """The status page's view. Cheap whatever the number of open cascades: every
+        cascade is only classified; only the ones listed are described."""
         self.state.refresh()
         now = time.time()
-        open_, stuck, awaiting = [], [], []
-        settled = []
+        listed: dict[str, list[str]] = {names.STATUS_OPEN: [], names.STATUS_STUCK: [], names.STATUS_AWAITING_INPUT: []}
+        counts = dict.fromkeys(listed, 0)
+        settled: list[tuple[float, str]] = []  # a min-heap of the most recently settled
         for trace_id, cascade in self.detector.cascades.items():
             status = self.detector.status(cascade, now)
             if status == names.STATUS_SETTLED:
-                settled.append({"trace_id": trace_id, "settled_at": cascade.settled_at, "outcome": cascade.outcome,
-                                "detection_latency_seconds": cascade.detection_latency})
-            elif status == names.STATUS_STUCK:
-                stuck.append(self.describe(trace_id))
-            elif status == names.STATUS_AWAITING_INPUT:
-                awaiting.append(self.describe(trace_id))
-            else:
-                open_.append(self.describe(trace_id))
-        settled.sort(key=lambda c: c["settled_at"] or 0, reverse=True)
+                item = (cascade.settled_at or 0.0, trace_id)
+                if len(settled) < MESH_SETTLED_LISTED:
+                    heapq.heappush(settled, item)
+                elif item > settled[0]:
+                    heapq.heapreplace(settled, item)
+                continue
+            counts[status] += 1
+            if len(listed[status]) < MESH_LISTED:
+                listed[status].append(trace_id)
+        described = {status: [self.describe(t, refresh=False) for t in ids] for status, ids in listed.items()}
+        recent = []
+        for _at, trace_id in sorted(settled, reverse=True):
+            cascade = self.detector.cascades[trace_id]
+            recent.append({"trace_id": trace_id, "settled_at": cascade.settled_at, "outcome": cascade.outcome,
+                           "detection_latency_seconds": cascade.detection_latency})
         return {
-            "quiet": not open_ and not stuck and not awaiting,
-            "open": len(open_) + len(stuck) + len(awaiting),
-            "stuck": len(stuck),
-            "awaiting_input": len(awaiting),
+            "quiet": not any(counts.values()),
+            "open": sum(counts.values()),
+            "stuck": counts[names.STATUS_STUCK],
+            "awaiting_input": counts[names.STATUS_AWAITING_INPUT],
             "settled_total": self.detector.settled_total,
             "settled_by_outcome": dict(self.detector.settled_by_outcome),
-            "cascades": {"open": open_[:100], "stuck": stuck[:100], "awaiting_input": awaiting[:100],
-                         "recently_settled": settled[:50]},
+            "cascades": {"open": described[names.STATUS_OPEN], "stuck": described[names.STATUS_STUCK],
+                         "awaiting_input": described[names.STATUS_AWAITING_INPUT], "recently_settled": recent},
             "agents": self.state.describe_agents(),
             "edges": [{"from": src, "to": dst, "messages": n} for (src, dst), n in sorted(self.state.edges.items())],
         }
@@ -279,10 +292,11 @@ class Collector:
     def mesh_window(self, since: float, until: float) -> tuple[bool, dict[str, Any]]:
         """(every cascade rooted in [since, until] done?, the answer listing each)."""
         held, forgotten = self.detector.rooted_between(since, until)
+        self.state.refresh()
         items = []
         waiting = 0
         for cascade in sorted(held, key=lambda c: c.started()):
-            d = self.describe(cascade.trace_id)
+            d = self.describe(cascade.trace_id, refresh=False)
             done = cascade.done()
             waiting += not done
             item = {k: d.get(k) for k in ("trace_id", "status", "outcome", "started_at", "settled_at",
