@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.state import MeshState
 
+# of the detection latency histogram (a prometheus_client Histogram the collector owns)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -23,24 +19,9 @@ def _base(name: str) -> str:
     return name[: -len("_total")] if name.endswith("_total") else name
 
 
-class LatencyHistogram:
-    def __init__(self) -> None:
-        self.counts = [0] * len(LATENCY_BUCKETS)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if value <= bound:
-                self.counts[i] += 1
-
-
 class StateCollector(Collector):
-    def __init__(self, state: MeshState, latency: LatencyHistogram) -> None:
+    def __init__(self, state: MeshState) -> None:
         self.state = state
-        self.latency = latency
 
     def collect(self) -> Iterator[Metric]:
         st = self.state
@@ -130,20 +111,6 @@ class StateCollector(Collector):
         for outcome in names.VERDICTS:
             settled.add_metric([outcome], st.detector.settled_by_outcome[outcome])
         yield settled
-        h = self.latency
-        buckets = []
-        running = 0
-        for bound, n in zip(LATENCY_BUCKETS, h.counts):
-            running = n  # counts are already cumulative per bound
-            buckets.append((repr(bound), running))
-        buckets.append(("+Inf", h.count))
-        yield HistogramMetricFamily(
-            names.M_DETECTION_LATENCY,
-            "Time from the last hop going passive to the detector declaring the cascade settled",
-            buckets=buckets,
-            sum_value=h.sum,
-            unit="seconds",
-        )
         edges = CounterMetricFamily(
             _base(names.M_EDGE_MESSAGES), "A2A messages received per edge between hops", labels=["from", "to"]
         )

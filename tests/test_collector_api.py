@@ -31,7 +31,7 @@ async def test_waiters_are_answered_at_settlement_and_leave_nothing_behind() -> 
         unknown = uuid.uuid4().hex
         timed_out = await client.get(f"/v1/cascades/{unknown}/wait", params={"timeout": "0.05"})
         assert timed_out.status_code == 408 and timed_out.json()["status"] == "unknown"
-        assert collector._changed == {} and collector._waiting == {}
+        assert collector.api._changed == {} and collector.api._waiting == {}
 
         trace_id = uuid.uuid4().hex
         waiters = [
@@ -39,13 +39,13 @@ async def test_waiters_are_answered_at_settlement_and_leave_nothing_behind() -> 
             for _ in range(3)
         ]
         # all three are parked on the same id before the cascade arrives
-        await wait_until_async(lambda: collector._waiting.get(trace_id) == 3, "three parked waiters",
+        await wait_until_async(lambda: collector.api._waiting.get(trace_id) == 3, "three parked waiters",
                                timeout=30, every=0.001)
         _settled_cascade(collector, trace_id)
         answers = await asyncio.gather(*waiters)
         assert [a.status_code for a in answers] == [200, 200, 200]
         assert all(a.json()["status"] == "settled" for a in answers)
-        assert collector._changed == {} and collector._waiting == {}
+        assert collector.api._changed == {} and collector.api._waiting == {}
 
 
 async def test_wait_rejects_bad_arguments() -> None:
@@ -84,7 +84,7 @@ async def test_a_second_root_wave_must_settle_before_wait_answers() -> None:
         busy = await client.get(f"/v1/cascades/{trace_id}/wait", params={"timeout": "0.05"})
         assert busy.status_code == 408
         waiter = asyncio.create_task(client.get(f"/v1/cascades/{trace_id}/wait", params={"timeout": "30"}))
-        await wait_until_async(lambda: collector._waiting.get(trace_id) == 1, "a parked waiter", timeout=30, every=0.001)
+        await wait_until_async(lambda: collector.api._waiting.get(trace_id) == 1, "a parked waiter", timeout=30, every=0.001)
         tracker.release(second)  # the second wave ends
         report()
         done = await waiter
