@@ -14,9 +14,11 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 
 from a2a_quiescence import __version__, names
-from a2a_quiescence.instrumentation import patches
+from a2a_quiescence.instrumentation import client, lifecycle, server
+from a2a_quiescence.instrumentation.loop import forget_inherited_units, remove_loop_hooks
 from a2a_quiescence.instrumentation.package import _instruments
 from a2a_quiescence.instrumentation.reporter import Reporter
+from a2a_quiescence.instrumentation.runtime import Runtime, _report_internal_error, install
 from a2a_quiescence.instrumentation.tracker import HopTracker
 
 logger = logging.getLogger(__name__)
@@ -30,14 +32,14 @@ def _after_fork_in_child() -> None:
     if runtime is None:
         return
     try:
-        patches.forget_inherited_units()
+        forget_inherited_units()
         runtime.tracker.after_fork()
         runtime.loops.clear()
         runtime.shutting_down = False
         if inst.reporter is not None:
             inst.reporter.after_fork()
     except Exception as exc:  # noqa: BLE001 - fail-open: the child serves on without us
-        patches._report_internal_error("after fork", exc)
+        _report_internal_error("after fork", exc)
 
 
 if hasattr(os, "register_at_fork"):
@@ -91,7 +93,7 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
         self._a2aq_initialised = True
         super().__init__()
         self._patched: list[tuple[Any, str]] = []
-        self.runtime: patches.Runtime | None = None
+        self.runtime: Runtime | None = None
         self.reporter: Reporter | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -121,7 +123,7 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
             stall = float(os.environ.get(names.ENV_STALL_SECONDS, "5"))
         service = kwargs.get("service_name") or _service_name(tracer_provider)
         tracker = HopTracker()
-        rt = patches.Runtime(tracer, meter, tracker, service, float(stall))
+        rt = Runtime(tracer, meter, tracker, service, float(stall))
         self.runtime = rt
 
         reporter = None
@@ -150,45 +152,45 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
                     try:
                         force(2000)
                     except Exception as exc:  # noqa: BLE001
-                        patches._report_internal_error("force_flush", exc)
+                        _report_internal_error("force_flush", exc)
 
         rt.flush = flush
-        patches.RT = rt
+        install(rt)
 
-        self._wrap(_AT, "ActiveTask", "__init__", patches.active_task_init)
-        self._wrap(_AT, "ActiveTask", "start", patches.active_task_start)
-        self._wrap(_AT, "ActiveTask", "cancel", patches.active_task_cancel)
-        self._wrap(_AT, "ActiveTask", "aclose", patches.task_aclose)
-        self._wrap(_REG, "ActiveTaskRegistry", "aclose", patches.registry_aclose)
-        self._wrap(_V2, "DefaultRequestHandlerV2", "aclose", patches.handler_aclose)
+        self._wrap(_AT, "ActiveTask", "__init__", lifecycle.active_task_init)
+        self._wrap(_AT, "ActiveTask", "start", lifecycle.active_task_start)
+        self._wrap(_AT, "ActiveTask", "cancel", lifecycle.active_task_cancel)
+        self._wrap(_AT, "ActiveTask", "aclose", lifecycle.task_aclose)
+        self._wrap(_REG, "ActiveTaskRegistry", "aclose", lifecycle.registry_aclose)
+        self._wrap(_V2, "DefaultRequestHandlerV2", "aclose", lifecycle.handler_aclose)
         for module, owner in ((_V2, "DefaultRequestHandlerV2"), (_V1, "LegacyRequestHandler"), (_V1, "DefaultRequestHandler")):
             for method in _SERVER_CALLS:
-                self._wrap(module, owner, method, patches.server_call(method))
+                self._wrap(module, owner, method, server.server_call(method))
             for method in _SERVER_STREAMS:
-                self._wrap(module, owner, method, patches.server_stream(method))
-        self._wrap(_EQ, "EventQueueSource", "close", patches.queue_close)
-        self._wrap(_TM, "TaskManager", "_save_task", patches.task_saved)
+                self._wrap(module, owner, method, server.server_stream(method))
+        self._wrap(_EQ, "EventQueueSource", "close", lifecycle.queue_close)
+        self._wrap(_TM, "TaskManager", "_save_task", lifecycle.task_saved)
         for owner in ("LegacyRequestHandler", "DefaultRequestHandler"):  # the name before 1.1
-            self._wrap(_V1, owner, "_run_event_stream", patches.legacy_run_event_stream)
+            self._wrap(_V1, owner, "_run_event_stream", lifecycle.legacy_run_event_stream)
         for module, owner in _TRANSPORTS:
             for method in _CLIENT_CALLS:
-                self._wrap(module, owner, method, patches.client_call(method))
+                self._wrap(module, owner, method, client.client_call(method))
             for method in _CLIENT_STREAMS:
-                self._wrap(module, owner, method, patches.client_stream(method))
-        self._wrap(_PUSH, "BasePushNotificationSender", "_dispatch_notification", patches.push_dispatch)
-        self._wrap("httpx", "AsyncClient", "post", patches.httpx_post)
-        self._wrap("uvicorn.server", "Server", "shutdown", patches.uvicorn_shutdown)
-        atexit.register(patches.at_exit)
+                self._wrap(module, owner, method, client.client_stream(method))
+        self._wrap(_PUSH, "BasePushNotificationSender", "_dispatch_notification", client.push_dispatch)
+        self._wrap("httpx", "AsyncClient", "post", client.httpx_post)
+        self._wrap("uvicorn.server", "Server", "shutdown", lifecycle.uvicorn_shutdown)
+        atexit.register(lifecycle.at_exit)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        atexit.unregister(patches.at_exit)
+        atexit.unregister(lifecycle.at_exit)
         for cls, attr in reversed(self._patched):
             unwrap(cls, attr)
         self._patched.clear()
         rt = self.runtime
         if rt is not None:
-            patches.remove_loop_hooks(rt)
-        patches.RT = None
+            remove_loop_hooks(rt)
+        install(None)
         if self.reporter is not None:
             self.reporter.stop(flush=True)
             self.reporter = None

@@ -942,7 +942,7 @@ class MeshSim:
                 target.cancelled = True  # still work until its producer finishes
                 self.log.append(f"{inc.name()} producer u{target.uid} cancelled (still running)")
                 # the client's cancel is a failure the agents report, recorded now,
-                # while the producer still holds its unit (patches.active_task_cancel)
+                # while the producer still holds its unit (lifecycle.active_task_cancel)
                 self.happened.append((inc.hop, names.END_TASK_CANCELLED))
                 self._record_ending(inc, {"kind": names.END_TASK_CANCELLED, "task_id": f"u{target.uid}"})
         return unit

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, call_context, plan_text
-from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor, patches
+from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor, lifecycle, runtime
 
 from support import TIMED_OUT, Telemetry, instrumented, raise_assertion, serve, wait_until_async
 
@@ -222,8 +222,8 @@ async def test_finished_tasks_are_not_kept_alive(otel: Telemetry) -> None:
     await poll(lambda: otel.runtime.tracker.producers_in_flight == 0, "producers finished")
     gc.collect()
     assert [o for o in gc.get_objects() if isinstance(o, ActiveTask)] == []
-    assert len(patches._QUEUE_ROLES) == 0
-    assert len(patches._TASK_STATE) == 0
+    assert len(lifecycle._QUEUE_ROLES) == 0
+    assert len(lifecycle._TASK_STATE) == 0
 
 
 # --- uninstrument ---------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_uninstrument_restores_every_attribute_and_instrument_is_idempotent() ->
     restored = _snapshot()
     assert restored.keys() == before.keys()
     assert [k for k in before if restored[k] is not before[k]] == []
-    assert patches.RT is None
+    assert runtime.current() is None
 
 
 async def test_event_loop_hooks_restored_on_uninstrument() -> None:

@@ -30,7 +30,7 @@ from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import HANG_PLAN, SMALL_BUFFER, build_app
 from a2a_quiescence.demo.mesh import small_buffer_stream as stream
-from a2a_quiescence.instrumentation import patches
+from a2a_quiescence.instrumentation import lifecycle
 
 from support import TIMED_OUT, Telemetry, instrumented, raise_assertion, serve, wait_until_async
 
@@ -102,7 +102,7 @@ async def test_abandoned_subscriber_stall_reported_while_hanging_and_leak_at_shu
         assert not [s for s in otel.spans(names.SPAN_QUEUE_CLOSE) if s.attributes.get(names.ATTR_STALLED)]
 
         # the agent shuts down without aclose(): the producer is leaked
-        leaked = patches.record_shutdown(otel.runtime, "test")
+        leaked = lifecycle.record_shutdown(otel.runtime, "test")
         assert leaked == 1
         assert tracker.shutdown["leaked_producers"] >= 1
         assert tracker.shutdown["reason"] == "test"
@@ -146,7 +146,7 @@ async def test_abandoned_subscriber_aclose_drains_and_records_no_leak(otel: Tele
         assert task.attributes[names.ATTR_TASK_ID] == first.task.id
 
         # a later shutdown record agrees: nothing leaked
-        assert patches.record_shutdown(otel.runtime, "test") == 0
+        assert lifecycle.record_shutdown(otel.runtime, "test") == 0
 
 
 async def test_completed_stream_has_no_stall(otel: Telemetry) -> None:

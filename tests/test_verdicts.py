@@ -29,7 +29,7 @@ from a2a_quiescence.collector.settlement import Detector
 from a2a_quiescence.wire import CascadeSnapshot
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
-from a2a_quiescence.instrumentation import patches
+from a2a_quiescence.instrumentation import client as client_wrappers, lifecycle
 from support import TIMED_OUT_LAST, Telemetry, cancel, instrumented, raise_assertion, serve, wait_until_async
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,7 +149,7 @@ async def test_aclose_drain_while_a_hop_works_is_lost(view: View) -> None:
         # A and B wait on their calls, C sleeps: all three executors run and their tasks
         # are stored (an aclose() before C's task is stored leaves C's request waiting for
         # it for ever: an a2a-sdk 1.3.0 hang this test is not about)
-        await poll(lambda: [t._task_created.is_set() for t, s in list(patches._TASK_STATE.items())
+        await poll(lambda: [t._task_created.is_set() for t, s in list(lifecycle._TASK_STATE.items())
                             if s.get("executing")] == [True] * 3, "C to be working")
         await mesh["handlers"]["C"].aclose()
         await root
@@ -324,7 +324,7 @@ async def test_header_building_that_raises_leaves_the_answer_and_settlement_inta
     trace_id = new_trace_id()
     async with agents("A", "B") as mesh:
         reference = await send_plan(mesh["urls"]["A"], relay("B"))
-        monkeypatch.setattr(patches, "_outbound_headers", broken)
+        monkeypatch.setattr(client_wrappers, "_outbound_headers", broken)
         answer = await send_plan(mesh["urls"]["A"], relay("B"), trace_id=trace_id)
         state = await view.settled(trace_id)
     assert [e.task.status.state for e in answer if e.HasField("task")] == \

@@ -81,7 +81,7 @@ class GroundTruth:
 def _current_trace_id() -> str | None:
     """The cascade id as the instrumentation sees it (None when not instrumented)."""
     try:
-        from a2a_quiescence.instrumentation.patches import CASCADE
+        from a2a_quiescence.instrumentation.runtime import CASCADE
 
         return CASCADE.get()
     except Exception:  # noqa: BLE001

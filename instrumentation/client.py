@@ -1,0 +1,318 @@
+"""The client-side wrappers: an A2A call or a push delivery sent is a unit of
+work on its cascade until it returns, and carries the headers that continue the
+cascade on the peer (fail-open, as every wrapper: see ``runtime``)."""
+
+from __future__ import annotations
+
+import random
+import urllib.parse
+import uuid
+from typing import Any, Callable
+
+from opentelemetry import baggage, context as otel_context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from a2a_quiescence import names
+from a2a_quiescence.instrumentation.loop import ensure_loop_hooks
+from a2a_quiescence.instrumentation.runtime import (
+    _BAGGAGE, _PUSH_HEADERS, _TRACECONTEXT, Runtime, _add, _current_cascade, _end, _ending, _guard, _in_context,
+    _in_context_await, _record_error, _start_span, _stream_wrapper, _trace_hex, current, record_ending,
+)
+from a2a_quiescence.instrumentation.tracker import WorkToken
+
+
+# --- helpers -------------------------------------------------------------------
+def _synthetic_span(cascade: str) -> trace.Span:
+    """A stand-in parent carrying the cascade's trace id when no real span has it."""
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=int(cascade, 16),
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    )
+
+
+def _authority(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc:
+        return parts.netloc.lower()
+    return url.lower()
+
+
+def _server_attributes(authority: str) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` (semantic conventions) of a host:port."""
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit() and host:
+        return {names.ATTR_SERVER_ADDRESS: host.strip("[]"), names.ATTR_SERVER_PORT: int(port)}
+    return {names.ATTR_SERVER_ADDRESS: authority}
+
+
+def _outbound_headers(rt: Runtime, message_id: str | None, context: Any = None) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    ctx = baggage.set_baggage(names.BAGGAGE_SENDER, rt.service_name, context=context)
+    _TRACECONTEXT.inject(carrier, context=ctx)
+    _BAGGAGE.inject(carrier, context=ctx)
+    carrier[names.HEADER_SENDER] = rt.service_name
+    if message_id:
+        carrier[names.HEADER_MESSAGE_ID] = message_id
+    return carrier
+
+
+# --- client side: sends --------------------------------------------------------
+def _provably_not_sent(exc: BaseException) -> bool:
+    """A connection that was never made carried nothing: the send may be withdrawn."""
+    seen = 0
+    while exc is not None and seen < 8:
+        name = type(exc).__name__
+        if name in ("ConnectError", "ConnectionRefusedError") or isinstance(exc, ConnectionRefusedError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _peer_answered(exc: BaseException) -> bool:
+    """The peer received the call and answered with an A2A error (a failure it
+    reports), as opposed to a transport failure (the delegation may never have run)."""
+    try:
+        from a2a.client.errors import A2AClientError
+        from a2a.utils.errors import A2AError
+    except ImportError:  # pragma: no cover - every supported a2a-sdk has both
+        return False
+    return isinstance(exc, A2AError) and not isinstance(exc, A2AClientError)
+
+
+def _transport_url(transport: Any) -> str:
+    url = getattr(transport, "url", None) or getattr(transport, "_url", None)
+    if url:
+        return str(url)
+    # the gRPC transport keeps no URL: take the card's gRPC interface
+    card = getattr(transport, "agent_card", None)
+    for interface in getattr(card, "supported_interfaces", None) or ():
+        if str(getattr(interface, "protocol_binding", "")).upper() == "GRPC" and interface.url:
+            return str(interface.url)
+    return "unknown"
+
+
+class _ClientCall:
+    """One outbound A2A call. Everything that can fail (span, headers, the new call
+    context) is done first; only then are the unit of work, the root and the send
+    recorded and the headers handed to the call, so an error in between (swallowed
+    by the guard) leaves nothing held, recorded or attached."""
+
+    def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any]) -> None:
+        self.rt = rt
+        self.method = method
+        self.work: WorkToken | None = None
+        self.root: WorkToken | None = None
+        self.span: trace.Span | None = None
+        self.destination = _authority(_transport_url(instance))
+        self.message_id = uuid.uuid4().hex
+        ensure_loop_hooks(rt)
+        cascade = _current_cascade()
+        starts_cascade = False
+        parent = otel_context.get_current()
+        if cascade is None:
+            # a caller that set its own traceparent names the cascade itself
+            given = _given_trace_id(kwargs.get("context"))
+            if given is not None:
+                cascade, starts_cascade = given, True
+        current = trace.get_current_span().get_span_context()
+        if cascade is not None and (not current.is_valid or _trace_hex(current) != cascade):
+            parent = trace.set_span_in_context(_synthetic_span(cascade))
+        self.span = _start_span(
+            rt,
+            names.SPAN_CLIENT_PREFIX + method,
+            kind=SpanKind.CLIENT,
+            context=parent,
+            attributes={names.ATTR_METHOD: method, **_server_attributes(self.destination)},
+        )
+        try:
+            sc = self.span.get_span_context()
+            if cascade is None:
+                # this process starts the cascade: it is the root hop
+                cascade = _trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
+                starts_cascade = True
+            carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
+            self.ctx = trace.set_span_in_context(carrier_span)
+            headers = _outbound_headers(rt, self.message_id, self.ctx)
+            call_context = _with_headers(kwargs.get("context"), headers)
+        except BaseException:
+            _end(self.span)
+            raise
+        self.cascade = cascade
+        if starts_cascade:
+            self.root = rt.tracker.start_root(cascade)
+        self.work = rt.tracker.acquire(cascade)
+        rt.tracker.send(self.work, self.destination, self.message_id)  # before the message can leave
+        kwargs["context"] = call_context
+
+    def fail(self, exc: BaseException) -> None:
+        _record_error(self.span, exc)
+        if self.work is None:
+            return
+        if _provably_not_sent(exc):
+            self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
+        if isinstance(exc, Exception):  # a cancelled caller is recorded where the cancel came from
+            kind = names.END_CALL_REJECTED if _peer_answered(exc) else names.END_CALL_FAILED
+            record_ending(self.rt, self.cascade, _ending(kind, detail=f"{self.method} to {self.destination}",
+                                                         **{names.ATTR_ERROR_TYPE: type(exc).__name__}))
+
+    def end(self) -> None:
+        if self.work is not None:
+            self.rt.tracker.release(self.work)
+        if self.root is not None:
+            self.rt.tracker.release(self.root)
+        _end(self.span)
+
+
+def _call_failed(call: _ClientCall | None, method: str, exc: BaseException) -> None:
+    """The call raised ``exc``: recorded on ``call`` (None: it went out uninstrumented)."""
+    if call is not None:
+        with _guard("client fail " + method):
+            call.fail(exc)
+
+
+def _given_trace_id(call_context: Any) -> str | None:
+    params = getattr(call_context, "service_parameters", None) or {}
+    for key, value in params.items():
+        if str(key).lower() == names.HEADER_TRACEPARENT:
+            sc = trace.get_current_span(_TRACECONTEXT.extract({"traceparent": str(value)})).get_span_context()
+            if sc.is_valid:
+                return _trace_hex(sc)
+    return None
+
+
+def _with_headers(call_context: Any, headers: dict[str, str]) -> Any:
+    from a2a.client.client import ClientCallContext
+
+    if call_context is None:
+        return ClientCallContext(service_parameters=dict(headers))
+    params = dict(call_context.service_parameters or {})
+    for key, value in headers.items():
+        params.setdefault(key, value)
+    # a copy: the caller's context object is left as it was
+    return call_context.model_copy(update={"service_parameters": params})
+
+
+def client_call(method: str) -> Callable:
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = current()
+        call = None
+        if rt is not None:
+            with _guard("client " + method):
+                call = _ClientCall(rt, method, instance, kwargs)
+        try:
+            if call is None:
+                return await wrapped(*args, **kwargs)
+            # our client span stays current during the call, so an HTTP-level
+            # instrumentation (httpx) nests its span under it in the same trace
+            return await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
+        except BaseException as exc:
+            _call_failed(call, method, exc)
+            raise
+        finally:
+            if call is not None:
+                with _guard("client end " + method):
+                    call.end()
+
+    return wrapper
+
+
+def client_stream(method: str) -> Callable:
+    return _stream_wrapper(_client_stream, method)
+
+
+async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    call = None
+    with _guard("client " + method):
+        call = _ClientCall(rt, method, instance, kwargs)
+    ctx = call.ctx if call is not None else None  # None: the call goes out as if uninstrumented
+    cascade = call.cascade if call is not None else None
+    if ctx is None:
+        agen = wrapped(*args, **kwargs)
+    else:
+        agen = _in_context(ctx, cascade, lambda: wrapped(*args, **kwargs))
+    try:
+        while True:
+            try:
+                if ctx is None:
+                    item = await agen.__anext__()
+                else:
+                    item = await _in_context_await(ctx, cascade, agen.__anext__)
+            except StopAsyncIteration:
+                break
+            yield item
+    except BaseException as exc:
+        _call_failed(call, method, exc)
+        raise
+    finally:
+        try:
+            if ctx is None:
+                await agen.aclose()
+            else:
+                await _in_context_await(ctx, cascade, agen.aclose)
+        finally:
+            if call is not None:
+                with _guard("client end " + method):
+                    call.end()
+
+
+# --- push deliveries -------------------------------------------------------------
+async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = current()
+    span = work = token = None
+    failed: str | None = None
+    url = task_id = ""
+    if rt is not None:
+        with _guard("push"):
+            push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
+            task_id = str(kwargs.get("task_id", args[2] if len(args) > 2 else "") or "")
+            url = str(getattr(push_info, "url", "") or "")
+            span = _start_span(
+                rt, names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT,
+                attributes={names.ATTR_URL_FULL: url, **_server_attributes(_authority(url))},
+            )
+            headers = _outbound_headers(rt, None, trace.set_span_in_context(span))
+            cascade = _current_cascade()
+            # nothing above is held: the unit and the headers are taken last, together
+            token = _PUSH_HEADERS.set(headers)
+            if cascade:
+                # in flight on the sender until the POST completes (the webhook is outside the mesh)
+                work = rt.tracker.acquire(cascade)
+    try:
+        result = await wrapped(*args, **kwargs)
+        if result is False:
+            failed = "delivery failed"  # the SDK logged and swallowed it
+            if span is not None:
+                with _guard("push result"):
+                    span.set_status(Status(StatusCode.ERROR, "push delivery failed"))
+        return result
+    except Exception as exc:
+        failed = type(exc).__name__
+        _record_error(span, exc)
+        raise
+    finally:
+        with _guard("push end"):
+            if token is not None:
+                _PUSH_HEADERS.reset(token)
+            if work is not None and rt is not None:
+                ending = None
+                if failed is not None:
+                    ending = _ending(names.END_PUSH_FAILED, task_id, detail=f"push to {_authority(url)}: {failed}")
+                    _add(rt.ended, 1, {names.ATTR_ENDING: names.END_PUSH_FAILED})
+                rt.tracker.release(work, ending)  # the loss and the release, atomically
+        _end(span)
+
+
+async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    extra = _PUSH_HEADERS.get()
+    if extra:
+        with _guard("push headers"):
+            headers = dict(kwargs.get("headers") or {})
+            for key, value in extra.items():
+                headers.setdefault(key, value)
+            kwargs["headers"] = headers
+    return await wrapped(*args, **kwargs)

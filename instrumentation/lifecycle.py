@@ -1,0 +1,398 @@
+"""The wrappers around an ActiveTask's life: build, start, cancel and aclose,
+its executor, its queues' closes, the states its task reaches, the legacy
+handler's producer, and the shutdown record (fail-open, as every wrapper: see
+``runtime``)."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any, Callable
+
+from opentelemetry import context as otel_context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from a2a_quiescence import names
+from a2a_quiescence.instrumentation.loop import _innermost, _Watch, _where, ensure_loop_hooks
+from a2a_quiescence.instrumentation.runtime import (
+    CASCADE, _OWNER, Runtime, _add, _client_cancel_requested, _current_cascade, _end, _ending, _guard,
+    _run_executor, _start_span, current, record_ending,
+)
+
+
+# --- ActiveTask ----------------------------------------------------------------
+# queue -> (role, task id). The value must not reference the ActiveTask: it holds
+# the queue, so a strong reference here would keep key and task alive forever.
+_QUEUE_ROLES: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
+_TASK_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+# an ActiveTask's TaskManager -> the ActiveTask's state (task states are saved through it)
+_TASK_MANAGER_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+class _ExecutorProxy:
+    """Stands in for an ActiveTask's AgentExecutor to learn how execute ended."""
+
+    def __init__(self, executor: Any, state: dict[str, Any]) -> None:
+        self._a2aq_executor = executor
+        self._a2aq_state = state
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        state = self._a2aq_state
+        rt = current()
+        try:
+            coro = self._a2aq_executor.execute(*args, **kwargs)
+            task_id = None
+            if rt is not None:
+                with _guard("execute"):
+                    request = args[0] if args else kwargs.get("context")
+                    task_id = str(getattr(request, "task_id", "") or state.get("task_id", ""))
+            if task_id is None:
+                return await coro
+            return await _run_executor(rt, task_id, state, coro)
+        except asyncio.CancelledError:
+            state.setdefault("outcome", names.OUTCOME_CANCELLED)
+            raise
+        except BaseException:
+            state.setdefault("outcome", names.OUTCOME_FAILED)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._a2aq_executor, name)
+
+
+def _owner_state(args: Any, kwargs: Any) -> dict[str, Any] | None:
+    """The state of an ActiveTask about to be built: its task id, its cascade, its units."""
+    task_id = kwargs.get("task_id", args[1] if len(args) > 1 else None)
+    return {"task_id": str(task_id or ""), "cascade": CASCADE.get(), "tokens": []}
+
+
+def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = current()
+    state = owner_token = None
+    if rt is not None:
+        with _guard("ActiveTask.__init__/owner"):
+            state = _owner_state(args, kwargs)
+            owner_token = _OWNER.set(state)  # its queues' dispatcher tasks are its plumbing
+    try:
+        result = wrapped(*args, **kwargs)
+    finally:
+        if owner_token is not None:
+            _OWNER.reset(owner_token)
+    if rt is not None and state is not None:
+        with _guard("ActiveTask.__init__"):
+            _TASK_STATE[instance] = state
+            _TASK_MANAGER_STATE[instance._task_manager] = state
+            task_id = str(getattr(instance, "task_id", "") or "")
+            _QUEUE_ROLES[instance._event_queue_agent] = (names.ROLE_AGENT, task_id)
+            _QUEUE_ROLES[instance._event_queue_subscribers] = (names.ROLE_SUBSCRIBERS, task_id)
+            instance._agent_executor = _ExecutorProxy(instance._agent_executor, state)
+    return result
+
+
+async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = current()
+    span = None
+    token = owner_token = None
+    if rt is not None and (state := _TASK_STATE.get(instance)) is not None:
+        with _guard("ActiveTask.start/owner"):
+            owner_token = _OWNER.set(state)  # producer and consumer are its plumbing
+    if rt is not None and getattr(instance, "_producer_task", None) is None:
+        with _guard("ActiveTask.start"):
+            ensure_loop_hooks(rt)
+            tm = getattr(instance, "_task_manager", None)
+            attrs = {names.ATTR_TASK_ID: str(instance.task_id)}
+            context_id = getattr(tm, "context_id", None)
+            if context_id:
+                attrs[names.ATTR_CONTEXT_ID] = str(context_id)
+            span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
+            # spawned tasks copy this context: the producer's own spans nest under it
+            token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        if owner_token is not None:
+            with _guard("ActiveTask.start/owner"):
+                _OWNER.reset(owner_token)
+        if token is not None:
+            with _guard("ActiveTask.start/detach"):
+                otel_context.detach(token)
+        if rt is not None:
+            with _guard("ActiveTask.start/unstarted"):
+                _release_unstarted(rt, instance)
+        if rt is not None and span is not None:
+            with _guard("ActiveTask.start/after"):
+                producer = getattr(instance, "_producer_task", None)
+                if producer is not None and not _TASK_STATE.get(instance, {}).get("tracked"):
+                    _track_producer(rt, instance, producer, span)
+                # else: no producer was spawned; the span is never ended, so never exported
+
+
+def _release_unstarted(rt: Runtime, instance: Any) -> None:
+    """An ActiveTask that finished without ever spawning a producer (a2a-sdk's V2
+    handler builds one for a SendMessage to a task already terminal) never closes its
+    queues: their dispatcher tasks wait forever and are garbage-collected while
+    pending. They never carried work and nothing will ever feed them, so their
+    units are released now, as SDK plumbing, instead of holding the cascade until
+    the collector runs."""
+    state = _TASK_STATE.get(instance)
+    if state is None or getattr(instance, "_producer_task", None) is not None or not instance.is_finished:
+        return
+    for token in state["tokens"]:
+        if not token.released:
+            token.plumbing = True
+            rt.tracker.release(token)
+
+
+def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:
+    state = _TASK_STATE.setdefault(instance, {})
+    state["tracked"] = True
+    task_id = str(instance.task_id)
+    cascade = _current_cascade()
+    if cascade:
+        rt.task_trace[task_id] = cascade
+        if len(rt.task_trace) > 10_000:
+            rt.task_trace.pop(next(iter(rt.task_trace)))
+    rt.producers[producer.get_name()] = producer
+    rt.tracker.producer_started()
+
+    def finished(task: asyncio.Task) -> None:
+        with _guard("producer done"):
+            outcome = state.get("outcome")
+            if task.cancelled():
+                outcome = names.OUTCOME_CANCELLED
+            elif outcome is None:
+                exc = task.exception()
+                outcome = names.OUTCOME_FAILED if exc is not None else names.OUTCOME_COMPLETED
+            rt.tracker.producer_finished(outcome)
+            _add(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
+            _add(rt.in_flight, -1)
+            with _guard("producer span"):
+                span.set_attribute(names.ATTR_OUTCOME, outcome)
+                if outcome == names.OUTCOME_FAILED:
+                    span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
+            _end(span)
+
+    producer.add_done_callback(finished)
+    _add(rt.started, 1)
+    _add(rt.in_flight, 1)
+
+
+def _producer_working(instance: Any, state: dict[str, Any]) -> bool:
+    """The producer still runs the agent's work (or waits for its user's next message)."""
+    producer = getattr(instance, "_producer_task", None)
+    return (
+        producer is not None
+        and not producer.done()
+        and not instance.is_finished
+        and bool(state.get("executing") or state.get("awaiting"))
+    )
+
+
+def _parked_where(instance: Any, state: dict[str, Any]) -> str:
+    ref = state.get("exec_task")
+    task = ref() if ref is not None else None
+    if task is None or task.done():
+        task = getattr(instance, "_producer_task", None)
+    return _innermost(task) if task is not None else "unknown"
+
+
+async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = current()
+    with _guard("ActiveTask.cancel"):
+        state = _TASK_STATE.get(instance)
+        if state is not None and rt is not None:
+            if _producer_working(instance, state):
+                # recorded now, while the producer still holds its unit
+                _client_cancel_requested(rt, state["task_id"])
+                record_ending(rt, state["cascade"], _ending(names.END_TASK_CANCELLED, state["task_id"]))
+            state.setdefault("outcome", names.OUTCOME_CANCELLED)
+    return await wrapped(*args, **kwargs)
+
+
+def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = None) -> Callable:
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        rt = current()
+        span = watch = token = None
+        if rt is not None:
+            with _guard(span_name):
+                task_id = str(getattr(instance, "task_id", "") or "")
+                attrs = {names.ATTR_TASK_ID: task_id} if task_id else {}
+                if span_name == names.SPAN_HANDLER_ACLOSE:
+                    rt.shutting_down = True
+                if span_name == names.SPAN_TASK_ACLOSE:
+                    _drain_task(rt, instance)
+                span = _start_span(rt, span_name, attributes=attrs)
+                token = otel_context.attach(trace.set_span_in_context(span))
+                watch = _Watch(rt, span, span_name, task_id)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            if rt is not None and span is not None:
+                with _guard(span_name + "/end"):
+                    if watch is not None:
+                        watch.done()
+                    if token is not None:
+                        otel_context.detach(token)
+                _end(span)  # before on_end: its flush must include this span
+                if on_end is not None:
+                    with _guard(span_name + "/on_end"):
+                        on_end(rt)
+
+    return wrapper
+
+
+def _drain_task(rt: Runtime, instance: Any) -> None:
+    """``ActiveTask.aclose`` is about to cancel this task's producer: if it still
+    ran the agent's work (or waited for its user), that work is lost. Recorded
+    before the cancel, while the producer holds its unit."""
+    state = _TASK_STATE.get(instance)
+    producer = getattr(instance, "_producer_task", None)
+    if state is None or producer is None or producer.done():
+        return
+    state.setdefault("outcome", names.OUTCOME_CANCELLED)
+    if _producer_working(instance, state) and state.get("cause") is None:
+        state["cause"] = "shutdown"
+        state["parked_at"] = _parked_where(instance, state)
+        detail = "waiting for its user's input" if state.get("awaiting") and not state.get("executing") else "executing"
+        record_ending(
+            rt, state["cascade"],
+            _ending(names.END_CANCELLED_BY_SHUTDOWN, state["task_id"], detail=detail, parked_at=state["parked_at"]),
+        )
+        rt.tracker.shutdown_cancelled()
+
+
+def _shutdown_completed(reason: str) -> Callable[[Runtime], None]:
+    def record(rt: Runtime) -> None:
+        record_shutdown(rt, reason)
+
+    return record
+
+
+def record_shutdown(rt: Runtime, reason: str) -> int:
+    parked = {}
+    for name, task in list(rt.producers.items()):
+        if not task.done():
+            # taken now: once the loop is gone, a leaked coroutine may be closed
+            # before its task is reported destroyed, and its frames with it
+            parked[name] = rt.parked[name] = _where(task)
+    while len(rt.parked) > 1000:
+        rt.parked.pop(next(iter(rt.parked)))
+    leaked = rt.tracker.shutdown_completed(reason, parked)
+    rt.flush()
+    return leaked
+
+
+handler_aclose = _aclose_wrapper(names.SPAN_HANDLER_ACLOSE, _shutdown_completed("request_handler.aclose"))
+registry_aclose = _aclose_wrapper(names.SPAN_REGISTRY_ACLOSE)
+task_aclose = _aclose_wrapper(names.SPAN_TASK_ACLOSE)
+
+
+async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = current()
+    span = watch = None
+    if rt is not None:
+        with _guard("EventQueue.close"):
+            owner = _QUEUE_ROLES.get(instance)
+            if owner is not None and not getattr(instance, "_is_closed", False):
+                role, task_id = owner
+                immediate = bool(kwargs.get("immediate", args[0] if args else False))
+                span = _start_span(
+                    rt,
+                    names.SPAN_QUEUE_CLOSE,
+                    attributes={
+                        names.ATTR_QUEUE_ROLE: role,
+                        names.ATTR_CLOSE_IMMEDIATE: immediate,
+                        names.ATTR_TASK_ID: task_id,
+                    },
+                )
+                watch = _Watch(rt, span, "event_queue.close", task_id)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        if span is not None:
+            with _guard("EventQueue.close/end"):
+                if watch is not None:
+                    watch.done()
+                span.end()
+
+
+# --- task states: failed, rejected, cancelled, waiting for the user -------------
+_TASK_STATE_NAMES: dict[int, str] = {}
+
+
+def _state_name(value: int) -> str:
+    name = _TASK_STATE_NAMES.get(value)
+    if name is None:
+        from a2a.types.a2a_pb2 import TaskState
+
+        name = _TASK_STATE_NAMES[value] = TaskState.Name(value)
+    return name
+
+
+_TERMINAL_ENDINGS = {
+    "TASK_STATE_FAILED": names.END_TASK_FAILED,
+    "TASK_STATE_REJECTED": names.END_TASK_REJECTED,
+    "TASK_STATE_CANCELED": names.END_TASK_CANCELLED,
+}
+
+
+async def task_saved(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``TaskManager._save_task``: every state a task reaches, in both handlers."""
+    result = await wrapped(*args, **kwargs)
+    rt = current()
+    if rt is not None:
+        with _guard("TaskManager._save_task"):
+            task = args[0] if args else kwargs.get("task")
+            _task_state_seen(rt, instance, str(task.id), _state_name(task.status.state))
+    return result
+
+
+def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -> None:
+    owner = _TASK_MANAGER_STATE.get(manager)
+    # an ActiveTask's state belongs to the cascade that started it while that still
+    # holds the task's plumbing; anything else to the request that wrote it
+    if owner is not None and owner["cascade"] and rt.tracker.holds(owner["cascade"], task_id):
+        cascade = owner["cascade"]
+    else:
+        cascade = CASCADE.get()
+    if not cascade:
+        return
+    awaiting = names.AWAITING_STATES.get(state_name)
+    if owner is not None:
+        owner["awaiting"] = awaiting
+    rt.tracker.task_state(cascade, task_id, awaiting)
+    kind = _TERMINAL_ENDINGS.get(state_name)
+    if kind is not None:
+        record_ending(rt, cascade, _ending(kind, task_id))
+
+
+async def legacy_run_event_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``LegacyRequestHandler._run_event_stream``: the legacy handler's producer."""
+    rt = current()
+    if rt is None:
+        return await wrapped(*args, **kwargs)
+    request = args[0] if args else kwargs.get("request")
+    return await _run_executor(rt, str(getattr(request, "task_id", "") or ""), None, wrapped(*args, **kwargs))
+
+
+# --- server shutdown -------------------------------------------------------------
+async def uvicorn_shutdown(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    rt = current()
+    if rt is not None:
+        rt.shutting_down = True
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        rt = current()
+        if rt is not None:
+            with _guard("uvicorn shutdown"):
+                # uvicorn re-raises SIGTERM right after this: atexit will not run
+                record_shutdown(rt, "server_shutdown")
+
+
+def at_exit() -> None:
+    rt = current()
+    if rt is not None:
+        with _guard("atexit"):
+            if rt.tracker.shutdown is None or rt.tracker.producers_in_flight:
+                record_shutdown(rt, "interpreter_exit")

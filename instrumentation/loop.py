@@ -1,0 +1,225 @@
+"""Event loop hooks: the task factory by which spawned tasks hold units of
+their cascade, the report of tasks destroyed while pending, and the stall
+watchdog (fail-open, as every wrapper: see ``runtime``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from a2a_quiescence import names
+from a2a_quiescence.instrumentation.runtime import (
+    CASCADE, _OWNER, Runtime, _add, _end, _ending, _guard, _report_internal_error, _start_span, current,
+)
+from a2a_quiescence.instrumentation.tracker import HopTracker, WorkToken
+
+
+# --- event loop hooks: spawned work, destroyed-pending tasks -------------------
+class _TaskRef(weakref.ref):
+    """A weak reference to a task holding a unit of work: if the task is garbage
+    collected while pending, its done-callbacks never run and this releases the unit."""
+
+    __slots__ = ("key", "token", "tracker")
+
+
+# id(task) -> its _TaskRef, while the task holds its unit
+_LIVE: dict[int, _TaskRef] = {}
+# id(task) -> token of tasks collected while pending, for the finalizer's report (bounded)
+_COLLECTED: dict[int, WorkToken] = {}
+
+
+def forget_inherited_units() -> None:
+    """After a fork: the parent's tasks do not run here; their units were the parent's."""
+    for ref in list(_LIVE.values()):
+        ref.token.released = True
+    _LIVE.clear()
+    _COLLECTED.clear()
+
+
+def _task_done(task: asyncio.Future) -> None:
+    ref = _LIVE.pop(id(task), None)
+    if ref is not None:
+        ref.tracker.release(ref.token)
+
+
+def _task_collected(ref: _TaskRef) -> None:
+    # runs inside the garbage collector, in any thread: no locks (release_later)
+    if _LIVE.get(ref.key) is ref:
+        del _LIVE[ref.key]
+    token = ref.token
+    _COLLECTED[ref.key] = token
+    while len(_COLLECTED) > 256:
+        del _COLLECTED[next(iter(_COLLECTED))]
+    if not token.released:
+        ref.tracker.release_later(
+            token, _ending(names.END_DESTROYED_PENDING, token.owner, detail=token.what)
+        )
+
+
+def _hold(tracker: HopTracker, task: asyncio.Future, cascade: str, owner: dict[str, Any] | None, coro: Any) -> None:
+    """``task`` holds a unit of ``cascade`` until it is done (or collected)."""
+    token = tracker.acquire(cascade, owner["task_id"] if owner is not None else None, getattr(coro, "__qualname__", None))
+    if owner is not None:
+        owner["tokens"].append(token)
+    ref = _TaskRef(task, _task_collected)
+    ref.key, ref.token, ref.tracker = id(task), token, tracker
+    _LIVE[ref.key] = ref
+    task.add_done_callback(_task_done)
+
+def ensure_loop_hooks(rt: Runtime) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if loop in rt.loops:
+        return
+    previous_factory = loop.get_task_factory()
+    previous_handler = loop.get_exception_handler()
+    rt.loops[loop] = (previous_factory, previous_handler)
+
+    def factory(loop_: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
+        if previous_factory is not None:
+            task = previous_factory(loop_, coro, **kwargs)
+        else:
+            task = asyncio.Task(coro, loop=loop_, **kwargs)
+        runtime = current()
+        if runtime is not None:
+            # hot path (every task the agent creates): a plain try, not _guard
+            try:
+                ctx = kwargs.get("context")
+                cascade = ctx.get(CASCADE) if ctx is not None else CASCADE.get()
+                if cascade:
+                    _hold(runtime.tracker, task, cascade, ctx.get(_OWNER) if ctx is not None else _OWNER.get(), coro)
+            except Exception as exc:  # noqa: BLE001 - fail-open
+                _report_internal_error("task_factory", exc)
+        return task
+
+    def handler(loop_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        runtime = current()
+        if runtime is not None:
+            with _guard("exception_handler"):
+                _maybe_destroyed_pending(runtime, context, loop_)
+        # chain: never swallow what the loop reports
+        if previous_handler is not None:
+            previous_handler(loop_, context)
+        else:
+            loop_.default_exception_handler(context)
+
+    loop.set_task_factory(factory)
+    loop.set_exception_handler(handler)
+
+
+def remove_loop_hooks(rt: Runtime) -> None:
+    for loop, (factory, handler) in list(rt.loops.items()):
+        with _guard("remove_loop_hooks"):
+            if not loop.is_closed():
+                loop.set_task_factory(factory)
+                loop.set_exception_handler(handler)
+    rt.loops.clear()
+
+
+def _where(task: asyncio.Task) -> str:
+    try:
+        frames = task.get_stack()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+    if not frames:
+        return "unknown"
+    f = frames[-1]
+    return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
+
+
+def _innermost(task: asyncio.Task) -> str:
+    """Where a task's work waits: the innermost frame of its await chain outside
+    asyncio itself (``Task.get_stack`` stops at the task's own coroutine)."""
+    try:
+        frame = None
+        coro: Any = task.get_coro()
+        for _ in range(100):
+            f = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+            if f is None:
+                break
+            if frame is None or _ASYNCIO_DIR not in f.f_code.co_filename:
+                frame = f
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if frame is None:
+            return "unknown"
+        return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+_ASYNCIO_DIR = os.sep + "asyncio" + os.sep
+
+
+def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    message = str(context.get("message", ""))
+    task = context.get("task")
+    if "destroyed but it is pending" not in message or task is None:
+        return
+    name = task.get_name() if hasattr(task, "get_name") else repr(task)
+    # the unit it held names its cascade and ActiveTask (still listed when the task is
+    # freed by reference counting; already moved to _COLLECTED by a collector pass)
+    ref = _LIVE.get(id(task))
+    token = ref.token if ref is not None else _COLLECTED.pop(id(task), None)
+    task_id = (token.owner if token is not None else None) or (name.split(":", 1)[1] if ":" in name else "")
+    trace_id = token.trace_id if token is not None else rt.task_trace.get(task_id, "")
+    plumbing = bool(token is not None and token.plumbing)
+    detail = {
+        names.ATTR_ASYNCIO_TASK: name,
+        names.ATTR_TASK_ID: task_id,
+        "trace_id": trace_id,
+        names.ATTR_PARKED_AT: where if (where := _where(task)) != "unknown" else rt.parked.get(name, where),
+    }
+    if plumbing:
+        detail[names.ATTR_SDK_PLUMBING] = True
+    rt.tracker.destroyed_pending_seen(detail)
+    _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0], names.ATTR_SDK_PLUMBING: plumbing})
+    span = _start_span(rt, "a2a.task.destroyed_pending", attributes={k: v for k, v in detail.items() if v})
+    with _guard("destroyed_pending span"):
+        span.set_status(Status(StatusCode.ERROR, message))
+    _end(span)
+    if loop.is_closed() or not loop.is_running():
+        # the loop is gone (shutdown): this may be the last chance to report.
+        # While it runs, the reporter thread sends it; never block the agent here.
+        rt.flush()
+
+
+# --- stall watchdog ------------------------------------------------------------
+class _Watch:
+    """Reports a close/aclose that has not returned after the stall threshold."""
+
+    def __init__(self, rt: Runtime, span: trace.Span, what: str, task_id: str) -> None:
+        self.rt = rt
+        self.span = span
+        self.what = what
+        self.task_id = task_id
+        self.stalled = False
+        self.handle: asyncio.TimerHandle | None = None
+        self.waiter = asyncio.current_task()
+        if rt.stall_seconds > 0:
+            self.handle = asyncio.get_running_loop().call_later(rt.stall_seconds, self._fire)
+
+    def _fire(self) -> None:
+        with _guard("watchdog"):
+            self.stalled = True
+            parked = _where(self.waiter) if self.waiter is not None else "unknown"
+            attrs = {names.ATTR_TASK_ID: self.task_id, names.ATTR_PARKED_AT: parked, "a2a.stall.operation": self.what}
+            self.rt.tracker.stall_began(attrs | {"threshold_seconds": self.rt.stall_seconds})
+            _add(self.rt.stalled, 1)
+            self.span.add_event(names.EVENT_STALL, attrs)
+            self.span.set_attribute(names.ATTR_STALLED, True)
+
+    def done(self) -> None:
+        with _guard("watchdog"):
+            if self.handle is not None:
+                self.handle.cancel()
+            if self.stalled:
+                self.rt.tracker.stall_ended()
+                _add(self.rt.stalled, -1)
+                self.span.add_event(names.EVENT_STALL_RESOLVED)
