@@ -5,7 +5,8 @@
 * the live mesh: ``relay_mesh`` (collector, webhook, A -> B -> {C, U}), and
   ``send_nonblocking`` / ``cancel`` root requests into a known cascade;
 * in-process agents: ``serve`` (a uvicorn server on 127.0.0.1) and
-  ``Telemetry`` / ``instrumented`` (in-memory tracer and meter providers).
+  ``Telemetry`` / ``instrumented`` (in-memory tracer and meter providers);
+* Prometheus text: ``parse_metrics`` and ``metric`` (the one parser).
 
 Helpers the benchmarks need as well (``read_events``, ``start_plan``,
 ``call_context``...) live in ``a2a_quiescence.demo``.
@@ -25,6 +26,7 @@ import pytest
 import uvicorn
 from a2a.client import ClientConfig, create_client
 from a2a.types import a2a_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -95,6 +97,26 @@ async def wait_until_async(check: Callable[[], Any], what: str, *, timeout: floa
     for pause in polling.pauses():
         await asyncio.sleep(pause)
     return polling.value
+
+
+# --- Prometheus text -------------------------------------------------------------------
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by (name, sorted labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The sample with exactly these labels (None when absent)."""
+    return parse_metrics(text).get((name, tuple(sorted(labels.items()))))
+
+
+def metric_by(text: str, name: str, label: str) -> dict[str, float]:
+    """The samples of ``name`` by the value of one label."""
+    return {dict(labels).get(label, ""): v for (n, labels), v in parse_metrics(text).items() if n == name}
 
 
 # --- root requests into a known cascade ------------------------------------------------

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import random
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -163,21 +162,26 @@ async def test_chaos_no_early_settle_and_the_killed_hop_is_named(tmp_path: Path)
             return False
 
         verdict: dict[str, dict[str, Any]] = {}
-        end = time.monotonic() + DEADLINE
+        seen: dict[str, dict[str, Any]] = {}
+
+        def decided() -> bool:
+            for t in traces:
+                if t in verdict:
+                    continue
+                state = seen[t] = httpx.get(f"{mesh.api}/v1/cascades/{t}", timeout=10).json()
+                if state.get("settled") and state.get("settled_roots", 0) >= roots[t]:
+                    verdict[t] = state
+                elif state.get("status") == "stuck" and holds_victim(state):
+                    verdict[t] = state
+            return len(verdict) == len(traces)
+
+        def undecided(_message: str) -> None:
+            pending = {t: s for t, s in seen.items() if t not in verdict}
+            pytest.fail(f"cascades neither settled nor stuck on {VICTIM}: {json.dumps(pending, indent=1)}")
+
+        await wait_until_async(decided, "every cascade settled or stuck on the killed hop", timeout=DEADLINE,
+                               every=0.05, fail=undecided)
         async with httpx.AsyncClient(timeout=10) as http:
-            while len(verdict) < len(traces):
-                for t in traces:
-                    if t in verdict:
-                        continue
-                    state = (await http.get(f"{mesh.api}/v1/cascades/{t}")).json()
-                    if state.get("settled") and state.get("settled_roots", 0) >= roots[t]:
-                        verdict[t] = state
-                    elif state.get("status") == "stuck" and holds_victim(state):
-                        verdict[t] = state
-                if time.monotonic() > end:
-                    pending = {t: (await http.get(f"{mesh.api}/v1/cascades/{t}")).json() for t in traces if t not in verdict}
-                    pytest.fail(f"cascades neither settled nor stuck on {VICTIM}: {json.dumps(pending, indent=1)}")
-                await asyncio.sleep(0.05)
             final = {t: (await http.get(f"{mesh.api}/v1/cascades/{t}")).json() for t in traces}
 
         # stop every agent (and the webhook): the ground truth is final after this

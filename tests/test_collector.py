@@ -26,7 +26,6 @@ import httpx
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Mesh, _bin, free_port, stop_process, wait_http
@@ -35,7 +34,7 @@ from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.instrumentation import reporter
 
 from conftest import need_tool
-from support import TIMED_OUT_LAST, wait_until
+from support import TIMED_OUT_LAST, metric, parse_metrics, wait_until
 
 TOKEN = "s3cret-token"
 BODY_LIMIT = 8192
@@ -46,18 +45,6 @@ DEADLINE = 30.0
 def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE, every: float = 0.05) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
     return wait_until(check, what, timeout=timeout, every=every, message=TIMED_OUT_LAST, final_check=False)
-
-
-def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    return parse_metrics(text).get((name, tuple(sorted(labels.items()))))
 
 
 class Collector:

@@ -9,17 +9,16 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Proc, _bin, free_port, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.wait import wait_sync
+from support import TIMED_OUT_LAST, metric, wait_until
 
 
 def _port_free(port: int) -> bool:
@@ -31,12 +30,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _sample(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return None
 
 
 def test_default_ports_need_no_settings(tmp_path: Path) -> None:
@@ -65,18 +58,14 @@ def test_default_ports_need_no_settings(tmp_path: Path) -> None:
         asyncio.run(send_plan(agent.url, {"work_ms": 10}, trace_id=trace_id))
         state = wait_sync(trace_id, endpoint=f"http://{names.DEFAULT_HTTP}", timeout=30)
         assert state["status"] == "settled"
-        deadline = time.monotonic() + 30
-        traces = metrics = None
-        while time.monotonic() < deadline:
+        def received() -> str | None:
             text = httpx.get(f"http://{names.DEFAULT_HTTP}/metrics", timeout=5).text
-            traces = _sample(text, names.M_RECEIVED, signal="traces")
-            metrics = _sample(text, names.M_RECEIVED, signal="metrics")
-            if traces and metrics:
-                break
-            time.sleep(0.1)
-        assert traces and traces > 0, "no spans arrived over the default OTLP/gRPC port"
-        assert metrics and metrics > 0, "no metrics arrived over the default OTLP/gRPC port"
-        assert _sample(text, names.M_PRODUCERS_STARTED, agent="solo") == 1
+            got = [metric(text, names.M_RECEIVED, signal=s) for s in ("traces", "metrics")]
+            return text if all(got) else None
+
+        # spans and metrics over the default OTLP/gRPC port
+        text = wait_until(received, "spans and metrics received", timeout=30, every=0.1, message=TIMED_OUT_LAST)
+        assert metric(text, names.M_PRODUCERS_STARTED, agent="solo") == 1
     finally:
         if agent is not None:
             agent.stop()

@@ -168,11 +168,8 @@ def test_every_dashboard_query_returns_data(stack: Stack, cascades: dict[str, st
                 pending.discard(expr)
         return not pending
 
-    deadline = time.monotonic() + DEADLINE
-    while not remaining():
-        if time.monotonic() > deadline:
-            pytest.fail("dashboard queries that never returned data:\n" + "\n".join(sorted(pending)))
-        time.sleep(0.5)
+    wait_until(remaining, "every dashboard query to return data", timeout=DEADLINE, every=0.5,
+               fail=lambda _message: pytest.fail("dashboard queries that never returned data:\n" + "\n".join(sorted(pending))))
 
 
 def test_detection_latency_is_recorded(stack: Stack, cascades: dict[str, str]) -> None:

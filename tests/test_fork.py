@@ -18,6 +18,7 @@ import pytest
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Mesh, _bin, free_port, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+from support import raise_assertion, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,13 +82,15 @@ def test_forked_worker_reports_as_its_own_incarnation(tmp_path: Path) -> None:
 
 def _reap(pid: int) -> None:
     """Wait (bounded) until the forked worker is gone; kill it if it lingers."""
-    import time
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+            return True
+        return False
+
+    try:
+        wait_until(gone, "the forked worker to exit", timeout=15, every=0.05, fail=raise_assertion)
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)

@@ -21,17 +21,16 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from a2a_quiescence import __version__, names
 from a2a_quiescence.demo.harness import free_port, stop_process, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from conftest import ROOT
+from support import TIMED_OUT_LAST, metric, wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -68,14 +67,6 @@ def installed(env: dict[str, str]) -> set[str]:
     out = subprocess.run(["python", "-m", "pip", "list", "--format=freeze"], env=env, capture_output=True, text=True,
                          check=True, timeout=120).stdout
     return {line.split("==")[0].lower().replace("_", "-") for line in out.splitlines() if "==" in line}
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return 0.0
 
 
 def test_the_readme_install_lines_alone_give_spans_metrics_snapshots_and_a_settled_cascade(tmp_path: Path) -> None:
@@ -127,15 +118,13 @@ def test_the_readme_install_lines_alone_give_spans_metrics_snapshots_and_a_settl
         # a clean stop flushes what is still batched (the default metric interval is a minute)
         assert stop_process(agent, signal.SIGTERM) is not None
         agent = None
-        deadline = time.monotonic() + 60
-        while True:
+        def received() -> str | None:
             text = httpx.get(f"{api}/metrics", timeout=10).text
-            got = {s: sample(text, names.M_RECEIVED, signal=s) for s in ("traces", "metrics", "logs")}
-            if all(got.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert all(got.values()), f"received per signal: {got}"
-        assert sample(text, names.M_PRODUCERS_STARTED, agent="solo") == 1
+            return text if all(metric(text, names.M_RECEIVED, signal=s) for s in ("traces", "metrics", "logs")) else None
+
+        text = wait_until(received, "traces, metrics and logs received", timeout=60, every=0.2,
+                          message=TIMED_OUT_LAST)
+        assert metric(text, names.M_PRODUCERS_STARTED, agent="solo") == 1
     finally:
         if agent is not None:
             stop_process(agent)

@@ -25,13 +25,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Mesh
 from a2a_quiescence.demo.mesh import send_plan
 
-from support import TIMED_OUT, raise_assertion, wait_until
+from support import TIMED_OUT, metric_by, raise_assertion, wait_until
 
 DEADLINE = 30.0
 
@@ -121,12 +120,7 @@ def mesh(tmp_path: Path, sink: TraceSink) -> Iterator[Mesh]:
 
 
 def _gauge(text: str, metric: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == metric:
-                out[sample.labels.get(names.LABEL_AGENT, "")] = sample.value
-    return out
+    return metric_by(text, metric, names.LABEL_AGENT)
 
 
 def test_one_trace_across_three_processes(mesh: Mesh, sink: TraceSink) -> None:

@@ -11,7 +11,6 @@ yet C's work is cancelled; the cascade must read ``lost``, never ``completed``.
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,7 @@ from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Mesh, _bin, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
-from support import wait_until
+from support import metric, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,13 +48,9 @@ def wait_cli(api: str, trace_id: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=90)
 
 
-def sample(mesh: Mesh, metric: str, **labels: str) -> float | None:
+def sample(mesh: Mesh, name: str, **labels: str) -> float | None:
     """One sample of the collector's /metrics (None when the series is absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = re.compile(rf"^{re.escape(metric)}(?:\{{{re.escape(want)}\}})? (\S+)$" if want else
-                         rf"^{re.escape(metric)} (\S+)$", re.M)
-    found = pattern.search(mesh.metrics())
-    return float(found.group(1)) if found else None
+    return metric(mesh.metrics(), name, **labels)
 
 
 @pytest.fixture

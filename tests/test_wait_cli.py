@@ -11,7 +11,6 @@ import asyncio
 import json
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.wait import NotSettled, wait_for_quiescence
 
-from support import relay_mesh
+from support import relay_mesh, wait_until
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.timeout(180)
@@ -63,12 +62,9 @@ def settled_trace(mesh: Mesh) -> str:
 def open_trace(mesh: Mesh) -> str:
     trace_id = run_cascade(mesh, "U")
     # the instrumented hops are done with it (A answered after B, B after U); only U's silence holds it
-    end = time.monotonic() + DEADLINE
-    while not all(
-        h["kind"] == "edge" for h in httpx.get(f"{mesh.api}/v1/cascades/{trace_id}", timeout=10).json()["holders"]
-    ):
-        assert time.monotonic() < end, "A and B never reported passive"
-        time.sleep(0.02)
+    wait_until(lambda: all(h["kind"] == "edge" for h in
+                           httpx.get(f"{mesh.api}/v1/cascades/{trace_id}", timeout=10).json()["holders"]),
+               "A and B to report passive", timeout=DEADLINE, every=0.02)
     return trace_id
 
 
