@@ -99,6 +99,17 @@ async def wait_until_async(check: Callable[[], Any], what: str, *, timeout: floa
     return polling.value
 
 
+# --- ports ----------------------------------------------------------------------------
+def port_free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be bound now (the collector's defaults must be free)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 # --- Prometheus text -------------------------------------------------------------------
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of an exposition, by (name, sorted labels)."""

@@ -6,7 +6,6 @@ to 127.0.0.1:4317), lifecycle snapshots over OTLP/HTTP to 127.0.0.1:4318."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,23 +17,12 @@ from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Proc, _bin, free_port, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.wait import wait_sync
-from support import TIMED_OUT_LAST, metric, wait_until
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
+from support import TIMED_OUT_LAST, metric, port_free, wait_until
 
 
 def test_default_ports_need_no_settings(tmp_path: Path) -> None:
     defaults = [int(hp.rsplit(":", 1)[1]) for hp in (names.DEFAULT_OTLP_HTTP, names.DEFAULT_OTLP_GRPC, names.DEFAULT_HTTP)]
-    busy = [p for p in defaults if not _port_free(p)]
+    busy = [p for p in defaults if not port_free(p)]
     if busy:
         pytest.fail(f"default ports in use by something else: {busy}")
     log = (tmp_path / "collector.log").open("ab")

@@ -30,7 +30,7 @@ from a2a_quiescence import __version__, names
 from a2a_quiescence.demo.harness import free_port, stop_process, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from conftest import ROOT
-from support import TIMED_OUT_LAST, metric, wait_until
+from support import TIMED_OUT_LAST, metric, port_free, wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -95,7 +95,7 @@ def test_the_readme_install_lines_alone_give_spans_metrics_snapshots_and_a_settl
                                text=True, timeout=60)
     assert no_server.returncode == 2 and "pip install 'a2a-quiescence[collector]'" in no_server.stderr
 
-    busy = [p for p in defaults if not _free(p)]
+    busy = [p for p in defaults if not port_free(p)]
     assert not busy, f"default ports in use by something else: {busy}"
     log = (tmp_path / "collector.log").open("ab")
     collector = subprocess.Popen(["a2a-quiescence", "collector"], env=sidecar_env, cwd=work, stdout=log,
@@ -129,14 +129,3 @@ def test_the_readme_install_lines_alone_give_spans_metrics_snapshots_and_a_settl
         if agent is not None:
             stop_process(agent)
         stop_process(collector)
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
