@@ -42,7 +42,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from typing import Any, AsyncIterator, Sequence  # noqa: E402
+from typing import Any, AsyncIterator, Callable, Sequence  # noqa: E402
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
@@ -86,14 +86,16 @@ class CountingExporter(SpanExporter):
 
 
 @contextlib.asynccontextmanager
-async def relay_servers() -> AsyncIterator[str]:
-    """Fresh A -> B -> C servers; yields A's URL."""
+async def relay_servers(wrap: Callable[[Any], Any] | None = None) -> AsyncIterator[str]:
+    """Fresh A -> B -> C servers (each app passed through ``wrap``, e.g. an ASGI middleware); yields A's URL."""
     ports = {n: free_port() for n in "ABC"}
     urls = {n: f"http://127.0.0.1:{p}/" for n, p in ports.items()}
     servers: list[tuple[uvicorn.Server, asyncio.Task]] = []
     try:
         for name, peer in (("C", None), ("B", "C"), ("A", "B")):
             app, _handler, _executor = build_app(name, ports[name], {peer: urls[peer]} if peer else {})
+            if wrap is not None:
+                app = wrap(app)
             server = uvicorn.Server(
                 uvicorn.Config(app, host="127.0.0.1", port=ports[name], log_level="error", access_log=False)
             )
