@@ -114,20 +114,25 @@ class Api:
         self.state.reject(names.REJECT_UNAUTHORIZED)
         return JSONResponse({"error": "missing or wrong bearer token"}, 401, headers={"www-authenticate": "Bearer"})
 
-    async def api_cascade(self, request: Request) -> Response:
+    def _cascade_request(self, request: Request) -> tuple[str, None] | tuple[None, Response]:
+        """The trace id a /v1/cascades request names, or the answer refusing it."""
         if (denied := self._api_auth(request)) is not None:
-            return denied
+            return None, denied
         trace_id = _trace_id(request)
         if trace_id is None:
-            return JSONResponse({"error": "trace id must be 32 hex digits"}, 400)
+            return None, JSONResponse({"error": "trace id must be 32 hex digits"}, 400)
+        return trace_id, None
+
+    async def api_cascade(self, request: Request) -> Response:
+        trace_id, refused = self._cascade_request(request)
+        if refused is not None:
+            return refused
         return JSONResponse(self.describe(trace_id))
 
     async def api_wait(self, request: Request) -> Response:
-        if (denied := self._api_auth(request)) is not None:
-            return denied
-        trace_id = _trace_id(request)
-        if trace_id is None:
-            return JSONResponse({"error": "trace id must be 32 hex digits"}, 400)
+        trace_id, refused = self._cascade_request(request)
+        if refused is not None:
+            return refused
         try:
             timeout = float(request.query_params.get("timeout", "30"))
             roots = int(request.query_params.get("roots", "1"))

@@ -143,6 +143,22 @@ def _agent_data_link(backend: str, span: str | None = None,
     )
 
 
+def _shutdown_gauge(title: str, description: str, metric: str, link: gd.DashboardLink) -> bargauge.Panel:
+    """A per-agent bar gauge of a value the agent's last shutdown left behind (red above 0)."""
+    return (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .with_target(_q(f"max by (agent) ({metric}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
+        .unit("short")
+        .thresholds(GREEN_RED)
+        .reduce_options(_last())
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .data_links([link])
+        .span(6).height(8)
+    )
+
+
 # --- node graph ------------------------------------------------------------
 def _edge_increase() -> str:
     return f"increase({n.M_EDGE_MESSAGES}[$__range])"
@@ -300,46 +316,25 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .span(12).height(8),
         ]),
         ("Shutdown", [
-            bargauge.Panel()
-            .title("Producers leaked at last shutdown")
-            .description(
+            _shutdown_gauge(
+                "Producers leaked at last shutdown",
                 "Producers still in flight when each agent's last shutdown completed. 0 is a clean "
-                "shutdown; agents that never shut down show 0. Above 0 fires A2AProducerLeakedAtShutdown."
-            )
-            .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_LEAKED}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
-            .unit("short")
-            .thresholds(GREEN_RED)
-            .reduce_options(_last())
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
-            .span(6).height(8),
-            bargauge.Panel()
-            .title("Producers cancelled at last shutdown")
-            .description(
+                "shutdown; agents that never shut down show 0. Above 0 fires A2AProducerLeakedAtShutdown.",
+                n.M_SHUTDOWN_LEAKED, _agent_data_link(tb, n.SPAN_PRODUCER),
+            ),
+            _shutdown_gauge(
+                "Producers cancelled at last shutdown",
                 "Producers each agent's last shutdown drain (aclose()) cancelled while they still worked: "
                 "nothing leaked, but their work was lost. 0 is a drain with nothing left to do; agents that "
-                "never shut down show 0. Above 0 fires A2AWorkCancelledAtShutdown."
-            )
-            .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_CANCELLED}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
-            .unit("short")
-            .thresholds(GREEN_RED)
-            .reduce_options(_last())
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
-            .span(6).height(8),
-            bargauge.Panel()
-            .title("Cascades open at last shutdown")
-            .description(
+                "never shut down show 0. Above 0 fires A2AWorkCancelledAtShutdown.",
+                n.M_SHUTDOWN_CANCELLED, _agent_data_link(tb, n.SPAN_PRODUCER),
+            ),
+            _shutdown_gauge(
+                "Cascades open at last shutdown",
                 "Cascades each agent took part in that were still open elsewhere in the mesh when its "
-                "last shutdown completed. Above 0 fires A2AShutdownWithCascadeInFlight."
-            )
-            .with_target(_q(f"max by (agent) ({n.M_SHUTDOWN_CASCADES_OPEN}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
-            .unit("short")
-            .thresholds(GREEN_RED)
-            .reduce_options(_last())
-            .orientation(cm.VizOrientation.HORIZONTAL)
-            .data_links([_agent_data_link(tb)])
-            .span(6).height(8),
+                "last shutdown completed. Above 0 fires A2AShutdownWithCascadeInFlight.",
+                n.M_SHUTDOWN_CASCADES_OPEN, _agent_data_link(tb),
+            ),
             timeseries.Panel()
             .title("Agents up and restarts")
             .description(
