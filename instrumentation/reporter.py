@@ -144,6 +144,7 @@ class Reporter:
         self.heartbeat = heartbeat if heartbeat is not None else float(
             os.environ.get(names.ENV_HEARTBEAT_SECONDS, "2")
         )
+        self.lazy_interval = float(os.environ.get(names.ENV_LAZY_MS, "200")) / 1000.0
         self.timeout = timeout
         self._event = threading.Event()
         self._send_lock = threading.Lock()
@@ -188,7 +189,9 @@ class Reporter:
     def _run(self) -> None:
         next_beat = time.monotonic() + self.heartbeat
         while not self._stop:
-            woke = self._event.wait(timeout=max(0.0, next_beat - time.monotonic()))
+            # woken at once by what can settle a cascade (see HopTracker); the rest of
+            # what changed waits for the lazy interval, so busy agents ship far less often
+            woke = self._event.wait(timeout=max(0.0, min(next_beat - time.monotonic(), self.lazy_interval)))
             if self._stop:
                 break
             if woke and self.flush_interval > 0:

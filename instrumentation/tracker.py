@@ -11,6 +11,11 @@ Ordering rules that make settlement sound, enforced here:
 - ``send`` may only be called by code that holds a unit of work for the
   cascade (``WorkToken``), so a send is recorded before the hop can look
   passive;
+- the reporter is woken (to ship within its flush interval) only by what can
+  settle a cascade or that a waiter must see at once: a cascade going passive,
+  a withdrawn send, a root receipt, a shutdown. Everything else is shipped with
+  the next such flush or the reporter's lazy interval. Snapshots stay atomic
+  and the latest per incarnation wins, so a later report is late, never wrong;
 - how work ended (a failure or a loss, ``record_ending``) is recorded while a
   unit of the cascade is still held, or in the same critical section that
   releases it (``release(token, ending=...)``), so no snapshot can show the
@@ -119,14 +124,12 @@ class HopTracker:
             self.producers_in_flight += 1
             self.producers_started += 1
             self._touch_hop()
-        self.wake()
 
     def producer_finished(self, outcome: str) -> None:
         with self.lock:
             self.producers_in_flight -= 1
             self.producers_finished[outcome] = self.producers_finished.get(outcome, 0) + 1
             self._touch_hop()
-        self.wake()
 
     def stall_began(self, detail: dict[str, Any]) -> None:
         with self.lock:
@@ -134,13 +137,11 @@ class HopTracker:
             self.stalls_total += 1
             self._remember({"kind": "stall", **detail})
             self._touch_hop()
-        self.wake()
 
     def stall_ended(self) -> None:
         with self.lock:
             self.stalled_in_flight -= 1
             self._touch_hop()
-        self.wake()
 
     def destroyed_pending_seen(self, detail: dict[str, Any]) -> None:
         """A task destroyed while pending (``detail[ATTR_SDK_PLUMBING]``: SDK plumbing
@@ -223,7 +224,8 @@ class HopTracker:
             c.active += 1
             c.passive_since = None
             self._mark(trace_id, c)
-        self.wake()
+        if not sender:
+            self.wake()  # a root receipt: a mesh wait must hear of it within the flush interval
         return WorkToken(trace_id)
 
     def start_root(self, trace_id: str) -> WorkToken:
@@ -237,15 +239,12 @@ class HopTracker:
             c.active += 1
             if owner is not None:
                 c.owned[owner] = c.owned.get(owner, 0) + 1
-            first = c.active == 1
-            if first or c.awaiting:
-                # only the passive -> active edge matters to the detector; the
-                # count itself rides along with the next snapshot that is sent
+            if c.active == 1 or c.awaiting:
+                # only the passive -> active edge matters to the detector (and every count
+                # while tasks wait for their user); otherwise the count rides along with
+                # the next snapshot that is sent
                 c.passive_since = None
                 self._mark(trace_id, c)
-                first = True
-        if first:
-            self.wake()
         return WorkToken(trace_id, owner, what)
 
     def release(self, token: WorkToken, ending: dict[str, Any] | None = None) -> None:
@@ -256,8 +255,8 @@ class HopTracker:
         token.released = True
         with self.lock:
             last = self._release_locked(token, ending)
-        if last or ending is not None:
-            self.wake()
+        if last:
+            self.wake()  # the hop went passive: this can settle the cascade
 
     def release_later(self, token: WorkToken, ending: dict[str, Any] | None = None) -> None:
         """``release`` for garbage-collector callbacks: takes no lock, applied at
@@ -305,7 +304,6 @@ class HopTracker:
         with self.lock:
             self._end(self._cascade(trace_id), ending)
             self._mark(trace_id, self.cascades[trace_id])
-        self.wake()
 
     def _end(self, c: _Cascade, ending: dict[str, Any]) -> None:
         loss = ending["kind"] in names.LOSS_KINDS
@@ -344,7 +342,6 @@ class HopTracker:
             if c.awaiting.get(task_id) == before:
                 return
             self._mark(trace_id, c)
-        self.wake()
 
     def shutdown_cancelled(self) -> None:
         """A drain cancelled a producer that was still working."""
@@ -360,7 +357,6 @@ class HopTracker:
             c = self._cascade(token.trace_id)
             c.sent[destination] = c.sent.get(destination, EMPTY).with_id(message_id)
             self._mark(token.trace_id, c)
-        self.wake()
 
     def withdraw(self, token: WorkToken, destination: str, message_id: str) -> None:
         """Take back a send that provably never left (connection refused)."""
