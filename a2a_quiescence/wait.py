@@ -163,18 +163,6 @@ def wait_mesh_sync(
     return state
 
 
-async def wait_for_mesh(
-    *, since: float, until: float | None = None, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0,
-    grace: float | None = None, token: str | None = None,
-) -> dict[str, Any]:
-    """``wait_mesh_sync`` on the event loop (cancellable)."""
-    poll = _mesh_poll(endpoint, since, until, timeout, grace)
-    state = await _poll_async(poll, token)
-    if state is None:
-        raise MeshNotQuiet(poll.state)
-    return state
-
-
 async def wait_for_quiescence(
     trace_id: str,
     *,

@@ -290,10 +290,6 @@ class HopTracker:
             self._mark(token.trace_id, c)
         return last
 
-    def release_on_done(self, token: WorkToken) -> Callable[[Any], None]:
-        """A done-callback for an asyncio task that holds ``token``."""
-        return lambda _task: self.release(token)
-
     # -- how work ended -------------------------------------------------------------
     def record_ending(self, trace_id: str, ending: dict[str, Any]) -> None:
         """Record a failure or a loss for a cascade. The caller must hold a unit of
