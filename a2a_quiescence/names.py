@@ -73,6 +73,9 @@ STATUS_OPEN = "open"
 STATUS_AWAITING_INPUT = "awaiting_input"
 STATUS_STUCK = "stuck"
 STATUS_SETTLED = "settled"
+# a shard of a mesh tier: the ring gives this cascade to another shard (it is not
+# counted here as open or stuck; the owner answers for it)
+STATUS_MOVED = "moved"
 
 # task states in which an a2a-sdk task waits for its user (the V2 handler keeps its producer alive)
 AWAITING_STATES = {"TASK_STATE_INPUT_REQUIRED": "input_required", "TASK_STATE_AUTH_REQUIRED": "auth_required"}
@@ -143,6 +146,10 @@ M_FORWARDED = "a2a_quiescence_forwarded_total"
 M_DROPPED = "a2a_quiescence_dropped_total"
 M_EVICTED = "a2a_quiescence_evicted_total"
 M_SNAPSHOTS = "a2a_quiescence_snapshots_total"
+# a mesh tier (sharded by trace id behind the load-balancing exporter)
+M_CASCADES_MOVED = "a2a_cascades_moved"
+M_RING_SHARDS = "a2a_mesh_ring_shards"
+M_RING_CHANGES = "a2a_mesh_ring_changes_total"
 
 # Names a PromQL expression may use, with the series suffixes a histogram adds.
 EXPORTED_METRICS = frozenset(
@@ -165,6 +172,9 @@ EXPORTED_METRICS = frozenset(
         M_CASCADES_AWAITING,
         M_MESH_SETTLED,
         M_CASCADES_SETTLED,
+        M_CASCADES_MOVED,
+        M_RING_SHARDS,
+        M_RING_CHANGES,
         M_DETECTION_LATENCY + "_bucket",
         M_DETECTION_LATENCY + "_sum",
         M_DETECTION_LATENCY + "_count",

@@ -32,6 +32,7 @@ import pytest
 
 from a2a_quiescence.wait import (
     DEFAULT_ENDPOINT,
+    ENV_SHARDS,
     MeshNotQuiet,
     NotSettled,
     _headers,
@@ -41,6 +42,7 @@ from a2a_quiescence.wait import (
     wait_mesh_sync,
     wait_sync,
 )
+from a2a_quiescence.shards import ShardSpec
 
 OUTCOMES = ("completed", "failed", "lost")
 _GATE_START = pytest.StashKey[float]()
@@ -54,6 +56,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--a2a-quiescence-endpoint",
         default=None,
         help="a2a-quiescence collector API URL (default: env A2A_QUIESCENCE_API or http://127.0.0.1:9464)",
+    )
+    group.addoption(
+        "--a2a-quiescence-shards",
+        default=None,
+        help="ask a mesh tier instead: its shard set (comma-separated shard API URLs in the load-balancing "
+             "exporter's order, ENDPOINT=URL items, dns+http://NAME:PORT or @FILE; default: env A2A_QUIESCENCE_SHARDS)",
     )
     group.addoption("--a2a-quiescence-timeout", type=float, default=30.0, help="seconds to wait for settlement")
     group.addoption(
@@ -93,6 +101,10 @@ def _endpoint(config: pytest.Config) -> str:
     return config.getoption("--a2a-quiescence-endpoint") or os.environ.get("A2A_QUIESCENCE_API") or DEFAULT_ENDPOINT
 
 
+def _shards(config: pytest.Config) -> str | None:
+    return config.getoption("--a2a-quiescence-shards") or os.environ.get(ENV_SHARDS) or None
+
+
 def _gated(item: pytest.Item) -> bool:
     if not item.config.getoption("--a2a-quiescence-gate"):
         return False
@@ -121,14 +133,15 @@ def _gate(item: pytest.Item) -> str | None:
     since, began = item.stash[_GATE_START], time.monotonic()
     marker = item.get_closest_marker("a2a_quiescence_gate")
     allowed = config.stash[_GATE_ALLOW] | (_allowed(marker.kwargs.get("allow", ())) if marker else frozenset())
-    endpoint = _endpoint(config)
+    shards = _shards(config)
+    endpoint = shards or _endpoint(config)
     timeout = config.getoption("--a2a-quiescence-timeout")
     try:
         state = wait_mesh_sync(since=since, endpoint=endpoint, timeout=timeout,
-                               grace=config.getoption("--a2a-quiescence-grace"))
+                               grace=config.getoption("--a2a-quiescence-grace"), shards=shards)
     except MeshNotQuiet as exc:
         return f"a2a-quiescence gate: not every cascade of this test settled within {timeout:g}s: {describe_mesh(exc.state)}"
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, LookupError, ValueError, OSError) as exc:
         return f"a2a-quiescence gate: collector at {endpoint} unreachable: {exc}"
     finally:
         _GATE_SECONDS.append(time.monotonic() - began)
@@ -150,14 +163,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 class Quiescence:
     """What the `a2a_quiescence` fixture gives a test."""
 
-    def __init__(self, endpoint: str, timeout: float, token: str | None = None) -> None:
+    def __init__(self, endpoint: str, timeout: float, token: str | None = None, shards: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.token = token
+        self.shards = ShardSpec(shards) if shards else None  # a mesh tier: ask the shard owning each cascade
 
     def wait(self, trace_id: str, timeout: float | None = None, roots: int = 1) -> dict[str, Any]:
         """The collector's view once settled; raises NotSettled otherwise."""
-        return wait_sync(trace_id, endpoint=self.endpoint, timeout=self.timeout if timeout is None else timeout, roots=roots, token=self.token)
+        return wait_sync(trace_id, endpoint=self.endpoint, timeout=self.timeout if timeout is None else timeout,
+                         roots=roots, token=self.token, shards=self.shards)
 
     def assert_settled(
         self, trace_id: str, timeout: float | None = None, roots: int = 1, allow: Iterable[str] = ()
@@ -181,7 +196,9 @@ class Quiescence:
         return state
 
     def mesh(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.endpoint.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
+        """The collector's /v1/mesh (a mesh tier: any shard's, which covers every shard)."""
+        base = self.shards.resolve().shards[0].url if self.shards else self.endpoint
+        response = httpx.get(f"{base.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -193,4 +210,5 @@ class Quiescence:
 
 @pytest.fixture
 def a2a_quiescence(request: pytest.FixtureRequest) -> Quiescence:
-    return Quiescence(_endpoint(request.config), request.config.getoption("--a2a-quiescence-timeout"))
+    return Quiescence(_endpoint(request.config), request.config.getoption("--a2a-quiescence-timeout"),
+                      shards=_shards(request.config))

@@ -11,7 +11,12 @@ from typing import Any, Callable
 
 import httpx
 
+from a2a_quiescence.shards import Membership, ShardSpec
+
 DEFAULT_ENDPOINT = "http://127.0.0.1:9464"
+ENV_SHARDS = "A2A_QUIESCENCE_SHARDS"
+DEFAULT_GRACE = 0.05  # the collector's default --root-grace
+TIER_SLICE = 5.0  # a wait on a mesh tier reads the shard set again this often
 
 # exit codes of `a2a-quiescence wait`
 EXIT_COMPLETED = 0
@@ -50,6 +55,9 @@ def describe_holders(state: dict[str, Any]) -> str:
     status = state.get("status", "unknown")
     if status == "unknown":
         return "unknown to the collector (no hop has reported it)"
+    if status == "moved" and state.get("owner_reported") is False:
+        return (f"moved to shard {state.get('owner')}, which has not reported it yet "
+                f"(its agents resend it once the membership change settles)")
     if status == "awaiting_input":
         tasks = ", ".join(f"task {a['task_id']} on {a['hop']} ({a['state']})" for a in state.get("awaiting") or [])
         return f"awaiting_input; waiting for the user: {tasks}"
@@ -149,13 +157,108 @@ def describe_mesh(state: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _spec(shards: str | ShardSpec) -> ShardSpec:
+    return shards if isinstance(shards, ShardSpec) else ShardSpec(shards)
+
+
+def _settled_item(item: dict[str, Any]) -> bool:
+    return item.get("status") == "settled" and not item.get("pending_roots")
+
+
+def merge_window(membership: Membership, answers: list[tuple[str, dict[str, Any]]],
+                 since: float, until: float) -> dict[str, Any]:
+    """One mesh-wait answer from every shard's: a cascade is settled when any shard
+    settled it (a settle on any shard's view is sound: docs/settlement.md); otherwise
+    its owner's view says what holds it, or, when the owner has not reported it yet,
+    the shard it moved from does."""
+    from a2a_quiescence.collector.settlement import worse  # plain Python, no server dependency
+
+    seen: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for url, answer in answers:
+        for item in answer.get("cascades") or []:
+            seen.setdefault(item["trace_id"], []).append((url, item))
+    items = []
+    waiting = 0
+    worst = None
+    for trace_id, entries in seen.items():
+        settled = [(url, i) for url, i in entries if _settled_item(i)]
+        if settled:
+            outcome = None
+            for _url, i in settled:
+                if i.get("outcome"):
+                    outcome = worse(outcome, i["outcome"])
+            url, item = next(((u, i) for u, i in settled if i.get("outcome") == outcome), settled[0])
+            items.append({**item, "shard": url})
+            if outcome:
+                worst = worse(worst, outcome)
+            continue
+        waiting += 1
+        owner = membership.owner(trace_id)
+        mine = [(u, i) for u, i in entries if owner is not None and u == owner.url]
+        url, item = (mine or entries)[0]
+        item = {**item, "shard": url}
+        if not mine and owner is not None:
+            item.update(status="moved", owner=owner.endpoint, owner_url=owner.url, owner_reported=False)
+        items.append(item)
+    items.sort(key=lambda i: i.get("started_at") or 0)
+    return {"since": since, "until": until, "settled": waiting == 0, "cascades": items, "open": waiting,
+            "outcome": worst if waiting == 0 else None, "shards": [url for url, _ in answers]}
+
+
+def _tier_mesh_sync(spec: ShardSpec, since: float, until: float | None, timeout: float, grace: float | None,
+                    token: str | None) -> dict[str, Any]:
+    until = time.time() if until is None else until
+    grace = DEFAULT_GRACE if grace is None else grace
+    deadline = time.monotonic() + timeout
+    pause = 0.02
+    query = {"since": f"{since:.6f}", "until": f"{until:.6f}", "grace": grace, "timeout": 0}
+    with httpx.Client(headers=_headers(token), timeout=10.0) as client:
+        while True:
+            membership = spec.resolve()
+            answers = []
+            for shard in membership.shards:
+                response = client.get(f"{shard.url}/v1/mesh/wait", params=query)
+                if response.status_code not in (200, 408):
+                    response.raise_for_status()
+                answers.append((shard.url, response.json()))
+            merged = merge_window(membership, answers, since, until)
+            if merged["settled"] and time.time() >= until + grace:
+                return merged
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MeshNotQuiet(merged)
+            # shards answer at once (timeout 0); ask again, less often the longer it takes
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.5)
+
+
+def _tier_wait_sync(spec: ShardSpec, trace_id: str, timeout: float, roots: int, token: str | None) -> dict[str, Any]:
+    """Long-poll the shard the ring gives the cascade to, reading the shard set again
+    every ``TIER_SLICE`` seconds (the owner may change during the wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owner = spec.resolve().owner(trace_id)
+        if owner is None:
+            raise httpx.HTTPError(f"the shard set {spec} is empty")
+        left = max(0.0, deadline - time.monotonic())
+        poll = _cascade_poll(trace_id, owner.url, min(left, TIER_SLICE), roots)
+        state = _poll_sync(poll, token)
+        if state is not None:
+            return {**state, "shard": owner.url}
+        if time.monotonic() >= deadline:
+            raise NotSettled(trace_id, {**poll.state, "shard": owner.url})
+
+
 def wait_mesh_sync(
     *, since: float, until: float | None = None, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 30.0,
-    grace: float | None = None, token: str | None = None,
+    grace: float | None = None, token: str | None = None, shards: str | ShardSpec | None = None,
 ) -> dict[str, Any]:
     """Wait until every cascade whose root request arrived in [since, until] (until:
     now) has settled; the collector's answer lists each with its outcome. Raises
-    ``MeshNotQuiet`` when one has not within ``timeout`` seconds."""
+    ``MeshNotQuiet`` when one has not within ``timeout`` seconds. ``shards``: ask
+    every shard of a mesh tier instead of one collector (a2a_quiescence.shards)."""
+    if shards:
+        return _tier_mesh_sync(_spec(shards), since, until, timeout, grace, token)
     poll = _mesh_poll(endpoint, since, until, timeout, grace)
     state = _poll_sync(poll, token)
     if state is None:
@@ -184,8 +287,12 @@ async def wait_for_quiescence(
     return state
 
 
-def wait_sync(trace_id: str, *, endpoint: str, timeout: float, roots: int = 1, token: str | None = None) -> dict[str, Any]:
-    """``wait_for_quiescence`` for code without an event loop (the CLI, the pytest fixture)."""
+def wait_sync(trace_id: str, *, endpoint: str = DEFAULT_ENDPOINT, timeout: float, roots: int = 1,
+              token: str | None = None, shards: str | ShardSpec | None = None) -> dict[str, Any]:
+    """``wait_for_quiescence`` for code without an event loop (the CLI, the pytest fixture).
+    ``shards``: ask the shard of a mesh tier that owns the cascade (a2a_quiescence.shards)."""
+    if shards:
+        return _tier_wait_sync(_spec(shards), trace_id, timeout, roots, token)
     poll = _cascade_poll(trace_id, endpoint, timeout, roots)
     state = _poll_sync(poll, token)
     if state is None:
@@ -220,6 +327,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "reported (default: the collector's --root-grace)")
     p.add_argument("--endpoint", default=os.environ.get("A2A_QUIESCENCE_API", DEFAULT_ENDPOINT),
                    help="collector HTTP API base URL (default %(default)s)")
+    p.add_argument("--shards", default=os.environ.get(ENV_SHARDS),
+                   help="ask a mesh tier instead of --endpoint: its shard set in the load-balancing exporter's order "
+                        "(comma-separated API URLs, ENDPOINT=URL items, dns+http://NAME:PORT or @FILE; see "
+                        f"docs/scale-out.md; env {ENV_SHARDS}). A TRACE_ID is asked of the shard owning it; "
+                        "--mesh asks every shard")
+    p.add_argument("--ring-port", type=int, default=4317,
+                   help="with --shards: the shards' OTLP/gRPC port, which makes a URL's ring endpoint HOST:PORT "
+                        "(default %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default %(default)s)")
     p.add_argument("--roots", type=int, default=1, help="wait until at least this many root requests have settled")
     p.add_argument("--token", default=None, help="bearer token (default: env A2A_QUIESCENCE_TOKEN)")
@@ -244,6 +359,9 @@ def _report(args: argparse.Namespace, wait: Callable[[], dict[str, Any]], not_do
     except httpx.HTTPError as exc:
         print(f"a2a-quiescence wait: cannot reach {args.endpoint}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (LookupError, ValueError, OSError) as exc:  # a shard set that can no longer be read
+        print(f"a2a-quiescence wait: shard set {args.endpoint}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     outcome = state.get("outcome") or "completed"
     print(json.dumps(state, indent=2) if args.json else headline(state, outcome))
     if outcome != "completed":
@@ -261,13 +379,21 @@ def run_mesh(args: argparse.Namespace) -> int:
     return _report(
         args,
         lambda: wait_mesh_sync(since=args.since, until=args.until, endpoint=args.endpoint, timeout=args.timeout,
-                               grace=args.grace, token=args.token),
+                               grace=args.grace, token=args.token, shards=args.spec),
         "not quiet", describe_mesh, describe_mesh,
         lambda state, outcome: f"quiet: {len(state.get('cascades') or [])} cascade(s) rooted in the window settled ({outcome})",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    args.spec = None
+    if args.shards:
+        try:
+            args.spec = ShardSpec(args.shards, args.ring_port)
+        except (ValueError, LookupError, OSError) as exc:
+            print(f"a2a-quiescence wait: --shards: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        args.endpoint = args.shards
     if args.mesh:
         return run_mesh(args)
     if not args.trace_id:
@@ -288,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
 
     return _report(
         args,
-        lambda: wait_sync(trace_id, endpoint=args.endpoint, timeout=args.timeout, roots=args.roots, token=args.token),
+        lambda: wait_sync(trace_id, endpoint=args.endpoint, timeout=args.timeout, roots=args.roots, token=args.token,
+                          shards=args.spec),
         "not settled", describe_holders, describe_endings, headline,
     )

@@ -139,6 +139,9 @@ class CascadeSnapshot:
     losses: tuple[dict[str, Any], ...] = ()
     awaiting: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # task id -> (state, units held)
     root_at: float | None = None  # wall clock at the hop when it received its first root request
+    # the incarnation has completed a shutdown (carried here, not only in hop snapshots,
+    # because in a sharded mesh tier a hop snapshot lands on any shard)
+    shutdown: bool = False
 
     def awaiting_units(self) -> int:
         return sum(units for _state, units in self.awaiting.values())
@@ -181,6 +184,9 @@ class CascadeSnapshot:
             root_at = body.get("root_at")
             if root_at is not None:
                 root_at = float(root_at)
+            shutdown = body.get("shutdown", False)
+            if type(shutdown) is not bool:
+                raise ValueError("shutdown must be true or false")
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed cascade snapshot: {exc!r}") from exc
         return cls(
@@ -201,9 +207,8 @@ class CascadeSnapshot:
             losses=losses,
             awaiting=awaiting,
             root_at=root_at,
+            shutdown=shutdown,
         )
-
-
 
 
 def cascade_body(
@@ -223,6 +228,7 @@ def cascade_body(
     failures: list[dict[str, Any]] | None = None,
     losses: list[dict[str, Any]] | None = None,
     awaiting: Mapping[str, tuple[str, int]] | None = None,
+    shutdown: bool = False,
 ) -> dict[str, Any]:
     """The JSON body of a cascade snapshot (what ``CascadeSnapshot.from_json`` reads).
     Schema 2 fields are sent only when they say something."""
@@ -242,6 +248,8 @@ def cascade_body(
         body["root_at"] = root_at
     if failed or lost:
         body.update(failed=failed, lost=lost, failures=list(failures or ()), losses=list(losses or ()))
+    if shutdown:
+        body["shutdown"] = True
     if awaiting:
         body["awaiting"] = {t: {"state": state, "units": units} for t, (state, units) in awaiting.items()}
     return body

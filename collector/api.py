@@ -50,6 +50,9 @@ class Api:
         self._changed: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}
         self._mesh_changed: asyncio.Event | None = None  # set on any cascade change, while someone waits
+        # a shard of a mesh tier: a ring endpoint -> that shard's API URL
+        self.owner_url: Callable[[str], str | None] | None = None
+        self.tier: Any = None  # a shard's Tier: /v1/mesh over every shard
 
     def changed(self, cascade: Cascade) -> None:
         """Wake the waits on this cascade, and the mesh waits."""
@@ -64,9 +67,12 @@ class Api:
         if refresh:
             self.state.refresh()
         out = self.detector.describe(trace_id)
+        cascade = self.detector.cascades.get(trace_id)
         for holder in out.get("holders", []):
             if holder.get("kind") == "active_hop":
-                holder["hop_state"] = self.state.incarnation_state(holder["hop"], holder["incarnation"])
+                holder["hop_state"] = self.state.incarnation_state(holder["hop"], holder["incarnation"], cascade)
+        if out.get("owner") and self.owner_url is not None:
+            out["owner_url"] = self.owner_url(out["owner"])
         return out
 
     def mesh(self) -> dict[str, Any]:
@@ -77,6 +83,7 @@ class Api:
         listed: dict[str, list[str]] = {names.STATUS_OPEN: [], names.STATUS_STUCK: [], names.STATUS_AWAITING_INPUT: []}
         counts = dict.fromkeys(listed, 0)
         settled: list[tuple[float, str]] = []  # a min-heap of the most recently settled
+        moved = 0
         for trace_id, cascade in self.detector.cascades.items():
             status = self.detector.status(cascade, now)
             if status == names.STATUS_SETTLED:
@@ -85,6 +92,9 @@ class Api:
                     heapq.heappush(settled, item)
                 elif item > settled[0]:
                     heapq.heapreplace(settled, item)
+                continue
+            if status == names.STATUS_MOVED:
+                moved += 1
                 continue
             counts[status] += 1
             if len(listed[status]) < MESH_LISTED:
@@ -102,6 +112,7 @@ class Api:
             "awaiting_input": counts[names.STATUS_AWAITING_INPUT],
             "settled_total": self.detector.settled_total,
             "settled_by_outcome": dict(self.detector.settled_by_outcome),
+            "moved": moved,
             "cascades": {"open": described[names.STATUS_OPEN], "stuck": described[names.STATUS_STUCK],
                          "awaiting_input": described[names.STATUS_AWAITING_INPUT], "recently_settled": recent},
             "agents": self.state.describe_agents(),
@@ -179,6 +190,9 @@ class Api:
             waiting += not done
             item = {k: d.get(k) for k in ("trace_id", "status", "outcome", "started_at", "settled_at",
                                             "losses", "failures", "lost", "failed", "awaiting")}
+            if cascade.owner is not None:
+                # a shard of a mesh tier: its owner answers; here it holds until someone does
+                item.update(owner=cascade.owner, owner_url=d.get("owner_url"))
             if not done:
                 item["holders"] = d.get("holders", [])
                 item["pending_roots"] = d.get("pending_roots", 0)
@@ -232,6 +246,8 @@ class Api:
     async def api_mesh(self, request: Request) -> Response:
         if (denied := self._api_auth(request)) is not None:
             return denied
+        if self.tier is not None and request.query_params.get("local") != "1":
+            return JSONResponse({**await self.tier.mesh(self.mesh()), "tier": self.tier.describe()})
         return JSONResponse(self.mesh())
 
     async def healthz(self, _request: Request) -> Response:

@@ -71,6 +71,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bearer token sent upstream when forwarding (e.g. to a token-protected mesh collector)")
     p.add_argument("--forward-queue", type=int, default=_env("FORWARD_QUEUE", "1000"),
                    help="requests held for forwarding at most (beyond: dropped, counted)")
+    p.add_argument("--shards", default=_env("SHARDS", None),
+                   help="the mesh tier's shard set, in the load-balancing exporter's order: comma-separated API URLs "
+                        "(http://mesh-0.mesh:9464; ring endpoint HOST:RING_PORT), ENDPOINT=URL items, "
+                        "dns+http://NAME:PORT, or @FILE (read again every --ring-refresh). With --shard-name this "
+                        "collector is a shard; without, a pod sidecar forwarding to the tier that tells its agents "
+                        "to resend what they hold when the membership changes")
+    p.add_argument("--shard-name", default=_env("SHARD_NAME", None),
+                   help="this shard's ring endpoint exactly as the exporter names it (e.g. mesh-0.mesh.ns:4317)")
+    p.add_argument("--ring-port", type=int, default=_env("RING_PORT", "4317"),
+                   help="the shards' OTLP/gRPC port: the ring endpoint of a shard given by URL is HOST:RING_PORT")
+    p.add_argument("--ring-refresh", type=float, default=_env("RING_REFRESH", "5"),
+                   help="seconds between reads of the shard set")
+    p.add_argument("--ring-settle", type=float, default=_env("RING_SETTLE", "15"),
+                   help="a pod sidecar: seconds a new membership must hold before agents are told to resend "
+                        "(longer than the exporter takes to see it)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -100,6 +115,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for flag in ("max_body_bytes", "max_agents", "max_cascades", "stuck_after", "retention", "agent_timeout", "forward_queue"):
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be greater than 0, got {getattr(args, flag)}")
+    if args.shard_name and not args.shards:
+        raise ValueError("--shard-name needs --shards")
+    if args.ring_refresh <= 0 or args.ring_settle < 0:
+        raise ValueError("--ring-refresh must be > 0 and --ring-settle >= 0")
+    if args.shards:
+        from a2a_quiescence.shards import ShardSpec
+
+        membership = ShardSpec(args.shards, args.ring_port).resolve()
+        if args.shard_name and args.shard_name not in membership.endpoints() and not ShardSpec(args.shards).dynamic:
+            raise ValueError(f"--shard-name {args.shard_name} is not in --shards ({', '.join(membership.endpoints())})")
     http_listen = _check_listen(args.http_listen, args.allow_remote, "--http-listen")
     if http_listen is None:
         raise ValueError("--http-listen cannot be off")
@@ -118,6 +143,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         forward=args.forward,
         forward_token=args.forward_token or None,
         forward_queue=args.forward_queue,
+        shards=args.shards or None,
+        shard_name=args.shard_name or None,
+        ring_port=args.ring_port,
+        ring_refresh=args.ring_refresh,
+        ring_settle=args.ring_settle,
     )
 
 

@@ -28,6 +28,15 @@ class Config:
     # how long after a mesh wait's window ends a root request received in it may
     # still be on its way to the collector (agents report within milliseconds)
     root_grace: float = 0.05
+    # a mesh tier (collector/tier.py): the shard set, this shard's ring endpoint (None:
+    # not a shard; a pod sidecar forwarding to the tier), the shards' OTLP/gRPC port
+    # (the ring endpoint of a shard given by URL), how often the set is read again,
+    # and how long a new membership must hold before agents are told to resend
+    shards: str | None = None
+    shard_name: str | None = None
+    ring_port: int = 4317
+    ring_refresh: float = 5.0
+    ring_settle: float = 15.0
 
 
 def split_hostport(value: str) -> tuple[str, int]:

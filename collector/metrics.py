@@ -101,6 +101,17 @@ class StateCollector(Collector):
             "Open cascades whose only remaining work is tasks waiting for their user (input or auth required)",
             value=st.detector.awaiting_count(),
         )
+        yield GaugeMetricFamily(
+            names.M_CASCADES_MOVED,
+            "A shard of a mesh tier: open cascades held here that the ring now gives to another shard "
+            "(not counted as open or stuck here)",
+            value=st.detector.moved_count(),
+        )
+        if st.ring_shards is not None:
+            yield GaugeMetricFamily(names.M_RING_SHARDS, "Shards in the mesh tier's ring as this collector reads it",
+                                    value=st.ring_shards)
+            yield CounterMetricFamily(_base(names.M_RING_CHANGES), "Changes of the mesh tier's membership seen",
+                                      value=st.ring_changes)
         yield GaugeMetricFamily(names.M_MESH_SETTLED, "1 when no cascade is open", value=1 if open_ == 0 else 0)
         settled = CounterMetricFamily(
             _base(names.M_CASCADES_SETTLED),

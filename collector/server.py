@@ -69,6 +69,11 @@ class Collector:
         self.forwarder = Forwarder(config, self.state) if config.forward else None
         self.ingest_ = Ingest(config, self.state, self.id, self._forward)
         self.api = Api(config, self.detector, self.state, self.registry, self.authorized, self._listening)
+        self.tier = None
+        if config.shards:
+            from a2a_quiescence.collector.tier import Tier
+
+            self.tier = Tier(config, self)
         self._stop = asyncio.Event()
 
     # -- settlement notifications ------------------------------------------------
@@ -149,6 +154,8 @@ class Collector:
         helpers = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         if self.forwarder is not None:
             helpers.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+        if self.tier is not None:
+            helpers.append(asyncio.create_task(self.tier.run(), name="tier"))
         stopping = asyncio.create_task(self._stop.wait(), name="stop")
         try:
             if self.config.grpc_listen:

@@ -186,6 +186,8 @@ class Cascade:
     outcome: str | None = None  # once settled: completed, failed or lost (only ever worse)
     root_at: float | None = None  # earliest root receipt any hop reported (its clock); else first_seen
     awaiting: list[dict[str, Any]] | None = None  # open, held only by tasks waiting for their user
+    heard: dict[str, float] = field(default_factory=dict)  # incarnation -> when its last snapshot arrived
+    owner: str | None = None  # a shard of a mesh tier: the shard the ring gives it to, when not this one
 
     @property
     def settled(self) -> bool:
@@ -238,6 +240,25 @@ class Detector:
         self.settled_by_outcome: dict[str, int] = {v: 0 for v in names.VERDICTS}
         self.snapshots_total = 0
         self.stale_total = 0
+        # a shard of a mesh tier: trace id -> the owning shard's ring endpoint (None: not sharded)
+        self.owner_of: Callable[[str], str | None] | None = None
+        self.me: str | None = None
+        self.expired_moved = 0
+
+    def _owner(self, trace_id: str) -> str | None:
+        """The shard owning ``trace_id`` when it is not this one (None: ours, or not sharded)."""
+        if self.owner_of is None:
+            return None
+        owner = self.owner_of(trace_id)
+        return None if owner is None or owner == self.me else owner
+
+    def reassign(self) -> int:
+        """After a ring change: mark each cascade moved or ours again. Returns how many are moved."""
+        moved = 0
+        for trace_id, cascade in self.cascades.items():
+            cascade.owner = self._owner(trace_id)
+            moved += cascade.owner is not None
+        return moved
 
     # -- ingest ---------------------------------------------------------------
     def ingest(self, snap: CascadeSnapshot) -> Cascade | None:
@@ -248,9 +269,10 @@ class Detector:
         now = self.clock()
         cascade = self.cascades.get(snap.trace_id)
         if cascade is None:
-            cascade = Cascade(snap.trace_id, first_seen=now, last_progress=now)
+            cascade = Cascade(snap.trace_id, first_seen=now, last_progress=now, owner=self._owner(snap.trace_id))
             self.cascades[snap.trace_id] = cascade
             self._bound()
+        cascade.heard[snap.incarnation] = now
         current = cascade.view.get(snap.incarnation)
         if current is not None and current.seq >= snap.seq:
             self.stale_total += 1
@@ -309,7 +331,9 @@ class Detector:
     # -- queries --------------------------------------------------------------
     def status(self, cascade: Cascade, now: float | None = None) -> str:
         if cascade.settled:
-            return names.STATUS_SETTLED
+            return names.STATUS_SETTLED  # settled here is settled, whoever owns it now
+        if cascade.owner is not None:
+            return names.STATUS_MOVED
         if cascade.awaiting:
             return names.STATUS_AWAITING_INPUT  # waiting for a user is not being stuck
         now = self.clock() if now is None else now
@@ -318,7 +342,8 @@ class Detector:
         return names.STATUS_OPEN
 
     def expire(self, now: float | None = None) -> int:
-        """Forget settled cascades older than the retention period."""
+        """Forget settled cascades older than the retention period, and open ones
+        another shard owns that have not changed for as long."""
         now = self.clock() if now is None else now
         gone = [
             t
@@ -327,7 +352,12 @@ class Detector:
         ]
         for trace_id in gone:
             self._tombstone(trace_id, self.cascades.pop(trace_id))
-        return len(gone)
+        moved = [t for t, c in self.cascades.items()
+                 if c.owner is not None and not c.settled and now - c.last_progress >= self.retention]
+        for trace_id in moved:
+            del self.cascades[trace_id]
+        self.expired_moved += len(moved)
+        return len(gone) + len(moved)
 
     def describe(self, trace_id: str, now: float | None = None) -> dict[str, Any]:
         now = self.clock() if now is None else now
@@ -350,6 +380,8 @@ class Detector:
         return {
             "trace_id": trace_id,
             "status": status,
+            # a shard of a mesh tier: the shard the ring gives this cascade to now (None: this one)
+            "owner": cascade.owner,
             "settled": cascade.settled,
             # final once settled; None while open (the losses and failures so far are listed)
             "outcome": cascade.outcome,
@@ -394,7 +426,7 @@ class Detector:
         now = self.clock() if now is None else now
         open_ = stuck = 0
         for c in self.cascades.values():
-            if c.settled:
+            if c.settled or c.owner is not None:
                 continue
             open_ += 1
             if not c.awaiting and now - c.last_progress >= self.stuck_after:
@@ -411,4 +443,8 @@ class Detector:
 
     def awaiting_count(self) -> int:
         """Open cascades held only by tasks waiting for their user."""
-        return sum(1 for c in self.cascades.values() if not c.settled and c.awaiting)
+        return sum(1 for c in self.cascades.values() if not c.settled and c.awaiting and c.owner is None)
+
+    def moved_count(self) -> int:
+        """Open cascades held here that the ring gives to another shard."""
+        return sum(1 for c in self.cascades.values() if not c.settled and c.owner is not None)

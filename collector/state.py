@@ -87,6 +87,12 @@ class MeshState:
         self.forwarded = 0
         self.dropped = 0
         self.edges: dict[tuple[str, str], int] = {}
+        # a shard of a mesh tier decides cascades only: hop snapshots reach it at random
+        # (the exporter scatters records without a trace id), so it ignores them; the
+        # agents' own state is the pod sidecars'
+        self.shard = False
+        self.ring_shards: int | None = None  # a mesh tier: shards in the ring (None: no tier)
+        self.ring_changes = 0
         self._edge_seen: dict[tuple[str, str, str], int] = {}  # (incarnation, trace, src) -> count
 
     def reject(self, reason: str) -> None:
@@ -121,6 +127,9 @@ class MeshState:
 
     def ingest_hop(self, agent_name: str, body: dict[str, Any]) -> None:
         snap = HopSnapshot.from_json(body)
+        if self.shard:
+            self.snapshots["hop_ignored"] = self.snapshots.get("hop_ignored", 0) + 1
+            return
         now = self.clock()
         agent = self._agent(agent_name)
         inc = self._incarnation(agent, snap.incarnation, now)
@@ -179,14 +188,24 @@ class MeshState:
                     inc.lost = True
                     inc.shutdown_cascades_open = self._open_cascades_with(agent.name)
 
-    def incarnation_state(self, agent_name: str, inc_id: str) -> str:
+    def incarnation_state(self, agent_name: str, inc_id: str, cascade: Cascade | None = None) -> str:
+        """alive, shut_down, lost (silent past the agent timeout) or unknown. From the
+        incarnation's hop snapshots when there are any; else from what its snapshots of
+        ``cascade`` say: a shutdown flag, and a lease (a hop resends the cascades it
+        works on every heartbeat), which is all a shard of a mesh tier has."""
         agent = self.agents.get(agent_name)
         inc = agent.incarnations.get(inc_id) if agent else None
+        snap = cascade.view.get(inc_id) if cascade is not None else None
+        now = self.clock()
+        if (inc is not None and inc.shutdown is not None) or (snap is not None and snap.shutdown):
+            return "shut_down"
+        if inc is not None and inc.snap is not None:
+            return "lost" if inc.silent(now, self.agent_timeout) else "alive"
+        if cascade is not None and inc_id in cascade.heard:
+            return "lost" if now - cascade.heard[inc_id] > self.agent_timeout else "alive"
         if inc is None:
             return "unknown"
-        if inc.shutdown is not None:
-            return "shut_down"
-        return "lost" if inc.silent(self.clock(), self.agent_timeout) else "alive"
+        return "lost" if inc.silent(now, self.agent_timeout) else "alive"
 
     def agent_view(self, agent: Agent) -> dict[str, Any]:
         """Per-agent values for /metrics and the API."""

@@ -170,6 +170,9 @@ class HopTracker:
                 "parked": dict(list((parked or {}).items())[:50]),
             }
             self._touch_hop()
+            # the cascades it still holds say so themselves (a shard of a mesh tier
+            # that owns one may never see this hop's own snapshot)
+            self.dirty.update(open_cascades)
             leaked = self.producers_in_flight
         self.wake()
         return leaked
@@ -398,13 +401,19 @@ class HopTracker:
                     losses=c.losses,
                     # units held only by tasks waiting for their user
                     awaiting={t: (state, c.owned.get(t, 0)) for t, state in c.awaiting.items()},
+                    shutdown=self.shutdown is not None,
                 )
                 cascades.append((trace_id, body))
             return hop, cascades
 
     def heartbeat(self) -> None:
+        """Resend the hop snapshot, and the snapshot of every cascade this hop still
+        works on: the latter is the hop's liveness lease where only cascade
+        snapshots arrive (a shard of a mesh tier), and completes the view of a
+        shard that took the cascade over. Unchanged resends are not progress."""
         with self.lock:
             self.hop_dirty = True
+            self.dirty.update(t for t, c in self.cascades.items() if c.active > 0)
 
     def _hop_body(self, now: float) -> dict[str, Any]:
         return HopSnapshot(

@@ -1,0 +1,109 @@
+"""The consistent-hash ring of the OpenTelemetry Collector's load-balancing
+exporter, so that our tools and shards agree with it on which mesh collector
+owns a cascade.
+
+Ported from open-telemetry/opentelemetry-collector-contrib,
+``exporter/loadbalancingexporter/consistent_hashing.go`` as released in
+``EXPORTER_VERSION`` (after PR #41271, before PR #49585; docs/scale-out.md says
+why that version):
+
+- the ring has 36,000 positions; each endpoint gets 100 points: the CRC-32
+  (IEEE) of the endpoint's bytes followed by ``i`` (0..99) as a 4-byte
+  little-endian integer, modulo 36,000;
+- endpoints are placed in the order the resolver gives them (every resolver
+  sorts its list); a point already taken moves to the next free position, at
+  most 10 steps ahead, or is dropped;
+- a key goes to the first point at or after CRC-32(key) mod 36,000, wrapping
+  to the lowest point.
+
+For log records routed with ``routing_key: traceID`` that version hashes the
+32-character lower-case hex trace id (PR #46241, v0.154.0); before it, the 16
+raw bytes. Later versions (PR #49585) change the ring itself (200 points,
+131,071 positions, no order bias): pin the exporter image to this version.
+"""
+
+from __future__ import annotations
+
+import bisect
+import zlib
+from typing import Iterable, Sequence
+
+# the exporter version whose ring and routing key this module reproduces
+EXPORTER_VERSION = "v0.154.0"
+MAX_POSITIONS = 36_000
+WEIGHT = 100
+LINEAR_PROBE_LIMIT = 10
+
+
+def positions_for(endpoint: str, points: int = WEIGHT) -> list[int]:
+    """An endpoint's points on the ring, in the order the exporter computes them."""
+    base = zlib.crc32(endpoint.encode("utf-8"))
+    # crc32(endpoint + uint32le(i)) continues the checksum of the endpoint's bytes
+    return [zlib.crc32(i.to_bytes(4, "little"), base) % MAX_POSITIONS for i in range(points)]
+
+
+def routing_key(trace_id_hex: str) -> bytes:
+    """The bytes the pinned exporter version hashes for a log record routed by
+    ``routing_key: traceID``: the 32-character lower-case hex trace id."""
+    return trace_id_hex.lower().encode("ascii")
+
+
+class Ring:
+    """An immutable ring over endpoints given in the exporter's order (sorted, as
+    every resolver of that version gives them; ``Membership`` sorts)."""
+
+    def __init__(self, endpoints: Iterable[str]) -> None:
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError("an endpoint is listed twice")
+        taken: dict[int, str] = {}
+        for endpoint in self.endpoints:
+            for pos in positions_for(endpoint):
+                probed = 0
+                while pos in taken and probed < LINEAR_PROBE_LIMIT:
+                    pos = (pos + 1) % MAX_POSITIONS
+                    probed += 1
+                if probed >= LINEAR_PROBE_LIMIT:
+                    continue  # no free position near: the exporter drops this point
+                taken[pos] = endpoint
+        items = sorted(taken.items())
+        self._positions: list[int] = [pos for pos, _ in items]
+        self._owners: list[str] = [endpoint for _, endpoint in items]
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ring) and self._positions == other._positions and self._owners == other._owners
+
+    def __hash__(self) -> int:
+        return hash(self.endpoints)
+
+    def endpoint_for_key(self, key: bytes) -> str | None:
+        """The endpoint owning ``key``; None on an empty ring."""
+        if not self._positions:
+            return None
+        pos = zlib.crc32(key) % MAX_POSITIONS
+        i = bisect.bisect_left(self._positions, pos)
+        return self._owners[i if i < len(self._positions) else 0]
+
+    def endpoint_for(self, trace_id_hex: str) -> str | None:
+        """The endpoint owning the cascade (W3C trace id, 32 hex digits)."""
+        return self.endpoint_for_key(routing_key(trace_id_hex))
+
+    def share(self) -> dict[str, float]:
+        """The fraction of the key space each endpoint owns (for docs and tests)."""
+        if not self._positions:
+            return {}
+        out = dict.fromkeys(self.endpoints, 0.0)
+        previous = self._positions[-1] - MAX_POSITIONS
+        for pos, owner in zip(self._positions, self._owners):
+            out[owner] += (pos - previous) / MAX_POSITIONS
+            previous = pos
+        return out
+
+
+def moved(before: Sequence[str], after: Sequence[str], trace_ids: Iterable[str]) -> list[str]:
+    """The trace ids whose owner differs between two memberships."""
+    a, b = Ring(before), Ring(after)
+    return [t for t in trace_ids if a.endpoint_for(t) != b.endpoint_for(t)]

@@ -1,0 +1,168 @@
+"""A collector's part in a mesh tier: mesh collectors sharded by trace id behind
+the OpenTelemetry Collector's load-balancing exporter (docs/scale-out.md).
+
+Two roles, both given the shard set (``--shards``) and re-reading it every
+``--ring-refresh`` seconds:
+
+- a **shard** (``--shard-name``, its own ring endpoint) computes the exporter's
+  ring and marks every cascade the ring gives to another shard as *moved*: not
+  counted as open or stuck here, forgotten once unchanged for the retention
+  period (the owner answers for it). It ignores hop snapshots (they reach it at
+  random) and aggregates ``/v1/mesh`` over every shard for the status page;
+- a **pod sidecar** forwarding to the tier puts the membership's epoch in the
+  collector id it answers agents with, once the new membership has been stable
+  for ``--ring-settle`` seconds (longer than the exporter takes to see it): an
+  agent that sees a new id resends every cascade it still holds, so the shard
+  that took a cascade over completes its view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from a2a_quiescence import names
+from a2a_quiescence.collector.config import Config
+from a2a_quiescence.shards import Membership, ShardSpec
+
+logger = logging.getLogger("a2a_quiescence.collector")
+
+
+class Tier:
+    def __init__(self, config: Config, collector: Any) -> None:
+        assert config.shards
+        self.config = config
+        self.collector = collector
+        self.spec = ShardSpec(config.shards, config.ring_port)
+        self.me = config.shard_name
+        self.base_id = collector.ingest_.collector_id
+        self.membership: Membership | None = None
+        self.changes = 0
+        self.changed_at = 0.0
+        self.adopted: str | None = None
+        self._warned = False
+        if self.me:
+            collector.state.shard = True
+            collector.detector.me = self.me
+            collector.api.owner_url = self.owner_url
+            collector.api.tier = self
+        self.apply(self.spec.resolve(), time.monotonic())
+
+    @property
+    def shard(self) -> bool:
+        return self.me is not None
+
+    def owner_url(self, endpoint: str) -> str | None:
+        membership = self.membership
+        if membership is None:
+            return None
+        for shard in membership.shards:
+            if shard.endpoint == endpoint:
+                return shard.url
+        return None
+
+    def apply(self, membership: Membership, now: float) -> None:
+        """Take a resolved membership: ownership at once; the sidecar's epoch once stable."""
+        if self.membership is None or membership.endpoints() != self.membership.endpoints():
+            first = self.membership is None
+            self.membership = membership
+            self.changed_at = now
+            if not first:
+                self.changes += 1
+                logger.info("mesh tier membership changed: %s", ", ".join(membership.endpoints()))
+            self.collector.state.ring_shards = len(membership.shards)
+            self.collector.state.ring_changes = self.changes
+            if self.me:
+                ring = membership.ring
+                self.collector.detector.owner_of = ring.endpoint_for
+                self.collector.detector.reassign()
+            if first:
+                self._adopt(membership)
+        if self.adopted != membership.epoch and now - self.changed_at >= self.config.ring_settle:
+            self._adopt(membership)
+
+    def _adopt(self, membership: Membership) -> None:
+        self.adopted = membership.epoch
+        # agents resend what they hold when this id changes (instrumentation/reporter.py)
+        self.collector.ingest_.collector_id = f"{self.base_id}.{membership.epoch}"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ring_refresh)
+            try:
+                membership = await asyncio.to_thread(self.spec.resolve)
+            except (OSError, ValueError, LookupError) as exc:
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("cannot read the shard set %s (keeping the last one): %s", self.spec, exc)
+                membership = self.membership
+            else:
+                self._warned = False
+            if membership is not None:
+                self.apply(membership, time.monotonic())
+
+    def describe(self) -> dict[str, Any]:
+        membership = self.membership
+        return {
+            "role": "shard" if self.me else "sidecar",
+            "me": self.me,
+            "epoch": membership.epoch if membership else None,
+            "shards": [{"endpoint": s.endpoint, "url": s.url} for s in (membership.shards if membership else ())],
+            "changes": self.changes,
+        }
+
+    # -- /v1/mesh over every shard ----------------------------------------------------
+    async def mesh(self, local: dict[str, Any]) -> dict[str, Any]:
+        """The status page's view over the whole tier: this shard's, merged with every
+        other shard's own (``/v1/mesh?local=1``); a shard that cannot be asked is listed."""
+        membership = self.membership
+        others = [s for s in (membership.shards if membership else ()) if s.endpoint != self.me]
+        headers = {"authorization": f"Bearer {self.config.token}"} if self.config.token else {}
+        async with httpx.AsyncClient(headers=headers, timeout=2.0) as client:
+            answers = await asyncio.gather(
+                *(client.get(f"{s.url}/v1/mesh", params={"local": "1"}) for s in others), return_exceptions=True
+            )
+        views = [(self.me, local)]
+        shards = [{"endpoint": self.me, "reachable": True, "open": local["open"], "moved": local.get("moved", 0)}]
+        for shard, answer in zip(others, answers):
+            if isinstance(answer, httpx.Response) and answer.status_code == 200:
+                view = answer.json()
+                views.append((shard.endpoint, view))
+                shards.append({"endpoint": shard.endpoint, "reachable": True, "open": view.get("open", 0),
+                               "moved": view.get("moved", 0)})
+            else:
+                error = f"HTTP {answer.status_code}" if isinstance(answer, httpx.Response) else repr(answer)
+                shards.append({"endpoint": shard.endpoint, "reachable": False, "error": error})
+        return merge_mesh(views, shards)
+
+
+def merge_mesh(views: list[tuple[str | None, dict[str, Any]]], shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the shards' /v1/mesh views (each counts only the cascades it owns)."""
+    out: dict[str, Any] = {
+        "open": 0, "stuck": 0, "awaiting_input": 0, "moved": 0, "settled_total": 0,
+        "settled_by_outcome": dict.fromkeys(names.VERDICTS, 0),
+        "cascades": {"open": [], "stuck": [], "awaiting_input": [], "recently_settled": []},
+        "agents": [], "edges": [],
+    }
+    edges: dict[tuple[str, str], int] = {}
+    for endpoint, view in views:
+        for key in ("open", "stuck", "awaiting_input", "moved", "settled_total"):
+            out[key] += int(view.get(key) or 0)
+        for outcome, n in (view.get("settled_by_outcome") or {}).items():
+            out["settled_by_outcome"][outcome] = out["settled_by_outcome"].get(outcome, 0) + int(n)
+        for status, items in (view.get("cascades") or {}).items():
+            out["cascades"].setdefault(status, []).extend({**item, "shard": endpoint} for item in items)
+        for edge in view.get("edges") or []:
+            key = (edge["from"], edge["to"])
+            edges[key] = edges.get(key, 0) + int(edge.get("messages") or 0)
+        out["agents"].extend(view.get("agents") or [])
+    out["cascades"]["recently_settled"].sort(key=lambda c: c.get("settled_at") or 0, reverse=True)
+    out["edges"] = [{"from": a, "to": b, "messages": n} for (a, b), n in sorted(edges.items())]
+    # a shard that cannot be asked may hold open cascades: the tier is not known quiet
+    out["quiet"] = out["open"] == 0 and all(s["reachable"] for s in shards)
+    out["shards"] = shards
+    return out

@@ -1,0 +1,192 @@
+"""A mesh tier on real parts: subprocess agents under opentelemetry-instrument
+report to a pod sidecar (our collector), which forwards to a test double of the
+OpenTelemetry Collector's load_balancing exporter (tests/lbexporter.py: the
+v0.154.0 ring, per-record routing by trace id, 10 unordered consumers,
+replayed fan-outs, a lost batch), which delivers over OTLP/gRPC to shard
+collector processes. Mid-run one shard is killed (a node lost, with the
+batches queued for it) and later one is added.
+
+What must hold: every cascade settles, on the shard that owns it, and never
+before its last ground-truth event; the whole run's window settles through
+`a2a-quiescence wait --mesh --shards`; and no shard ever reports stuck a cascade
+the ring gives to another shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events, wait_http
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+from a2a_quiescence.shards import ShardSpec
+from a2a_quiescence.wait import wait_sync
+
+from lbexporter import LoadBalancerDouble
+from support import metric, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class ShardProc:
+    grpc_port: int
+    http_port: int
+    popen: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def line(self) -> str:
+        return f"{self.endpoint}={self.url}"
+
+
+def start_shard(shard: ShardProc, ring_file: Path, workdir: Path) -> None:
+    log = workdir / f"shard-{shard.grpc_port}.log"
+    shard.popen = subprocess.Popen(
+        [_bin("a2a-quiescence"), "collector", "--otlp-listen", "off",
+         "--otlp-grpc-listen", shard.endpoint, "--http-listen", f"127.0.0.1:{shard.http_port}",
+         "--shards", f"@{ring_file}", "--shard-name", shard.endpoint, "--ring-refresh", "0.2",
+         # short, so a cascade held here by mistake would show as stuck within the run
+         "--stuck-after", "2", "--log-level", "warning"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+    wait_http(f"{shard.url}/readyz", proc=shard.popen)
+
+
+def write_ring(ring_file: Path, shards: list[ShardProc]) -> None:
+    tmp = ring_file.with_suffix(".tmp")
+    tmp.write_text("\n".join(s.line() for s in shards) + "\n", encoding="utf-8")
+    tmp.replace(ring_file)  # atomic, as a ConfigMap update is
+
+
+def run_cascades(mesh: Mesh, n: int) -> list[str]:
+    """n cascades through A -> B -> C: blocking relays and non-blocking ones whose C pushes."""
+    async def one(i: int) -> str:
+        trace_id = new_trace_id()
+        c_call = {"to": "C", "plan": {"work_ms": 30}}
+        if i % 2:
+            c_call = {"to": "C", "blocking": False, "push": True, "plan": {"work_ms": 80}}
+        await send_plan(mesh.agents["A"].url, {"calls": [{"to": "B", "plan": {"calls": [c_call]}}]}, trace_id=trace_id)
+        return trace_id
+
+    async def all_() -> list[str]:
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    return asyncio.run(all_())
+
+
+def stuck_not_owned(shards: list[ShardProc], spec: ShardSpec) -> list[tuple[str, str]]:
+    """(shard, trace id) of every stuck cascade a live shard lists that the ring gives to another."""
+    membership = spec.resolve()
+    out = []
+    for shard in shards:
+        view = httpx.get(f"{shard.url}/v1/mesh", params={"local": "1"}, timeout=10).json()
+        for item in view["cascades"]["stuck"]:
+            owner = membership.owner(item["trace_id"])
+            if owner is None or owner.endpoint != shard.endpoint:
+                out.append((shard.endpoint, item["trace_id"]))
+    return out
+
+
+def test_tier_survives_a_lost_shard_and_a_new_one(tmp_path: Path) -> None:
+    ring_file = tmp_path / "shards"
+    shards = [ShardProc(free_port(), free_port()) for _ in range(4)]
+    live = shards[:3]
+    write_ring(ring_file, live)
+    spec = ShardSpec(f"@{ring_file}")
+    double = LoadBalancerDouble([s.endpoint for s in live], seed=7, duplicate_every=3)
+    settles: dict[str, float] = {}
+    try:
+        for shard in shards:
+            start_shard(shard, ring_file, tmp_path)
+        with Mesh(tmp_path, events=tmp_path / "events.jsonl") as mesh:
+            # the pod sidecar: forwards to the exporter, tells its agents to resend on a ring change
+            mesh.start_collector("--forward", double.url, "--shards", f"@{ring_file}",
+                                 "--ring-refresh", "0.2", "--ring-settle", "1")
+            mesh.start_webhook()
+            mesh.start_agent("C")
+            mesh.start_agent("B", ["C"])
+            mesh.start_agent("A", ["B"])
+            since = time.time()
+
+            before = run_cascades(mesh, 12)
+            for trace_id in before[:4]:
+                settles[trace_id] = wait_sync(trace_id, shards=spec, timeout=60)["settled_at"]
+
+            # a node lost: the shard dies, then the resolver drops it; a batch goes missing
+            lost = live.pop(1)
+            assert lost.popen is not None
+            lost.popen.kill()
+            lost.popen.wait(10)
+            double.lose_next = 1
+            double.set_endpoints([s.endpoint for s in live])
+            write_ring(ring_file, live)
+            during = run_cascades(mesh, 12)
+
+            # a shard joins
+            live.append(shards[3])
+            double.set_endpoints([s.endpoint for s in live])
+            write_ring(ring_file, live)
+            after = run_cascades(mesh, 12)
+            until = time.time()
+
+            for trace_id in before + during + after:
+                state = wait_sync(trace_id, shards=spec, timeout=60)
+                assert state["status"] == "settled", state
+                owner = spec.resolve().owner(trace_id)
+                assert owner is not None and state["shard"] == owner.url
+                settles[trace_id] = state["settled_at"]
+                assert state["outcome"] == "completed", state
+
+            gate = subprocess.run(
+                [_bin("a2a-quiescence"), "wait", "--mesh", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
+                 "--shards", f"@{ring_file}", "--timeout", "60"],
+                capture_output=True, text=True, timeout=120,
+            )
+            assert gate.returncode == 0, gate.stdout + gate.stderr
+            assert f"{len(before + during + after)} cascade(s)" in gate.stdout, gate.stdout
+
+            # past the stuck threshold: a shard holding a cascade it does not own must not call it stuck
+            wait_until(lambda: all(metric(httpx.get(f"{s.url}/metrics", timeout=10).text,
+                                          "a2a_mesh_ring_changes_total") == 2 for s in live),
+                       "every shard saw both membership changes", timeout=30, every=0.1)
+            assert stuck_not_owned(live, spec) == []
+            for s in live:
+                text = httpx.get(f"{s.url}/metrics", timeout=10).text
+                assert metric(text, "a2a_cascades_stuck") == 0, s.endpoint
+                assert metric(text, "a2a_cascades_open") == 0, s.endpoint
+
+            print("STATS", dict(double.stats), dict(double.delivered))
+            # the faults were really injected
+            assert double.stats["lost_batches"] >= 1
+            assert double.stats["replayed_fanouts"] >= 1
+            assert sum(1 for s in shards if double.delivered[s.endpoint]) == 4
+
+            for proc in list(mesh.agents.values()) + [mesh.webhook]:
+                assert proc is not None
+                proc.stop()
+            events = read_events(tmp_path / "events.jsonl")
+        early = []
+        for trace_id, settled_at in settles.items():
+            last = max(e["t"] for e in events if e.get("trace_id") == trace_id)
+            if settled_at < last:
+                early.append((trace_id, settled_at, last))
+        assert not early, f"early settles: {early}"
+    finally:
+        double.close()
+        for shard in shards:
+            if shard.popen is not None and shard.popen.poll() is None:
+                shard.popen.terminate()
+                shard.popen.wait(15)
