@@ -1270,11 +1270,12 @@ def _norm(t: tuple) -> tuple:
 
 @st.composite
 def executions(
-    draw, variant: Variant, max_steps: int = 60, hops: tuple[int, int] = (2, 6), **force: bool
+    draw, variant: Variant, max_steps: int = 60, hops: tuple[int, int] = (2, 6), sim: type = None, **force: bool
 ) -> Outcome:
     """One execution of a random mesh under ``variant``, checked as it runs.
 
-    ``hops`` bounds the mesh size; ``force`` pins features (e.g. restart=True).
+    ``hops`` bounds the mesh size; ``force`` pins features (e.g. restart=True);
+    ``sim``: a MeshSim subclass (test_tier_property.py's sharded tier).
     """
     n_hops = draw(st.integers(*hops))
     # drawn unless pinned (pinning it leaves the other draws as they were)
@@ -1295,7 +1296,7 @@ def executions(
     for name, value in force.items():
         setattr(features, name, value)
     seed = draw(st.integers(0, 2**32 - 1))
-    sim = MeshSim(variant, n_hops, features, seed, draw)
+    sim = (sim or MeshSim)(variant, n_hops, features, seed, draw)
     steps = draw(st.integers(1, max_steps))
     for _ in range(steps):
         if not sim.step() or sim.violation:
