@@ -138,6 +138,11 @@ class Api:
         trace_id, refused = self._cascade_request(request)
         if refused is not None:
             return refused
+        if self.tier is not None and request.query_params.get("local") != "1":
+            # a shard: the owner's view (the status page asks whichever shard serves it)
+            answer = await self.tier.describe_at_owner(trace_id)
+            if answer is not None:
+                return JSONResponse(answer)
         return JSONResponse(self.describe(trace_id))
 
     async def api_wait(self, request: Request) -> Response:

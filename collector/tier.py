@@ -115,6 +115,23 @@ class Tier:
             "changes": self.changes,
         }
 
+    async def describe_at_owner(self, trace_id: str) -> dict[str, Any] | None:
+        """The owning shard's view of a cascade, when another shard owns it (None: this
+        one does, or the owner cannot be asked: then this shard's own view answers)."""
+        membership = self.membership
+        owner = membership.owner(trace_id) if membership is not None else None
+        if owner is None or owner.endpoint == self.me:
+            return None
+        headers = {"authorization": f"Bearer {self.config.token}"} if self.config.token else {}
+        try:
+            async with httpx.AsyncClient(headers=headers, timeout=2.0) as client:
+                response = await client.get(f"{owner.url}/v1/cascades/{trace_id}", params={"local": "1"})
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        return {**response.json(), "shard": owner.url}
+
     # -- /v1/mesh over every shard ----------------------------------------------------
     async def mesh(self, local: dict[str, Any]) -> dict[str, Any]:
         """The status page's view over the whole tier: this shard's, merged with every

@@ -150,6 +150,17 @@ def test_tier_survives_a_lost_shard_and_a_new_one(tmp_path: Path) -> None:
                 settles[trace_id] = state["settled_at"]
                 assert state["outcome"] == "completed", state
 
+            # the status page's view, from any one shard: every shard's cascades
+            tier_view = httpx.get(f"{live[0].url}/v1/mesh", timeout=10).json()
+            assert sorted(s["endpoint"] for s in tier_view["shards"]) == sorted(s.endpoint for s in live)
+            assert all(s["reachable"] for s in tier_view["shards"]) and tier_view["quiet"]
+            assert tier_view["settled_total"] >= len(before + during + after)
+            some = after[0]
+            owner = spec.resolve().owner(some)
+            other = next(s for s in live if s.endpoint != owner.endpoint)
+            detail = httpx.get(f"{other.url}/v1/cascades/{some}", timeout=10).json()
+            assert detail["status"] == "settled" and detail["shard"] == owner.url
+
             gate = subprocess.run(
                 [_bin("a2a-quiescence"), "wait", "--mesh", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
                  "--shards", f"@{ring_file}", "--timeout", "60"],
@@ -168,7 +179,6 @@ def test_tier_survives_a_lost_shard_and_a_new_one(tmp_path: Path) -> None:
                 assert metric(text, "a2a_cascades_stuck") == 0, s.endpoint
                 assert metric(text, "a2a_cascades_open") == 0, s.endpoint
 
-            print("STATS", dict(double.stats), dict(double.delivered))
             # the faults were really injected
             assert double.stats["lost_batches"] >= 1
             assert double.stats["replayed_fanouts"] >= 1
