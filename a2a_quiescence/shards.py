@@ -84,10 +84,15 @@ def _url_shard(item: str, ring_port: int) -> Shard:
     return Shard(endpoint or _host_port(parsed.hostname, ring_port), item.rstrip("/"))
 
 
-def _resolve_dns(item: str, ring_port: int) -> list[Shard]:
+def _dns_url(item: str) -> urllib.parse.SplitResult:
     parsed = urllib.parse.urlsplit(item[len("dns+"):])
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"expected dns+http://NAME:PORT, got {item!r}")
+    return parsed
+
+
+def _resolve_dns(item: str, ring_port: int) -> list[Shard]:
+    parsed = _dns_url(item)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         infos = socket.getaddrinfo(parsed.hostname, None, type=socket.SOCK_STREAM)
@@ -107,10 +112,11 @@ class ShardSpec:
             raise ValueError("empty shard set")
         if not 0 < ring_port < 65536:
             raise ValueError(f"ring port must be 1..65535, got {ring_port}")
-        if not self.text.startswith("@"):
-            self.resolve()  # a static list or a dns+ item: refuse bad syntax now
-        elif not Path(self.text[1:]).is_file():
-            raise ValueError(f"shard-set file {self.text[1:]!r} does not exist")
+        if self.text.startswith("@"):
+            if not Path(self.text[1:]).is_file():
+                raise ValueError(f"shard-set file {self.text[1:]!r} does not exist")
+        else:
+            self._shards(self.text, resolve=False)  # refuse bad syntax now; a name may resolve later
 
     def __str__(self) -> str:
         return self.text
@@ -125,17 +131,23 @@ class ShardSpec:
         text = self.text
         if text.startswith("@"):
             text = Path(text[1:]).read_text(encoding="utf-8")
+        return Membership(tuple(self._shards(text, resolve=True)))
+
+    def _shards(self, text: str, resolve: bool) -> list[Shard]:
         shards: list[Shard] = []
         for item in (part.strip() for part in text.replace("\n", ",").split(",")):
             if not item or item.startswith("#"):
                 continue
             if item.startswith("dns+"):
-                shards.extend(_resolve_dns(item, self.ring_port))
+                if resolve:
+                    shards.extend(_resolve_dns(item, self.ring_port))
+                else:
+                    _dns_url(item)
             else:
                 shards.append(_url_shard(item, self.ring_port))
         if len({s.endpoint for s in shards}) != len(shards):
             raise ValueError("a shard is listed twice")
-        return Membership(tuple(shards))
+        return shards
 
 
 def is_shard_set(text: str | None) -> bool:

@@ -122,9 +122,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.shards:
         from a2a_quiescence.shards import ShardSpec
 
-        membership = ShardSpec(args.shards, args.ring_port).resolve()
-        if args.shard_name and args.shard_name not in membership.endpoints() and not ShardSpec(args.shards).dynamic:
-            raise ValueError(f"--shard-name {args.shard_name} is not in --shards ({', '.join(membership.endpoints())})")
+        spec = ShardSpec(args.shards, args.ring_port)  # syntax now; names are resolved while running
+        if args.shard_name and not spec.dynamic:
+            membership = spec.resolve()
+            if args.shard_name not in membership.endpoints():
+                raise ValueError(f"--shard-name {args.shard_name} is not in --shards ({', '.join(membership.endpoints())})")
     http_listen = _check_listen(args.http_listen, args.allow_remote, "--http-listen")
     if http_listen is None:
         raise ValueError("--http-listen cannot be off")

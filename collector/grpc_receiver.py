@@ -30,7 +30,8 @@ class _Base:
             self.collector.state.reject(names.REJECT_UNAUTHORIZED)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         self.collector.ingest(self.signal, request)
-        self.collector._forward(self.signal, request.SerializeToString(), {"content-type": "application/x-protobuf"})
+        if self.collector.forwarder is not None:  # serialise again only to forward
+            self.collector._forward(self.signal, request.SerializeToString(), {"content-type": "application/x-protobuf"})
         return self.response()
 
 

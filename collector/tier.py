@@ -50,7 +50,14 @@ class Tier:
             collector.detector.me = self.me
             collector.api.owner_url = self.owner_url
             collector.api.tier = self
-        self.apply(self.spec.resolve(), time.monotonic())
+        try:
+            first = self.spec.resolve()
+        except (OSError, ValueError, LookupError) as exc:
+            # e.g. the shards' DNS name has no address yet: start empty, read it again while running
+            logger.warning("cannot read the shard set %s yet: %s", self.spec, exc)
+            self._warned = True
+            first = Membership(())
+        self.apply(first, time.monotonic())
 
     @property
     def shard(self) -> bool:

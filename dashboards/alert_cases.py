@@ -17,6 +17,8 @@ RULES_FILE = "prometheus-rules.yaml"
 INSTANCE = "collector-0:9464"
 # Labels Prometheus attaches to every series it scrapes from the collector.
 TARGET = {"job": COLLECTOR_JOB, "instance": INSTANCE}
+# A mesh tier: three shards of the same scrape job (the chart names each by its pod).
+SHARDS = tuple(f"rel-a2a-quiescence-shard-{i}" for i in range(3))
 
 _BY_NAME = {alert.name: alert for alert in rules.ALERTS}
 
@@ -25,6 +27,15 @@ def series(metric: str, values: str, **labels: str) -> dict[str, str]:
     all_labels = {**TARGET, **labels}
     rendered = ", ".join(f'{key}="{value}"' for key, value in sorted(all_labels.items()))
     return {"series": f"{metric}{{{rendered}}}", "values": values}
+
+
+def shard_series(shard: int, metric: str, values: str, **labels: str) -> dict[str, str]:
+    """A series of one shard of a mesh tier."""
+    return series(metric, values, instance=SHARDS[shard], **labels)
+
+
+def up_series(instance: str, values: str) -> dict[str, str]:
+    return {"series": f'up{{instance="{instance}", job="{COLLECTOR_JOB}"}}', "values": values}
 
 
 def fires(alert: str, at: str, description: str, **labels: str) -> dict[str, object]:
@@ -70,6 +81,21 @@ def test_cases() -> list[dict[str, object]]:
         "the cascades they served settle as lost."
     )
     down_tail = " is down or has no targets; leaked producers and stuck cascades go unseen while it is."
+
+    def stuck_description(count: int) -> str:
+        return (
+            f"{count} cascade(s) are open with no progress past the collectors' --stuck-after "
+            f"threshold (scrape job {COLLECTOR_JOB}, summed over its mesh collector or the shards "
+            "of its mesh tier); the mesh cannot settle until they finish. Cascades whose only "
+            "remaining work is tasks waiting for their user (input or auth required) are not "
+            "counted as stuck."
+        )
+
+    lost_description = (
+        f"The collectors of scrape job {COLLECTOR_JOB} settled cascade(s) with outcome lost in the "
+        f"last {rules.SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed while "
+        "pending, or a push delivery or outbound call failed; their callers got no complete answer."
+    )
     return [
         case(
             "leaked producers at shutdown fire at once",
@@ -89,16 +115,69 @@ def test_cases() -> list[dict[str, object]]:
         case(
             "a stuck cascade fires",
             [series(n.M_CASCADES_STUCK, "1x5"), series(n.M_CASCADES_OPEN, "3x5")],
-            fires(
-                n.ALERT_STUCK,
-                "1m",
-                "1 cascade(s) are open with no progress past the collector's "
-                f"--stuck-after threshold (collector {INSTANCE}); the mesh cannot "
-                "settle until they finish. Cascades whose only remaining work is "
-                "tasks waiting for their user (input or auth required) are not "
-                "counted as stuck.",
-                **TARGET,
-            ),
+            fires(n.ALERT_STUCK, "1m", stuck_description(1), job=COLLECTOR_JOB),
+        ),
+        case(
+            "mesh tier: a stuck cascade on one of three shards fires once, for the mesh",
+            [
+                shard_series(0, n.M_CASCADES_STUCK, "0x5"),
+                shard_series(1, n.M_CASCADES_STUCK, "1x5"),
+                shard_series(2, n.M_CASCADES_STUCK, "0x5"),
+                shard_series(0, n.M_CASCADES_OPEN, "2x5"),
+                shard_series(1, n.M_CASCADES_OPEN, "3x5"),
+                shard_series(2, n.M_CASCADES_OPEN, "1x5"),
+            ],
+            fires(n.ALERT_STUCK, "1m", stuck_description(1), job=COLLECTOR_JOB),
+            expr_tests=[
+                {"expr": rules.CASCADES_OPEN, "eval_time": "1m", "exp_samples": [{"labels": "{}", "value": 6}]},
+                {"expr": rules.CASCADES_STUCK, "eval_time": "1m", "exp_samples": [{"labels": "{}", "value": 1}]},
+            ],
+        ),
+        case(
+            "mesh tier: stuck cascades on two shards are summed into one alert",
+            [
+                shard_series(0, n.M_CASCADES_STUCK, "2x5"),
+                shard_series(1, n.M_CASCADES_STUCK, "0x5"),
+                shard_series(2, n.M_CASCADES_STUCK, "1x5"),
+            ],
+            fires(n.ALERT_STUCK, "1m", stuck_description(3), job=COLLECTOR_JOB),
+        ),
+        case(
+            "mesh tier: nothing stuck on any shard, and cascades moved to another owner, do not fire",
+            [
+                shard_series(0, n.M_CASCADES_STUCK, "0x10"),
+                shard_series(1, n.M_CASCADES_STUCK, "0x10"),
+                shard_series(2, n.M_CASCADES_STUCK, "0x10"),
+                # shard 0 still holds 4 cascades the ring now gives to shard 2, which has them open
+                shard_series(0, n.M_CASCADES_MOVED, "4x10"),
+                shard_series(0, n.M_CASCADES_OPEN, "0x10"),
+                shard_series(2, n.M_CASCADES_OPEN, "4x10"),
+            ],
+            silent(n.ALERT_STUCK, "1m"),
+            silent(n.ALERT_STUCK, "10m"),
+            expr_tests=[
+                {"expr": rules.CASCADES_MOVED, "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": 4}]},
+                # moved cascades are not open twice: only their owner counts them
+                {"expr": rules.CASCADES_OPEN, "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": 4}]},
+            ],
+        ),
+        case(
+            "mesh tier: the mesh is settled only when every shard is, and every shard is scraped",
+            [
+                # shard 1 has a cascade open during the first 3 minutes
+                shard_series(0, n.M_MESH_SETTLED, "1x10"),
+                shard_series(1, n.M_MESH_SETTLED, "0 0 0 1x7"),
+                shard_series(2, n.M_MESH_SETTLED, "1x10"),
+                up_series(SHARDS[0], "1x10"),
+                up_series(SHARDS[1], "1x10"),
+                # shard 2 cannot be scraped from minute 6 on (its last value goes stale)
+                up_series(SHARDS[2], "1 1 1 1 1 1 0x4"),
+            ],
+            expr_tests=[
+                {"expr": rules.MESH_SETTLED, "eval_time": "1m", "exp_samples": [{"labels": "{}", "value": 0}]},
+                {"expr": rules.MESH_SETTLED, "eval_time": "4m", "exp_samples": [{"labels": "{}", "value": 1}]},
+                {"expr": rules.MESH_SETTLED, "eval_time": "7m", "exp_samples": [{"labels": "{}", "value": 0}]},
+            ],
         ),
         case(
             "open cascades that still progress do not fire",
@@ -199,15 +278,21 @@ def test_cases() -> list[dict[str, object]]:
                 series(n.M_CASCADES_SETTLED, "0 0 1+0x20", outcome=n.VERDICT_LOST),
             ],
             silent(n.ALERT_SETTLED_LOST, "1m"),
-            fires(
-                n.ALERT_SETTLED_LOST,
-                "3m",
-                f"Collector {INSTANCE} settled cascade(s) with outcome lost in the last "
-                f"{rules.SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed "
-                "while pending, or a push delivery or outbound call failed; their callers "
-                "got no complete answer.",
-                **TARGET,
-            ),
+            fires(n.ALERT_SETTLED_LOST, "3m", lost_description, job=COLLECTOR_JOB),
+            silent(n.ALERT_SETTLED_LOST, "20m"),
+        ),
+        case(
+            "mesh tier: lost work settled on one of three shards fires once, for the mesh",
+            [
+                shard_series(0, n.M_CASCADES_SETTLED, "0+5x20", outcome=n.VERDICT_COMPLETED),
+                shard_series(0, n.M_CASCADES_SETTLED, "0x20", outcome=n.VERDICT_LOST),
+                shard_series(1, n.M_CASCADES_SETTLED, "0+4x20", outcome=n.VERDICT_COMPLETED),
+                shard_series(1, n.M_CASCADES_SETTLED, "0x20", outcome=n.VERDICT_LOST),
+                shard_series(2, n.M_CASCADES_SETTLED, "0+6x20", outcome=n.VERDICT_COMPLETED),
+                shard_series(2, n.M_CASCADES_SETTLED, "0 0 1+0x20", outcome=n.VERDICT_LOST),
+            ],
+            silent(n.ALERT_SETTLED_LOST, "1m"),
+            fires(n.ALERT_SETTLED_LOST, "3m", lost_description, job=COLLECTOR_JOB),
             silent(n.ALERT_SETTLED_LOST, "20m"),
         ),
         case(

@@ -63,6 +63,8 @@ def _thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
 
 
 GREEN_RED = _thresholds((None, "green"), (1, "red"))
+# the ring series exist only where collectors were given a shard set: 0 elsewhere
+NO_TIER = " or on() vector(0)"
 # how each settled outcome is drawn (names.VERDICTS)
 OUTCOME_COLORS = {n.VERDICT_COMPLETED: "green", n.VERDICT_FAILED: "orange", n.VERDICT_LOST: "red"}
 
@@ -202,7 +204,9 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             "drain, destroyed while pending, a failed push or call). Any lost fires "
             "A2ACascadeSettledWithLostWork; GET /v1/cascades/{trace_id} lists the losses."
         )
-        .with_target(_q(f"sum by (outcome) (rate({n.M_CASCADES_SETTLED}[$__rate_interval]))", "A", "{{outcome}}"))
+        .with_target(_q(
+            f"sum by (outcome) (rate({rules.over_collectors(n.M_CASCADES_SETTLED)}[$__rate_interval]))",
+            "A", "{{outcome}}"))
         .unit("ops")
         .legend(_legend())
         .span(12).height(7)
@@ -216,9 +220,11 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .title("Mesh settled")
             .description(
                 "1 when no delegation cascade is open anywhere in the mesh. With several "
-                "collectors the mesh is settled only when every one of them says so."
+                "collectors (the shards of a mesh tier, each deciding the cascades it owns) the mesh "
+                "is settled only when every one of them says so and every one can be scraped: a "
+                "shard that cannot be asked may hold open cascades."
             )
-            .with_target(_q(f"min({n.M_MESH_SETTLED})", instant=True))
+            .with_target(_q(rules.MESH_SETTLED, instant=True))
             .unit("bool_yes_no")
             .mappings([dm.ValueMap(options={
                 "0": dm.ValueMappingResult(text="Not settled", color="orange"),
@@ -231,9 +237,10 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .title("Open cascades")
             .description(
                 "Cascades (root trace ids) with work still in flight on some hop; includes stuck ones "
-                "and those awaiting their user's input."
+                "and those awaiting their user's input. Summed over the collectors that decide settlement "
+                "(every shard of a mesh tier counts the cascades it owns)."
             )
-            .with_target(_q(f"sum({n.M_CASCADES_OPEN})", instant=True))
+            .with_target(_q(rules.CASCADES_OPEN, instant=True))
             .unit("short")
             .reduce_options(_last())
             .thresholds(_thresholds((None, "green"), (1, "blue")))
@@ -244,7 +251,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
                 "Open cascades with no progress for longer than the collector's --stuck-after. Cascades "
                 "only awaiting their user's input are not stuck. Anything above 0 fires A2ACascadeStuck."
             )
-            .with_target(_q(f"sum({n.M_CASCADES_STUCK})", instant=True))
+            .with_target(_q(rules.CASCADES_STUCK, instant=True))
             .unit("short")
             .reduce_options(_last())
             .thresholds(GREEN_RED)
@@ -258,7 +265,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
                 "INPUT_REQUIRED or AUTH_REQUIRED). They are not stuck, however long the user takes, and "
                 "continue when the user answers."
             )
-            .with_target(_q(f"sum({n.M_CASCADES_AWAITING})", instant=True))
+            .with_target(_q(rules.CASCADES_AWAITING, instant=True))
             .unit("short")
             .reduce_options(_last())
             .thresholds(_thresholds((None, "green"), (1, "blue")))
@@ -272,8 +279,8 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .with_target(_q(latency_p50, "A", "p50"))
             .with_target(_q(latency_p99, "B", "p99"))
             .with_target(_q(
-                f"sum(rate({n.M_DETECTION_LATENCY}_sum[$__rate_interval]))"
-                f" / sum(rate({n.M_DETECTION_LATENCY}_count[$__rate_interval]))",
+                f"sum(rate({rules.over_collectors(n.M_DETECTION_LATENCY + '_sum')}[$__rate_interval]))"
+                f" / sum(rate({rules.over_collectors(n.M_DETECTION_LATENCY + '_count')}[$__rate_interval]))",
                 "C", "mean"))
             .unit("s")
             .legend(_legend())
@@ -281,9 +288,9 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             timeseries.Panel()
             .title("Cascades over time")
             .description("Open cascades, the stuck ones, and those awaiting their user's input (not stuck).")
-            .with_target(_q(f"sum({n.M_CASCADES_OPEN})", "A", "open"))
-            .with_target(_q(f"sum({n.M_CASCADES_STUCK})", "B", "stuck"))
-            .with_target(_q(f"sum({n.M_CASCADES_AWAITING})", "C", "awaiting input"))
+            .with_target(_q(rules.CASCADES_OPEN, "A", "open"))
+            .with_target(_q(rules.CASCADES_STUCK, "B", "stuck"))
+            .with_target(_q(rules.CASCADES_AWAITING, "C", "awaiting input"))
             .unit("short")
             .legend(_legend())
             .span(12).height(7),
@@ -414,6 +421,42 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .nodes(nodegraph.NodeOptions().main_stat_unit("short"))
             .edges(nodegraph.EdgeOptions().main_stat_unit("short"))
             .span(24).height(10),
+        ]),
+        ("Mesh tier", [
+            timeseries.Panel()
+            .title("Cascades per shard")
+            .description(
+                "A mesh tier (shards behind the OpenTelemetry Collector's load_balancing exporter): the "
+                "open cascades each shard owns, and the moved ones it still holds that the exporter's ring "
+                "now gives to another shard (not counted as open or stuck there; the new owner answers for "
+                "them once the agents resend). Open cascades spread evenly when the ring does; moved ones "
+                "appear after a membership change and are forgotten after the retention period. A single "
+                "mesh collector shows one line and no moved cascades."
+            )
+            .with_target(_q(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_OPEN)})", "A", "{{instance}} open"))
+            .with_target(_q(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_MOVED)})", "B", "{{instance}} moved"))
+            .with_target(_q(rules.CASCADES_MOVED, "C", "moved, all shards"))
+            .unit("short")
+            .legend(_legend())
+            .span(14).height(8),
+            timeseries.Panel()
+            .title("Ring membership")
+            .description(
+                "Shards in the mesh tier's ring as the collectors read it (the shards from their shard "
+                "list, the pod sidecars from the headless Service's DNS): the fewest and the most any "
+                "collector sees (they differ while a change propagates), and membership changes seen. "
+                "After a change, cascades move to their new owner; agents resend what they hold once the "
+                "new membership has held for --ring-settle. 0 shards: no mesh tier (no collector was "
+                "given a shard set)."
+            )
+            .with_target(_q(f"min({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "A", "shards (fewest seen)"))
+            .with_target(_q(f"max({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "B", "shards (most seen)"))
+            .with_target(_q(
+                f"max(increase({rules.over_collectors(n.M_RING_CHANGES)}[$__rate_interval])){NO_TIER}",
+                "C", "membership changes"))
+            .unit("short")
+            .legend(_legend())
+            .span(10).height(8),
         ]),
         ("Collector", [
             stat.Panel()

@@ -13,17 +13,47 @@ from dataclasses import dataclass
 from a2a_quiescence import names as n
 from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, runbook_url
 
+COLLECTOR_UP = f'up{{job="{COLLECTOR_JOB}"}}'
+
+# --- the cascade series, over every collector that decides settlement ---------
+# A cascade is decided by one collector: the mesh collector, or in a mesh tier
+# the shard the load-balancing exporter's ring gives it to (a shard reports only
+# the cascades it owns; those it holds for another owner are "moved", not open).
+# So the cascade series of the scrape job are summed over its instances, never
+# read per instance: a stuck cascade on one of three shards is one stuck cascade
+# of the mesh. (Pod sidecars forwarding to a mesh collector or a tier hold a
+# partial view of each cascade; the Helm chart's PodMonitor drops their cascade
+# series, so the sums are over the deciding collectors.)
+JOB_MATCH = f'job="{COLLECTOR_JOB}"'
+
+
+def over_collectors(metric: str, matchers: str = "") -> str:
+    """``metric`` of the collector job, with extra ``matchers`` (``a="b"``)."""
+    return f"{metric}{{{JOB_MATCH}{', ' + matchers if matchers else ''}}}"
+
+
+CASCADES_OPEN = f"sum({over_collectors(n.M_CASCADES_OPEN)})"
+CASCADES_STUCK = f"sum({over_collectors(n.M_CASCADES_STUCK)})"
+CASCADES_AWAITING = f"sum({over_collectors(n.M_CASCADES_AWAITING)})"
+CASCADES_MOVED = f"sum({over_collectors(n.M_CASCADES_MOVED)})"
+# 1 when every collector says settled and every collector target is scraped: a
+# shard that cannot be scraped may hold open cascades (as /v1/mesh's "quiet").
+MESH_SETTLED = f"min({over_collectors(n.M_MESH_SETTLED)}) * min({COLLECTOR_UP})"
+LOST_MATCH = f'outcome="{n.VERDICT_LOST}"'
+
+
 # --- recording rules (level:metric:operations) -----------------------------
 R_DETECTION_LATENCY_P50 = f"mesh:{n.M_DETECTION_LATENCY}:p50_rate5m"
 R_DETECTION_LATENCY_P99 = f"mesh:{n.M_DETECTION_LATENCY}:p99_rate5m"
 R_PRODUCERS_IN_FLIGHT = f"{n.LABEL_AGENT}:{n.M_PRODUCERS_IN_FLIGHT}:sum"
 
 RECORDING_RULES: dict[str, str] = {
+    # over every collector that decides settlement (every shard of a mesh tier)
     R_DETECTION_LATENCY_P50: (
-        f"histogram_quantile(0.5, sum by (le) (rate({n.M_DETECTION_LATENCY}_bucket[5m])))"
+        f"histogram_quantile(0.5, sum by (le) (rate({n.M_DETECTION_LATENCY}_bucket{{{JOB_MATCH}}}[5m])))"
     ),
     R_DETECTION_LATENCY_P99: (
-        f"histogram_quantile(0.99, sum by (le) (rate({n.M_DETECTION_LATENCY}_bucket[5m])))"
+        f"histogram_quantile(0.99, sum by (le) (rate({n.M_DETECTION_LATENCY}_bucket{{{JOB_MATCH}}}[5m])))"
     ),
     # One series per hop even when several collectors (or a restarted one)
     # report the same agent.
@@ -37,7 +67,6 @@ ALERT_GROUP = "a2a-quiescence.alerts"
 DESTROYED_PENDING_WINDOW = "10m"
 SETTLED_LOST_WINDOW = "10m"
 PUSH_FAILED_WINDOW = "10m"
-COLLECTOR_UP = f'up{{job="{COLLECTOR_JOB}"}}'
 
 
 @dataclass(frozen=True)
@@ -81,14 +110,16 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         name=n.ALERT_STUCK,
-        expr=f"{n.M_CASCADES_STUCK} > 0",
+        # summed over the job's collectors: every shard of a mesh tier counts only its own
+        expr=f"sum by (job) ({over_collectors(n.M_CASCADES_STUCK)}) > 0",
         # The collector already waited --stuck-after before calling it stuck.
         for_="0m",
         severity="warning",
         summary="A delegation cascade stopped making progress.",
         description=(
             "{{ $value }} cascade(s) are open with no progress past the "
-            "collector's --stuck-after threshold (collector {{ $labels.instance }}); "
+            "collectors' --stuck-after threshold (scrape job {{ $labels.job }}, summed "
+            "over its mesh collector or the shards of its mesh tier); "
             "the mesh cannot settle until they finish. Cascades whose only remaining "
             "work is tasks waiting for their user (input or auth required) are not "
             "counted as stuck."
@@ -149,15 +180,16 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         name=n.ALERT_SETTLED_LOST,
+        # summed over the job's collectors (each shard settles the cascades it owns)
         expr=(
-            f"sum by (job, instance) "
-            f'(increase({n.M_CASCADES_SETTLED}{{outcome="{n.VERDICT_LOST}"}}[{SETTLED_LOST_WINDOW}])) > 0'
+            f"sum by (job) "
+            f"(increase({over_collectors(n.M_CASCADES_SETTLED, LOST_MATCH)}[{SETTLED_LOST_WINDOW}])) > 0"
         ),
         for_="0m",
         severity="warning",
         summary="Cascades settled with work that never got to finish.",
         description=(
-            "Collector {{ $labels.instance }} settled cascade(s) with outcome lost in "
+            "The collectors of scrape job {{ $labels.job }} settled cascade(s) with outcome lost in "
             f"the last {SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed "
             "while pending, or a push delivery or outbound call failed; their callers "
             "got no complete answer."

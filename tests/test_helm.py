@@ -189,7 +189,8 @@ def test_rendered_manifests_validate_strictly(values: Path | None) -> None:
 
 @pytest.mark.parametrize("values", COMBOS, ids=combo_id)
 def test_secure_by_default(values: Path | None) -> None:
-    for deployment in by_kind(render(*values_args(values)), "Deployment"):
+    docs = render(*values_args(values))
+    for deployment in by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"):
         spec = pod_spec(deployment)
         assert spec.get("automountServiceAccountToken") is False
         pod_sc = spec.get("securityContext", {})
@@ -228,8 +229,15 @@ def test_defaults_render_the_mesh_collector_and_nothing_that_needs_crds() -> Non
         (("--set", "podMonitor.interval=5min"), ["/podMonitor/interval"]),
         (("--set", "sidecar.resources.limits=null"), ["/sidecar/resources", "limits"]),
         (("--set", "image.pullPolicy=Sometimes"), ["/image/pullPolicy"]),
+        # the mesh tier replaces the single mesh collector and needs the sidecars to forward
+        (("--set", "meshTier.enabled=true"), ["/meshCollector/enabled", "/sidecar/forwardToMesh"]),
+        (("--set", "meshTier.replicas=0"), ["/meshTier/replicas"]),
+        (("--set", "meshTier.otelCollector.mode=daemonset"), ["/meshTier/otelCollector/mode"]),
+        (("--set", "meshTier.otelCollector.image.tag="), ["/meshTier/otelCollector/image/tag"]),
+        (("--values", str(CHART / "ci" / "mesh-tier-values.yaml"), "--set", "meshTier.otelCollector.mode=sidecar"),
+         ["/meshTier/otelCollector/sidecar/serviceAccountName"]),
     ],
-    ids=lambda v: v[1] if isinstance(v, tuple) else None,
+    ids=lambda v: v[-1] if isinstance(v, tuple) else None,
 )
 def test_bad_values_fail_with_the_key_named(args: tuple[str, ...], mentions: list[str]) -> None:
     done = helm("template", RELEASE, str(CHART), *args)
@@ -501,12 +509,22 @@ def _accepted_by_the_cli(container: dict) -> Any:
 
 
 @pytest.mark.parametrize("values", COMBOS, ids=combo_id)
-def test_rendered_collector_arguments_are_accepted_by_the_collector(values: Path | None) -> None:
+def test_rendered_collector_arguments_are_accepted_by_the_collector(
+    values: Path | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # a chart that renders fine but whose container refuses its own arguments
     # (say, 0.0.0.0 without --allow-remote) crash-loops: check with the real CLI
     docs = render("--values", str(CHART / "ci" / "all-values.yaml"), *values_args(values))
+    _cluster_dns(monkeypatch, docs)
     containers = [sidecar_of(pod_spec(one(docs, "Deployment", "example-agent")))]
-    containers += pod_spec(one(docs, "Deployment", "mesh-collector"))["containers"]
+    for deployment in by_kind(docs, "Deployment"):
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/component") == "mesh-collector":
+            containers += pod_spec(deployment)["containers"]
+    for statefulset in by_kind(docs, "StatefulSet"):
+        (shard,) = pod_spec(statefulset)["containers"]
+        for ordinal in range(statefulset["spec"]["replicas"]):
+            containers.append(_as_the_kubelet_runs_it(shard, docs, statefulset, ordinal, tmp_path))
+    assert len(containers) >= 2
     for container in containers:
         config = _accepted_by_the_cli(container)
         assert config.http_listen.startswith("0.0.0.0:")
@@ -550,3 +568,359 @@ def test_a_non_default_metrics_job_reaches_every_selector() -> None:
 def test_a_metrics_job_that_could_break_a_selector_is_refused() -> None:
     done = helm("template", RELEASE, str(CHART), "--set", 'metricsJob=a"b')
     assert done.returncode != 0 and "metricsJob" in done.stderr
+
+
+# --- the mesh tier -------------------------------------------------------------
+
+MESH_TIER = CHART / "ci" / "mesh-tier-values.yaml"
+MESH_TIER_SIDECAR = CHART / "ci" / "mesh-tier-sidecar-values.yaml"
+# where the kubelet mounts the token of the pod's ServiceAccount (in-cluster config)
+KUBE_API_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+OTEL_IMAGE = "otel/opentelemetry-collector-contrib"
+
+
+def _component(docs: list[dict], kind: str, component: str) -> list[dict]:
+    return [d for d in by_kind(docs, kind) if d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+
+
+def _headless(docs: list[dict]) -> dict:
+    (service,) = _component(docs, "Service", "mesh-tier")
+    return service
+
+
+def _shard_list(docs: list[dict], statefulset: dict) -> tuple[str, str]:
+    """(the shard-list text, the path the shards read it from), via the StatefulSet's volumes."""
+    (shard,) = pod_spec(statefulset)["containers"]
+    spec_arg = flag(shard, "--shards")
+    assert spec_arg.startswith("@"), spec_arg
+    path = spec_arg[1:]
+    mounts = [m for m in shard["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    (mount,) = mounts
+    # a subPath mount is never updated in place: the whole point of the ConfigMap
+    assert "subPath" not in mount
+    volume = next(v for v in pod_spec(statefulset)["volumes"] if v["name"] == mount["name"])
+    config_map = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == volume["configMap"]["name"])
+    key = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    return config_map["data"][key], path
+
+
+def _membership(text: str, tmp_path: Path, ring_port: int = 4317) -> Any:
+    from a2a_quiescence.shards import ShardSpec
+
+    file = tmp_path / "shards"
+    file.write_text(text)
+    return ShardSpec(f"@{file}", ring_port).resolve()
+
+
+def _as_the_kubelet_runs_it(container: dict, docs: list[dict], statefulset: dict, ordinal: int,
+                            tmp_path: Path) -> dict:
+    """A shard's container with $(POD_NAME) expanded and its shard-list file on this disk."""
+    text, path = _shard_list(docs, statefulset)
+    local = tmp_path / f"shards-{ordinal}"
+    local.write_text(text)
+    pod = f"{statefulset['metadata']['name']}-{ordinal}"
+    assert env_of(container)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    args = [a.replace("$(POD_NAME)", pod).replace("@" + path, f"@{local}") for a in container["args"]]
+    return {**container, "args": args}
+
+
+def _cluster_dns(monkeypatch: pytest.MonkeyPatch, docs: list[dict]) -> None:
+    """Answer the headless Service's cluster DNS name offline, as CoreDNS would: one
+    address per shard (publishNotReadyAddresses), so `dns+http://` shard sets resolve."""
+    import socket
+
+    real = socket.getaddrinfo
+    names: dict[str, int] = {}
+    for service in _component(docs, "Service", "mesh-tier"):
+        (statefulset,) = by_kind(docs, "StatefulSet")
+        name = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+        names[name] = statefulset["spec"]["replicas"]
+
+    def fake(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"10.0.0.{i + 1}", 0)) for i in range(names[host])]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def _otel_config(docs: list[dict]) -> dict:
+    (config_map,) = [d for d in _component(docs, "ConfigMap", "otel-gateway")]
+    return yaml.safe_load(config_map["data"]["config.yaml"])
+
+
+def _otel_container(spec: dict) -> dict:
+    found = [c for c in all_containers(spec) if c["image"].startswith(OTEL_IMAGE)]
+    assert len(found) == 1, [c["name"] for c in all_containers(spec)]
+    return found[0]
+
+
+def test_mesh_tier_is_documented_and_off_by_default() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert "meshTier.enabled" in readme and "load_balancing" in readme
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["meshTier"]["enabled"] is False
+    assert not by_kind(render(), "StatefulSet")
+
+
+@pytest.mark.parametrize("replicas", [3, 1, 5])
+def test_mesh_tier_shard_list_names_every_shard_as_the_k8s_resolver_does(replicas: int, tmp_path: Path) -> None:
+    docs = render("--values", str(MESH_TIER), "--set", f"meshTier.replicas={replicas}")
+    (statefulset,) = by_kind(docs, "StatefulSet")
+    assert not _component(docs, "Deployment", "mesh-collector")  # the tier replaces it
+    sts = statefulset["metadata"]["name"]
+    headless = _headless(docs)
+    svc = headless["metadata"]["name"]
+    assert statefulset["spec"]["replicas"] == replicas
+    assert statefulset["spec"]["serviceName"] == svc
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+    assert statefulset["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    (shard,) = pod_spec(statefulset)["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in shard["ports"]}
+    service_ports = {p["name"]: p for p in headless["spec"]["ports"]}
+    assert {n: p["port"] for n, p in service_ports.items()} == {"otlp-grpc": 4317, "http": 9464}
+    for port in service_ports.values():
+        assert container_ports[port["targetPort"]] == port["port"]
+    assert host_port(flag(shard, "--otlp-grpc-listen")) == ("0.0.0.0", 4317)
+    assert host_port(flag(shard, "--http-listen")) == ("0.0.0.0", 9464)
+    assert "--allow-remote" in shard["args"]
+
+    # the shard list: exactly one entry per ordinal, named as the exporter names it
+    text, _ = _shard_list(docs, statefulset)
+    membership = _membership(text, tmp_path, int(flag(shard, "--ring-port")))
+    expected = sorted(f"{sts}-{i}.{svc}.{NAMESPACE}:4317" for i in range(replicas))
+    assert list(membership.endpoints()) == expected
+    for entry in membership.shards:
+        pod = entry.endpoint.split(".", 1)[0]
+        url = urlsplit(entry.url)
+        assert (url.scheme, url.hostname, url.port) == ("http", f"{pod}.{svc}.{NAMESPACE}.svc.cluster.local", 9464)
+
+    # --shard-name: $(POD_NAME), expanded by the kubelet, in the resolver's format
+    name = flag(shard, "--shard-name")
+    assert name == f"$(POD_NAME).{svc}.{NAMESPACE}:4317"
+    assert env_of(shard)["POD_NAME"]["valueFrom"]["fieldRef"] == {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    assert [name.replace("$(POD_NAME)", f"{sts}-{i}") for i in range(replicas)] == sorted(expected)
+    # and every shard, as it will run, is accepted by the collector as a member of the set
+    for i in range(replicas):
+        config = _accepted_by_the_cli(_as_the_kubelet_runs_it(shard, docs, statefulset, i, tmp_path))
+        assert config.shard_name == f"{sts}-{i}.{svc}.{NAMESPACE}:4317"
+        assert config.shard_name in membership.endpoints()
+
+
+def test_changing_replicas_rewrites_the_shard_list_without_restarting_shards() -> None:
+    three = render("--values", str(MESH_TIER))
+    five = render("--values", str(MESH_TIER), "--set", "meshTier.replicas=5")
+    (sts3,), (sts5,) = by_kind(three, "StatefulSet"), by_kind(five, "StatefulSet")
+    # the pod template (what a rolling restart is triggered by) does not change
+    assert sts3["spec"]["template"] == sts5["spec"]["template"]
+    assert _shard_list(three, sts3)[0] != _shard_list(five, sts5)[0]
+
+
+@pytest.mark.parametrize("values", [MESH_TIER, MESH_TIER_SIDECAR], ids=["gateway", "sidecar"])
+def test_otel_collector_routes_logs_by_trace_id_to_the_headless_service(values: Path) -> None:
+    from a2a_quiescence.ring import EXPORTER_VERSION
+
+    docs = render("--values", str(values))
+    config = _otel_config(docs)
+    headless = _headless(docs)
+    (statefulset,) = by_kind(docs, "StatefulSet")
+    (shard,) = pod_spec(statefulset)["containers"]
+
+    lb = config["exporters"]["load_balancing"]
+    assert lb["routing_key"] == "traceID"
+    assert lb["protocol"]["otlp"]["tls"] == {"insecure": True}
+    assert list(lb["resolver"]) == ["k8s"]  # exactly one resolver
+    k8s = lb["resolver"]["k8s"]
+    assert k8s["service"] == f"{headless['metadata']['name']}.{NAMESPACE}"
+    assert k8s["return_hostnames"] is True
+    grpc = {p["name"]: p["port"] for p in headless["spec"]["ports"]}["otlp-grpc"]
+    assert k8s["ports"] == [4317] == [grpc] == [int(flag(shard, "--ring-port"))]
+    # the resolver's endpoint format is exactly the shards' own names
+    assert flag(shard, "--shard-name") == f"$(POD_NAME).{k8s['service']}:{k8s['ports'][0]}"
+
+    logs = config["service"]["pipelines"]["logs"]
+    assert logs["receivers"] == ["otlp"] and logs["exporters"] == ["load_balancing"]
+    for pipeline in config["service"]["pipelines"].values():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in config[kind], (kind, component)
+    for extension in config["service"].get("extensions", []):
+        assert extension in config["extensions"]
+
+    # the token: the shards require it on OTLP, the collector sends it and checks the sidecars'
+    headers = lb["protocol"]["otlp"]["headers"]
+    assert headers == {"authorization": "Bearer ${env:A2A_QUIESCENCE_TOKEN}"}
+    for protocol in config["receivers"]["otlp"]["protocols"].values():
+        assert protocol["auth"]["authenticator"] in config["extensions"]
+
+    # the pinned image: the version whose ring a2a_quiescence/ring.py ports
+    spec = pod_spec(one(docs, "Deployment", "otel-gateway" if values == MESH_TIER else "example-agent"))
+    otel = _otel_container(spec)
+    assert otel["image"] == f"{OTEL_IMAGE}:0.154.0"
+    assert otel["image"].rsplit(":", 1)[1] == EXPORTER_VERSION.removeprefix("v")
+    values_text = (CHART / "values.yaml").read_text()
+    assert 'tag: "0.154.0"' in values_text and "ring.py" in values_text
+    assert env_of(otel)[names.ENV_TOKEN]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    # the collector reads the ConfigMap rendered above
+    mount = next(m for m in otel["volumeMounts"] if m["mountPath"] == "/conf")
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == _component(docs, "ConfigMap", "otel-gateway")[0]["metadata"]["name"]
+    assert "--config=/conf/config.yaml" in otel["args"]
+
+
+@pytest.mark.parametrize("values", [MESH_TIER, MESH_TIER_SIDECAR], ids=["gateway", "sidecar"])
+def test_k8s_resolver_may_watch_endpointslices_and_nothing_else_gets_a_token(values: Path) -> None:
+    docs = render("--values", str(values))
+    (role,) = by_kind(docs, "Role")
+    (binding,) = by_kind(docs, "RoleBinding")
+    allowed = {(group, resource): set(rule["verbs"])
+               for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert allowed[("discovery.k8s.io", "endpointslices")] == {"get", "list", "watch"}
+    assert allowed[("", "endpoints")] == {"get", "list", "watch"}
+    assert all(verbs <= {"get", "list", "watch"} for verbs in allowed.values())
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    owner = one(docs, "Deployment", "otel-gateway" if values == MESH_TIER else "example-agent")
+    spec = pod_spec(owner)
+    (subject,) = binding["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": spec["serviceAccountName"], "namespace": NAMESPACE}
+    assert subject["name"] in {sa["metadata"]["name"] for sa in by_kind(docs, "ServiceAccount")}
+    # the token reaches the OpenTelemetry Collector container only
+    assert spec["automountServiceAccountToken"] is False
+    otel = _otel_container(spec)
+    for container in all_containers(spec):
+        mounted = [m for m in container.get("volumeMounts", []) if m["mountPath"] == KUBE_API_DIR]
+        assert bool(mounted) == (container is otel), container["name"]
+    (mount,) = [m for m in otel["volumeMounts"] if m["mountPath"] == KUBE_API_DIR]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    sources = [next(iter(s)) for s in volume["projected"]["sources"]]
+    assert sources == ["serviceAccountToken", "configMap", "downwardAPI"]
+
+
+def test_pod_sidecar_forwards_to_the_gateway_and_watches_the_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("--values", str(MESH_TIER))
+    sidecar = sidecar_of(pod_spec(one(docs, "Deployment", "example-agent")))
+    gateway = one(docs, "Service", "otel-gateway")
+    target = urlsplit(flag(sidecar, "--forward"))
+    http_port = next(p for p in gateway["spec"]["ports"] if p["name"] == "otlp-http")
+    assert (target.scheme, target.hostname, target.port) == ("http", gateway["metadata"]["name"], http_port["port"])
+    # the Service port leads to the container port the collector's OTLP/HTTP receiver listens on
+    gateway_pods = one(docs, "Deployment", "otel-gateway")
+    assert gateway["spec"]["selector"].items() <= gateway_pods["spec"]["template"]["metadata"]["labels"].items()
+    named = {p["name"]: p["containerPort"] for p in _otel_container(pod_spec(gateway_pods))["ports"]}
+    receiver = _otel_config(docs)["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert host_port(receiver) == ("0.0.0.0", named[http_port["targetPort"]])
+    env = env_of(sidecar)
+    assert env["A2A_QUIESCENCE_FORWARD_TOKEN"]["valueFrom"] == env[names.ENV_TOKEN]["valueFrom"]
+    # membership changes: every address of the headless Service
+    headless = _headless(docs)
+    shards = urlsplit(flag(sidecar, "--shards"))
+    assert (shards.scheme, shards.hostname, shards.port) == (
+        "dns+http", f"{headless['metadata']['name']}.{NAMESPACE}.svc.cluster.local", 9464)
+    assert "--shard-name" not in sidecar["args"]
+    _cluster_dns(monkeypatch, docs)
+    config = _accepted_by_the_cli(sidecar)
+    assert config.forward == flag(sidecar, "--forward") and config.shard_name is None
+    from a2a_quiescence.shards import ShardSpec
+
+    (statefulset,) = by_kind(docs, "StatefulSet")
+    assert len(ShardSpec(config.shards).resolve().shards) == statefulset["spec"]["replicas"]
+
+
+def test_pod_sidecar_forwards_to_the_collector_in_its_own_pod_in_sidecar_mode() -> None:
+    docs = render("--values", str(MESH_TIER_SIDECAR))
+    assert not _component(docs, "Deployment", "otel-gateway")
+    spec = pod_spec(one(docs, "Deployment", "example-agent"))
+    sidecar = sidecar_of(spec)
+    otel = _otel_container(spec)
+    target = urlsplit(flag(sidecar, "--forward"))
+    receiver = _otel_config(docs)["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert host_port(receiver) == (target.hostname, target.port) == ("127.0.0.1", 14318)
+    assert target.port in {p["containerPort"] for p in otel["ports"]}
+    # no port clash with the a2a-quiescence sidecar in the same pod
+    ours = {host_port(flag(sidecar, f))[1] for f in ("--otlp-listen", "--otlp-grpc-listen", "--http-listen")}
+    assert not ours & {p["containerPort"] for p in otel["ports"]}
+    # a native sidecar too, started before the sidecar that forwards to it
+    assert otel["restartPolicy"] == "Always"
+    assert spec["initContainers"].index(otel) < spec["initContainers"].index(sidecar)
+
+
+def test_tier_is_scraped_per_shard_and_the_rules_sum_its_series() -> None:
+    from a2a_quiescence.dashboards import rules
+
+    job = "mesh-collectors"
+    docs = render("--values", str(MESH_TIER), "--set", f"metricsJob={job}")
+    headless = _headless(docs)
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= headless["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    relabel = {r["targetLabel"]: r for r in endpoint["relabelings"]}
+    assert relabel["job"]["replacement"] == job
+    # each shard is its own target, named by its pod
+    assert relabel["instance"]["sourceLabels"] == ["__meta_kubernetes_pod_name"]
+
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+    assert alerts[names.ALERT_STUCK]["expr"] == f'sum by (job) ({names.M_CASCADES_STUCK}{{job="{job}"}}) > 0'
+    lost = alerts[names.ALERT_SETTLED_LOST]["expr"]
+    assert lost.startswith("sum by (job) (increase(") and f'{names.M_CASCADES_SETTLED}{{job="{job}", ' in lost
+    # every expression over a cascade series selects the job and aggregates it
+    cascade_metrics = (names.M_CASCADES_OPEN, names.M_CASCADES_STUCK, names.M_CASCADES_AWAITING,
+                       names.M_CASCADES_MOVED, names.M_MESH_SETTLED, names.M_CASCADES_SETTLED)
+    exprs = [r["expr"] for g in groups for r in g["rules"]]
+    config_map = next(d for d in by_kind(docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"])
+    board = json.loads(next(iter(config_map["data"].values())))
+    from a2a_quiescence.dashboards.dashboard import iter_panels
+
+    exprs += [t["expr"] for p in iter_panels(board) for t in p.get("targets", []) if t.get("expr")]
+    checked = 0
+    for expr in exprs:
+        for metric in cascade_metrics:
+            for match in re.finditer(rf"\b{metric}\b(\{{[^}}]*\}})?", expr):
+                checked += 1
+                assert match.group(1) and f'job="{job}"' in match.group(1), expr
+                assert re.search(r"\b(sum|min|max)\b", expr), expr
+    assert checked >= 10
+    # the dashboard's verdict is the expression the promtool cases check
+    stat_exprs = [t["expr"] for p in iter_panels(board) for t in p.get("targets", [])]
+    assert rules.MESH_SETTLED.replace(rules.JOB_MATCH, f'job="{job}"') in stat_exprs
+
+
+def test_forwarding_sidecars_cascade_series_are_dropped_at_scrape() -> None:
+    """A forwarding sidecar sees only its agent's part of a cascade; the sums must
+    be over the collectors that decide (the mesh collector, the shards)."""
+    docs = render("--values", str(MESH_TIER))
+    (endpoint,) = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    (drop,) = endpoint["metricRelabelings"]
+    assert drop["action"] == "drop" and drop["sourceLabels"] == ["__name__"]
+    regex = re.compile(drop["regex"])  # Prometheus anchors relabel regexes
+    settlement = {names.M_CASCADES_OPEN, names.M_CASCADES_STUCK, names.M_CASCADES_AWAITING,
+                  names.M_CASCADES_MOVED, names.M_MESH_SETTLED, names.M_CASCADES_SETTLED,
+                  names.M_EDGE_MESSAGES, names.M_DETECTION_LATENCY + "_bucket",
+                  names.M_DETECTION_LATENCY + "_sum", names.M_DETECTION_LATENCY + "_count"}
+    for metric in names.EXPORTED_METRICS:
+        assert bool(regex.fullmatch(metric)) == (metric in settlement), metric
+    # without forwarding, a sidecar is its own collector: nothing dropped
+    plain = render("--values", str(CHART / "ci" / "all-values.yaml"))
+    assert "metricRelabelings" not in one(plain, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+
+
+def test_tier_network_policy_admits_the_exporter_agents_shards_and_prometheus() -> None:
+    docs = render("--values", str(MESH_TIER))
+    (policy,) = _component(docs, "NetworkPolicy", "mesh-tier")
+    (statefulset,) = by_kind(docs, "StatefulSet")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    otlp_rule, api_rule, _ = policy["spec"]["ingress"]
+    gateway_labels = one(docs, "Deployment", "otel-gateway")["spec"]["template"]["metadata"]["labels"]
+    assert otlp_rule["from"][0]["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+    assert [p["port"] for p in otlp_rule["ports"]] == ["otlp-grpc"]
+    shard_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert any(f["podSelector"].get("matchLabels", {}).items() <= shard_labels.items() for f in api_rule["from"])
+    (gateway_policy,) = _component(docs, "NetworkPolicy", "otel-gateway")
+    agent_labels = one(docs, "Deployment", "example-agent")["spec"]["template"]["metadata"]["labels"]
+    assert gateway_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= agent_labels.items()

@@ -156,3 +156,12 @@ def test_a_sidecar_tells_agents_to_resend_only_once_a_new_membership_held(tmp_pa
     assert ingest.collector_id == first
     tier.apply(tier.spec.resolve(), now=115.0)
     assert ingest.collector_id != first and collector.state.ring_changes == 1
+
+
+def test_a_shard_set_whose_name_does_not_resolve_yet_starts_empty() -> None:
+    """A pod sidecar may start before the shards have addresses: it must run, not crash-loop."""
+    ingest = SimpleNamespace(collector_id="base")
+    collector = SimpleNamespace(ingest_=ingest, state=SimpleNamespace(ring_shards=None, ring_changes=0))
+    tier = Tier(Config(shards="dns+http://no-shards-yet.invalid:9464"), collector)
+    assert tier.membership is not None and tier.membership.shards == ()
+    assert collector.state.ring_shards == 0
