@@ -165,3 +165,12 @@ def test_a_shard_set_whose_name_does_not_resolve_yet_starts_empty() -> None:
     tier = Tier(Config(shards="dns+http://no-shards-yet.invalid:9464"), collector)
     assert tier.membership is not None and tier.membership.shards == ()
     assert collector.state.ring_shards == 0
+
+
+def test_wait_refuses_a_bad_shard_set_and_reports_one_it_cannot_resolve(capsys) -> None:
+    from a2a_quiescence.cli import main
+
+    assert main(["wait", A, "--shards", "ftp://nowhere"]) == 2
+    assert "--shards" in capsys.readouterr().err
+    assert main(["wait", A, "--shards", "dns+http://no-shards.invalid:9464", "--timeout", "1"]) == 2
+    assert "no-shards.invalid" in capsys.readouterr().err
