@@ -25,8 +25,9 @@ import pytest
 
 from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.shards import ShardSpec
-from a2a_quiescence.wait import wait_sync
+from a2a_quiescence.wait import DEFAULT_ENDPOINT, wait_sync
 
 from lbexporter import LoadBalancerDouble
 from support import metric, wait_until
@@ -160,6 +161,11 @@ def test_tier_survives_a_lost_shard_and_a_new_one(tmp_path: Path) -> None:
             other = next(s for s in live if s.endpoint != owner.endpoint)
             detail = httpx.get(f"{other.url}/v1/cascades/{some}", timeout=10).json()
             assert detail["status"] == "settled" and detail["shard"] == owner.url
+
+            # the pytest fixture's object, given the shard set as the plugin's option would
+            fixture = Quiescence(DEFAULT_ENDPOINT, 60, shards=f"@{ring_file}")
+            assert fixture.assert_settled(during[0])["status"] == "settled"
+            assert fixture.mesh()["shards"]
 
             gate = subprocess.run(
                 [_bin("a2a-quiescence"), "wait", "--mesh", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
