@@ -20,8 +20,6 @@ shard's resident memory per open cascade and its /metrics scrape time.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,25 +34,13 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from a2a_quiescence.demo.harness import _bin, free_port, wait_http  # noqa: E402
+from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http  # noqa: E402
+from benchmarks.bench_ingest import cpu_seconds, rss_bytes  # noqa: E402
 from a2a_quiescence.instrumentation.reporter import encode  # noqa: E402
 from a2a_quiescence.shards import ShardSpec  # noqa: E402
 from a2a_quiescence.wire import Tally, cascade_body  # noqa: E402
 
-CLK = os.sysconf("SC_CLK_TCK")
 BATCH = 200
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def cascade_records(trace_id: str, incs: dict[str, str], settle: bool = True) -> list[tuple[str, str, dict]]:
@@ -97,13 +83,8 @@ class Shard:
             raise RuntimeError(f"shard {self.endpoint} did not start: {self.log.read_text()[-500:]}") from exc
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        if self.popen is not None:
+            stop_process(self.popen)
 
 
 def settled(url: str) -> int:
