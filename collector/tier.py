@@ -83,6 +83,9 @@ class Tier:
                 logger.info("mesh tier membership changed: %s", ", ".join(membership.endpoints()))
             self.collector.state.ring_shards = len(membership.shards)
             self.collector.state.ring_changes = self.changes
+            if self.me and membership.shards and self.me not in membership.endpoints():
+                logger.warning("this shard (--shard-name %s) is not in the shard set (%s): it owns no cascade",
+                               self.me, ", ".join(membership.endpoints()))
             if self.me:
                 ring = membership.ring
                 self.collector.detector.owner_of = ring.endpoint_for

@@ -29,6 +29,7 @@ from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.shards import ShardSpec
 from a2a_quiescence.wait import DEFAULT_ENDPOINT, wait_sync
 
+from conftest import need_tool
 from lbexporter import LoadBalancerDouble
 from support import metric, wait_until
 
@@ -180,10 +181,15 @@ def test_tier_survives_a_lost_shard_and_a_new_one(tmp_path: Path) -> None:
                                           "a2a_mesh_ring_changes_total") == 2 for s in live),
                        "every shard saw both membership changes", timeout=30, every=0.1)
             assert stuck_not_owned(live, spec) == []
+            promtool = need_tool("promtool")
             for s in live:
                 text = httpx.get(f"{s.url}/metrics", timeout=10).text
                 assert metric(text, "a2a_cascades_stuck") == 0, s.endpoint
                 assert metric(text, "a2a_cascades_open") == 0, s.endpoint
+                assert metric(text, "a2a_mesh_ring_shards") == 3, s.endpoint
+                check = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True,
+                                       timeout=60)
+                assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
 
             # the faults were really injected
             assert double.stats["lost_batches"] >= 1
