@@ -216,6 +216,8 @@ DEFAULT_HTTP = "127.0.0.1:9464"
 ENV_ENDPOINT = "A2A_QUIESCENCE_ENDPOINT"  # where snapshots go (OTLP/HTTP logs URL)
 ENV_STALL_SECONDS = "A2A_QUIESCENCE_STALL_SECONDS"
 ENV_HEARTBEAT_SECONDS = "A2A_QUIESCENCE_HEARTBEAT_SECONDS"
+# a mesh tier's shard set, for `a2a-quiescence wait`, the pytest plugin and the collector (--shards)
+ENV_SHARDS = "A2A_QUIESCENCE_SHARDS"
 ENV_FLUSH_MS = "A2A_QUIESCENCE_FLUSH_MS"  # coalescing delay after a change that can settle a cascade
 ENV_LAZY_MS = "A2A_QUIESCENCE_LAZY_MS"  # at most this late: every other change (activity, counters)
 ENV_TOKEN = "A2A_QUIESCENCE_TOKEN"

@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 import httpx
 
+from a2a_quiescence import names
 from a2a_quiescence.shards import Membership, ShardSpec
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9464"
-ENV_SHARDS = "A2A_QUIESCENCE_SHARDS"
+ENV_SHARDS = names.ENV_SHARDS
 DEFAULT_GRACE = 0.05  # the collector's default --root-grace
 TIER_SLICE = 5.0  # a wait on a mesh tier reads the shard set again this often
 

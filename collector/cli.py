@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bearer token sent upstream when forwarding (e.g. to a token-protected mesh collector)")
     p.add_argument("--forward-queue", type=int, default=_env("FORWARD_QUEUE", "1000"),
                    help="requests held for forwarding at most (beyond: dropped, counted)")
-    p.add_argument("--shards", default=_env("SHARDS", None),
+    p.add_argument("--shards", default=os.environ.get(names.ENV_SHARDS),
                    help="the mesh tier's shard set, in the load-balancing exporter's order: comma-separated API URLs "
                         "(http://mesh-0.mesh:9464; ring endpoint HOST:RING_PORT), ENDPOINT=URL items, "
                         "dns+http://NAME:PORT, or @FILE (read again every --ring-refresh). With --shard-name this "
