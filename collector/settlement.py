@@ -63,6 +63,10 @@ def evaluate(snapshots: Iterable[CascadeSnapshot]) -> tuple[bool, list[dict[str,
     return (not holders, holders)
 
 
+# how much earlier than its first snapshot arrived a cascade's last hop may have gone
+# passive and still count as seen while it ran (its first report can be that late)
+LATENCY_SLACK = 1.0
+
 _SEVERITY = {names.VERDICT_COMPLETED: 0, names.VERDICT_FAILED: 1, names.VERDICT_LOST: 2}
 
 
@@ -309,7 +313,9 @@ class Detector:
             cascade.outcome = verdict(cascade.view.values())["outcome"]
             self.settled_by_outcome[cascade.outcome] += 1
             passive = [s.passive_since for s in cascade.view.values() if s.passive_since]
-            if passive:
+            # measured only for a cascade seen while it ran: one resent to this collector
+            # (a restart, a shard taking it over) went passive long before it was first seen
+            if passive and max(passive) >= cascade.first_seen - LATENCY_SLACK:
                 cascade.detection_latency = max(0.0, now - max(passive))
             self.settled_total += 1
             if self.on_settle is not None:

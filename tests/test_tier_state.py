@@ -174,3 +174,16 @@ def test_wait_refuses_a_bad_shard_set_and_reports_one_it_cannot_resolve(capsys) 
     assert "--shards" in capsys.readouterr().err
     assert main(["wait", A, "--shards", "dns+http://no-shards.invalid:9464", "--timeout", "1"]) == 2
     assert "no-shards.invalid" in capsys.readouterr().err
+
+
+def test_a_cascade_resent_long_after_it_ended_gives_no_detection_latency() -> None:
+    detector, _state, clock = shard_state({A: "s0", B: "s0"})
+    root = Tally().with_id("r")
+    ran = CascadeSnapshot(trace_id=A, hop="A", incarnation="i1", seq=1, active=0, roots=root,
+                          passive_since=clock.now - 0.01)
+    detector.ingest(ran)
+    assert detector.cascades[A].detection_latency is not None  # seen while it ran (its report came late)
+    resent = CascadeSnapshot(trace_id=B, hop="A", incarnation="i1", seq=2, active=0, roots=root,
+                             passive_since=clock.now - 20)
+    detector.ingest(resent)
+    assert detector.cascades[B].settled and detector.cascades[B].detection_latency is None
