@@ -203,7 +203,12 @@ class Quiescence:
         return response.json()
 
     def assert_no_leaked_producers(self) -> None:
-        leaks = {a["agent"]: a["shutdown_leaked_producers"] for a in self.mesh()["agents"] if a.get("shutdown_leaked_producers")}
+        """No agent's last shutdown left producers running: asked of the collector at the
+        endpoint (with a mesh tier, the pod sidecar's: the shards do not track agents)."""
+        response = httpx.get(f"{self.endpoint.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
+        response.raise_for_status()
+        agents = response.json()["agents"]
+        leaks = {a["agent"]: a["shutdown_leaked_producers"] for a in agents if a.get("shutdown_leaked_producers")}
         if leaks:
             pytest.fail(f"producers leaked at shutdown: {leaks}", pytrace=False)
 
