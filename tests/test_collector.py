@@ -555,3 +555,21 @@ def test_sigterm_exits_zero_and_sigint_too(tmp_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         c = Collector(tmp_path)
         assert c.stop(sig) == 0
+
+
+def test_fixture_names_the_agents_whose_shutdown_leaked_producers(tmp_path: Path) -> None:
+    from a2a_quiescence.pytest_plugin import Quiescence
+
+    c = Collector(tmp_path, "--agent-timeout", "3600", token=TOKEN)
+    try:
+        fixture = Quiescence(c.api, 10, token=TOKEN)
+        clean = {"reason": "sigterm", "at": time.time(), "leaked_producers": 0}
+        assert c.post(hop_request("tidy", hop_body("tidy-1", 1, started=3, shutdown=clean))).status_code == 200
+        fixture.assert_no_leaked_producers()  # must not fire: a clean shutdown
+        leaky = {"reason": "sigterm", "at": time.time(), "leaked_producers": 2}
+        assert c.post(hop_request("leaky", hop_body("leaky-1", 1, in_flight=2, started=2,
+                                                    shutdown=leaky))).status_code == 200
+        with pytest.raises(pytest.fail.Exception, match=r"leaky.*2"):
+            fixture.assert_no_leaked_producers()  # fires, naming the agent
+    finally:
+        c.stop()
