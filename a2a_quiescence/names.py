@@ -220,5 +220,7 @@ ENV_HEARTBEAT_SECONDS = "A2A_QUIESCENCE_HEARTBEAT_SECONDS"
 ENV_SHARDS = "A2A_QUIESCENCE_SHARDS"
 ENV_FLUSH_MS = "A2A_QUIESCENCE_FLUSH_MS"  # coalescing delay after a change that can settle a cascade
 ENV_LAZY_MS = "A2A_QUIESCENCE_LAZY_MS"  # at most this late: every other change (activity, counters)
+# under load, prompt exports at least this far apart (the cap of the reporter's adaptive window)
+ENV_COALESCE_MS = "A2A_QUIESCENCE_COALESCE_MS"
 ENV_TOKEN = "A2A_QUIESCENCE_TOKEN"
 ENV_DISABLED = "A2A_QUIESCENCE_DISABLED"

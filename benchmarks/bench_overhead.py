@@ -17,8 +17,12 @@ next), in an order that rotates every round, against one live
 Spans of every kind go through a BatchSpanProcessor and the OTLP/HTTP exporter
 to the same collector, as deployed. Per kind it prints the throughput ratio to
 ``bare`` (median of the per-round ratios, and the worst round), our process's
-CPU per hop per request in microseconds, spans per hop per request, and for
-``ours`` the collector's own CPU per request. A -> B -> C run in one process
+CPU per hop per request in microseconds (also split by thread: event loop,
+our snapshot reporter, the span exporter), spans per hop per request, for
+every kind the collector's own CPU per request (spans; for ``ours`` also
+snapshots), our snapshot POSTs per request, and the collector's detection
+latency histogram over ``ours``' cascades (what the flush policy does under
+this load). A -> B -> C run in one process
 (three uvicorn servers), so CPU per hop is the process's CPU / (3 x requests).
 The machine is shared and noisy: ratios, never a threshold.
 """
@@ -45,6 +49,27 @@ def _cpu_of(pid: int) -> float:
     """CPU seconds (user + system) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process, by what it is (event loop,
+    our reporter, the span exporter, anything else)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main_id = threading.main_thread().native_id
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tid = int(task.name)
+        name = names.get(tid, "")
+        what = ("event loop" if tid == main_id else "reporter" if name.startswith("a2a-quiescence")
+                else "span export" if "Otel" in name or "Batch" in name or "Processor" in name else "other")
+        out[what] = out.get(what, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 # --- child: one kind, one measurement -----------------------------------------------------
@@ -83,10 +108,12 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, collector: 
 
         HTTPXClientInstrumentor().instrument(tracer_provider=provider)
         wrap_asgi = lambda app: OpenTelemetryMiddleware(app, tracer_provider=provider)  # noqa: E731
+    inst = None
     if kind in ("ours_local", "ours"):
         from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
 
-        A2AQuiescenceInstrumentor().instrument(
+        inst = A2AQuiescenceInstrumentor()
+        inst.instrument(
             tracer_provider=provider, meter_provider=MeterProvider(), service_name=f"bench-{kind}",
             report=kind == "ours", endpoint=f"{collector}/v1/logs",
         )
@@ -94,18 +121,53 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, collector: 
     async def run() -> tuple[float, float, int]:
         async with relay_servers(wrap_asgi) as url:
             await drive(url, 10, concurrency, warmup=0, cpu_ms=cpu_ms)  # warm up, not counted
-            spans_before, cpu_before = counting.ended, time.process_time()
+            spans_before, cpu_before, threads_before = counting.ended, time.process_time(), _thread_cpu()
+            posts_before = _posts()
             rate = await drive(url, requests, concurrency, warmup=0, cpu_ms=cpu_ms)
+            threads_after = _thread_cpu()
+            threads["posts"] = _posts() - posts_before
+            threads.update({k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()})
             return rate, time.process_time() - cpu_before, counting.ended - spans_before
 
+    def _posts() -> int:
+        reporter = getattr(inst, "reporter", None)
+        return reporter.exports if reporter is not None else 0
+
+    threads: dict[str, float] = {}
     rate, cpu, spans = asyncio.run(run())
+    posts = threads.pop("posts")
     if provider is not None:
         provider.force_flush()
     return {"kind": kind, "rate": rate, "cpu_us_per_hop_request": cpu * 1e6 / (HOPS * requests),
-            "spans_per_hop_request": spans / (HOPS * requests)}
+            "spans_per_hop_request": spans / (HOPS * requests), "snapshot_posts_per_request": posts / requests,
+            "threads_us_per_hop_request": {k: v * 1e6 / (HOPS * requests) for k, v in sorted(threads.items())}}
 
 
 # --- parent: rounds of fresh processes ------------------------------------------------------
+def _latency_buckets(http_url: str) -> dict[float, float]:
+    """The collector's detection-latency histogram (cumulative count per upper bound)."""
+    import urllib.request
+
+    from a2a_quiescence import names
+
+    text = urllib.request.urlopen(f"{http_url}/metrics", timeout=10).read().decode()
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(names.M_DETECTION_LATENCY + "_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _quantile(delta: dict[float, float], q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of a cumulative histogram."""
+    total = delta.get(float("inf"), 0.0)
+    for bound in sorted(delta):
+        if total and delta[bound] >= q * total:
+            return bound
+    return float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
@@ -132,7 +194,8 @@ def main() -> None:
                                   "--otlp-listen", f"127.0.0.1:{otlp_port}", "--otlp-grpc-listen", "off",
                                   "--log-level", "error"], stdout=log, stderr=subprocess.STDOUT)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-    collector_cpu_per_request: list[float] = []
+    collector_cpu_per_request: dict[str, list[float]] = {k: [] for k in kinds}
+    latency: dict[float, float] = {}  # detection latency of `ours`' cascades under load (histogram deltas)
     try:
         wait_http(f"http://127.0.0.1:{http_port}/readyz", proc=collector)
         print(f"# relay A -> B -> C, {args.rounds} rounds x {args.requests} requests, concurrency "
@@ -141,6 +204,7 @@ def main() -> None:
             order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
             for kind in order:
                 before = _cpu_of(collector.pid)
+                buckets_before = _latency_buckets(f"http://127.0.0.1:{http_port}") if kind == "ours" else {}
                 out = subprocess.run(
                     [sys.executable, "-m", "benchmarks.bench_overhead", "--child", kind, "--requests",
                      str(args.requests), "--concurrency", str(args.concurrency), "--agent-cpu-ms",
@@ -152,25 +216,40 @@ def main() -> None:
                     raise RuntimeError(f"{kind} failed: {out.stderr[-2000:]}")
                 result = json.loads(lines[-1])
                 results[kind].append(result)
+                # spans (and for `ours` snapshots) of this run: the collector idles otherwise
+                collector_cpu_per_request[kind].append((_cpu_of(collector.pid) - before) * 1e6 / (args.requests + 10))
                 if kind == "ours":
-                    # spans and snapshots of this run (the collector idles otherwise)
-                    collector_cpu_per_request.append((_cpu_of(collector.pid) - before) * 1e6 / (args.requests + 10))
+                    for bound, count in _latency_buckets(f"http://127.0.0.1:{http_port}").items():
+                        latency[bound] = latency.get(bound, 0.0) + count - buckets_before.get(bound, 0.0)
                 print(f"round {r + 1}: {kind:10s} {result['rate']:8.1f} req/s", flush=True)
     finally:
         stop_process(collector)
 
     print()
-    print(f"{'kind':10s} {'req/s':>8s} {'ratio':>6s} {'worst':>6s} {'cpu us/hop/req':>15s} {'spans/hop/req':>14s}")
+    print(f"{'kind':10s} {'req/s':>8s} {'ratio':>6s} {'worst':>6s} {'cpu us/hop/req':>15s} {'spans/hop/req':>14s} "
+          f"{'collector us/req':>16s}  cpu us/hop/req by thread")
     for kind in kinds:
         rates = [x["rate"] for x in results[kind]]
         ratios = [x["rate"] / b["rate"] for x, b in zip(results[kind], results["bare"])]
         cpu = statistics.median(x["cpu_us_per_hop_request"] for x in results[kind])
         spans = statistics.median(x["spans_per_hop_request"] for x in results[kind])
+        coll = statistics.median(collector_cpu_per_request[kind])
+        threads = sorted({t for x in results[kind] for t in x.get("threads_us_per_hop_request", {})})
+        by_thread = ", ".join(
+            f"{t} {statistics.median(x.get('threads_us_per_hop_request', {}).get(t, 0.0) for x in results[kind]):.0f}"
+            for t in threads
+        )
+        posts = statistics.median(x.get("snapshot_posts_per_request", 0.0) for x in results[kind])
+        if posts:
+            by_thread += f"; snapshot POSTs/request {posts:.2f}"
         print(f"{kind:10s} {statistics.median(rates):8.1f} {statistics.median(ratios):6.3f} {min(ratios):6.3f} "
-              f"{cpu:15.0f} {spans:14.2f}")
-    if collector_cpu_per_request:
-        print(f"collector CPU per request (spans and snapshots of `ours`): "
-              f"{statistics.median(collector_cpu_per_request):.0f} us")
+              f"{cpu:15.0f} {spans:14.2f} {coll:16.0f}  {by_thread}")
+    print("collector us/req: the collector's CPU per request while that kind ran (its spans, and for `ours` "
+          "its snapshots); it shares the machine's cores with the agents")
+    if latency.get(float("inf")):
+        print(f"`ours` under this load: {latency[float('inf')]:.0f} cascades settled; detection latency (settle - last "
+              f"hop passive, the collector's histogram) p50 <= {_quantile(latency, 0.5) * 1000:g} ms, "
+              f"p99 <= {_quantile(latency, 0.99) * 1000:g} ms (bucket upper bounds)")
 
 
 if __name__ == "__main__":

@@ -83,8 +83,10 @@ def _start_span(rt: "Runtime", name: str, **kwargs: Any) -> trace.Span:
 def _end(span: trace.Span | None) -> None:
     """End a span; a broken span processor must not skip what follows."""
     if span is not None:
-        with _guard("span.end"):
+        try:  # a plain try (no guard object): once per span
             span.end()
+        except Exception as exc:  # noqa: BLE001 - fail-open
+            _report_internal_error("span.end", exc)
 
 
 def _record_error(span: trace.Span | None, exc: BaseException) -> None:
@@ -98,8 +100,10 @@ def _record_error(span: trace.Span | None, exc: BaseException) -> None:
 
 def _add(instrument: Any, value: int, attributes: dict[str, Any] | None = None) -> None:
     """Update a metric; a broken meter must not skip what follows."""
-    with _guard("metric"):
+    try:  # a plain try (no guard object): several times per request
         instrument.add(value, attributes)
+    except Exception as exc:  # noqa: BLE001 - fail-open
+        _report_internal_error("metric", exc)
 
 
 class Runtime:

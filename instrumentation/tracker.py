@@ -13,9 +13,11 @@ Ordering rules that make settlement sound, enforced here:
   passive;
 - the reporter is woken (to ship within its flush interval) only by what can
   settle a cascade or that a waiter must see at once: a cascade going passive,
-  a withdrawn send, a root receipt, a shutdown. Everything else is shipped with
-  the next such flush or the reporter's lazy interval. Snapshots stay atomic
-  and the latest per incarnation wins, so a later report is late, never wrong;
+  a withdrawn send, a root receipt, a shutdown; those cascades are ``urgent``.
+  Everything else is shipped when it is due (kept lazily for most of the
+  reporter's lazy interval, see ``take_snapshots``) or with the cascade's next
+  urgent snapshot. Snapshots stay atomic and the latest per incarnation wins,
+  so a later report is late, never wrong;
 - how work ended (a failure or a loss, ``record_ending``) is recorded while a
   unit of the cascade is still held, or in the same critical section that
   releases it (``release(token, ending=...)``), so no snapshot can show the
@@ -40,9 +42,10 @@ MAX_LOCAL_CASCADES = 20_000
 PASSIVE_RETENTION_SECONDS = 600.0
 MAX_RECENT_EVENTS = 16
 MAX_ENDINGS = 20  # failures and losses listed per cascade (all are counted)
+_monotonic = time.monotonic
 
 
-@dataclass
+@dataclass(slots=True)
 class _Cascade:
     active: int = 0
     roots: Tally = EMPTY
@@ -54,11 +57,13 @@ class _Cascade:
     # units held by ActiveTask plumbing, by a2a task id; tasks waiting for their user
     owned: dict[str, int] = field(default_factory=dict)
     awaiting: dict[str, str] = field(default_factory=dict)  # a2a task id -> input_required | auth_required
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    losses: list[dict[str, Any]] = field(default_factory=list)
+    # endings are rare: empty until the first (a retained cascade is fewer objects for the
+    # garbage collector to walk: thousands are kept for PASSIVE_RETENTION_SECONDS)
+    failures: list[dict[str, Any]] | tuple[()] = ()
+    losses: list[dict[str, Any]] | tuple[()] = ()
     failed: int = 0
     lost: int = 0
-    ended: set[tuple[bool, str]] = field(default_factory=set)  # (is loss, a2a task id) already recorded
+    ended: set[tuple[bool, str]] | frozenset[tuple[bool, str]] = frozenset()  # (is loss, a2a task id) recorded
     root_at: float | None = None  # wall clock of the first root request received here
 
 
@@ -109,7 +114,14 @@ class HopTracker:
         self.shutdown: dict[str, Any] | None = None
         self.cascades: OrderedDict[str, _Cascade] = OrderedDict()
         self.dirty: set[str] = set()
+        # when each dirty cascade was first marked since it was last shipped (monotonic;
+        # a dirty cascade missing here is due at once), and the dirty ones whose change
+        # can settle them (passive, a withdrawn send, a root receipt): see take_snapshots
+        self.dirty_since: dict[str, float] = {}
+        self.urgent: set[str] = set()
         self.hop_dirty = True
+        self.hop_shipped_at = -1e18
+        self.shutdown_shipped: dict[str, Any] | None = None
         # work handed over from places that must not take the lock: the garbage
         # collector runs weakref callbacks and task finalizers in whatever thread
         # allocates, possibly this one inside ``with self.lock`` (not reentrant)
@@ -207,7 +219,9 @@ class HopTracker:
 
     def _mark(self, trace_id: str, c: _Cascade) -> None:
         c.changed = self.clock()
-        self.dirty.add(trace_id)
+        if trace_id not in self.dirty:
+            self.dirty.add(trace_id)
+            self.dirty_since[trace_id] = _monotonic()
 
     def receive(
         self, trace_id: str, sender: str | None, message_id: str, alias: str | None
@@ -227,6 +241,8 @@ class HopTracker:
             c.active += 1
             c.passive_since = None
             self._mark(trace_id, c)
+            if not sender:
+                self.urgent.add(trace_id)
         if not sender:
             self.wake()  # a root receipt: a mesh wait must hear of it within the flush interval
         return WorkToken(trace_id)
@@ -288,6 +304,7 @@ class HopTracker:
         if last:
             c.active = 0
             c.passive_since = self.clock()
+            self.urgent.add(token.trace_id)
         # while tasks wait for their user, every count matters: all units parked is awaiting_input
         if last or ending is not None or c.awaiting:
             self._mark(token.trace_id, c)
@@ -311,12 +328,16 @@ class HopTracker:
             key = (loss, task_id)
             if key in c.ended:
                 return
+            if not c.ended:
+                c.ended = set()
             c.ended.add(key)
         item = {k: v for k, v in ending.items() if v is not None}
         item.setdefault("at", self.clock())
         if loss:
             c.lost += 1
             if len(c.losses) < MAX_ENDINGS:
+                if not c.losses:
+                    c.losses = []
                 c.losses.append(item)
             if ending["kind"] == names.END_PUSH_FAILED:
                 self.push_failed += 1
@@ -324,6 +345,8 @@ class HopTracker:
         else:
             c.failed += 1
             if len(c.failures) < MAX_ENDINGS:
+                if not c.failures:
+                    c.failures = []
                 c.failures.append(item)
 
     def task_state(self, trace_id: str, task_id: str, awaiting: str | None) -> None:
@@ -363,21 +386,52 @@ class HopTracker:
             c = self._cascade(token.trace_id)
             c.sent[destination] = c.sent.get(destination, EMPTY).without_id(message_id)
             self._mark(token.trace_id, c)
+            self.urgent.add(token.trace_id)
         self.wake()
 
     # -- snapshots ----------------------------------------------------------------
-    def take_snapshots(self, everything: bool = False) -> tuple[dict[str, Any] | None, list[tuple[str, dict[str, Any]]]]:
-        """Atomic snapshots of what changed (or of everything retained)."""
+    def take_snapshots(
+        self, everything: bool = False, lazy: float | None = None
+    ) -> tuple[dict[str, Any] | None, list[tuple[str, dict[str, Any]]]]:
+        """Atomic snapshots of what changed (or of everything retained).
+
+        With ``lazy`` (seconds), only what is due: the cascades whose change can
+        settle them (``urgent``), those changed ``lazy`` ago or earlier (or marked
+        dirty from outside, e.g. a heartbeat or a resend), and the hop snapshot
+        when a shutdown is new or it was last taken ``lazy`` ago. The rest stays
+        dirty: a cascade still working is shipped once when it goes passive (its
+        snapshot then holds every receipt and send before it), or after ``lazy``.
+        Each snapshot is still the whole state of one moment: late, never wrong."""
         with self.lock:
             self._apply_deferred()
             now = self.clock()
+            mono = _monotonic()
             hop = None
-            if self.hop_dirty or everything:
+            if everything or (self.hop_dirty and (
+                lazy is None or self.shutdown is not self.shutdown_shipped or mono - self.hop_shipped_at >= lazy
+            )):
                 self.seq += 1
                 hop = self._hop_body(now)
                 self.hop_dirty = False
-            ids = list(self.cascades) if everything else list(self.dirty)
-            self.dirty.clear()
+                self.hop_shipped_at = mono
+                self.shutdown_shipped = self.shutdown
+            dirty, since = self.dirty, self.dirty_since
+            if everything:
+                ids = list(self.cascades)
+                dirty.clear()
+                since.clear()
+            elif lazy is None or len(dirty) == len(self.urgent):
+                ids = list(dirty)
+                dirty.clear()
+                since.clear()
+            else:
+                cutoff = mono - lazy
+                urgent = self.urgent
+                ids = [t for t in dirty if t in urgent or since.get(t, cutoff) <= cutoff]
+                dirty.difference_update(ids)
+                for t in ids:
+                    since.pop(t, None)
+            self.urgent.clear()
             cascades = []
             for trace_id in ids:
                 c = self.cascades.get(trace_id)
@@ -436,6 +490,12 @@ class HopTracker:
 
     def has_dirty(self) -> bool:
         return self.hop_dirty or bool(self.dirty) or bool(self.deferred)
+
+    def next_due(self, lazy: float) -> float:
+        """Monotonic time at which the oldest lazily kept change becomes due."""
+        for first in self.dirty_since.values():  # insertion order: the oldest first
+            return first + lazy
+        return _monotonic() + lazy
 
     def settle_deferred(self) -> None:
         """Apply what garbage-collector callbacks handed over (snapshots do this too)."""
