@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import zlib
-from typing import Iterable, Sequence
+from typing import Iterable
 
 # the exporter version whose ring and routing key this module reproduces
 EXPORTER_VERSION = "v0.154.0"
@@ -76,9 +76,6 @@ class Ring:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ring) and self._positions == other._positions and self._owners == other._owners
 
-    def __hash__(self) -> int:
-        return hash(self.endpoints)
-
     def endpoint_for_key(self, key: bytes) -> str | None:
         """The endpoint owning ``key``; None on an empty ring."""
         if not self._positions:
@@ -102,8 +99,3 @@ class Ring:
             previous = pos
         return out
 
-
-def moved(before: Sequence[str], after: Sequence[str], trace_ids: Iterable[str]) -> list[str]:
-    """The trace ids whose owner differs between two memberships."""
-    a, b = Ring(before), Ring(after)
-    return [t for t in trace_ids if a.endpoint_for(t) != b.endpoint_for(t)]

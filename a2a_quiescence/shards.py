@@ -149,7 +149,3 @@ class ShardSpec:
             raise ValueError("a shard is listed twice")
         return shards
 
-
-def is_shard_set(text: str | None) -> bool:
-    """Whether an endpoint string is a shard set rather than one collector's URL."""
-    return bool(text) and ("," in text or text.startswith(("@", "dns+")) or "=" in text.split("?", 1)[0])

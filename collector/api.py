@@ -50,8 +50,6 @@ class Api:
         self._changed: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}
         self._mesh_changed: asyncio.Event | None = None  # set on any cascade change, while someone waits
-        # a shard of a mesh tier: a ring endpoint -> that shard's API URL
-        self.owner_url: Callable[[str], str | None] | None = None
         self.tier: Any = None  # a shard's Tier: /v1/mesh over every shard
 
     def changed(self, cascade: Cascade) -> None:
@@ -71,8 +69,8 @@ class Api:
         for holder in out.get("holders", []):
             if holder.get("kind") == "active_hop":
                 holder["hop_state"] = self.state.incarnation_state(holder["hop"], holder["incarnation"], cascade)
-        if out.get("owner") and self.owner_url is not None:
-            out["owner_url"] = self.owner_url(out["owner"])
+        if out.get("owner") and self.tier is not None:
+            out["owner_url"] = self.tier.owner_url(out["owner"])
         return out
 
     def mesh(self) -> dict[str, Any]:

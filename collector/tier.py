@@ -48,7 +48,6 @@ class Tier:
         if self.me:
             collector.state.shard = True
             collector.detector.me = self.me
-            collector.api.owner_url = self.owner_url
             collector.api.tier = self
         try:
             first = self.spec.resolve()
@@ -58,10 +57,6 @@ class Tier:
             self._warned = True
             first = Membership(())
         self.apply(first, time.monotonic())
-
-    @property
-    def shard(self) -> bool:
-        return self.me is not None
 
     def owner_url(self, endpoint: str) -> str | None:
         membership = self.membership
