@@ -224,3 +224,7 @@ ENV_LAZY_MS = "A2A_QUIESCENCE_LAZY_MS"  # at most this late: every other change 
 ENV_COALESCE_MS = "A2A_QUIESCENCE_COALESCE_MS"
 ENV_TOKEN = "A2A_QUIESCENCE_TOKEN"
 ENV_DISABLED = "A2A_QUIESCENCE_DISABLED"
+# "1": instrument a release newer than every tested one (the version guard otherwise refuses it)
+ENV_ALLOW_UNTESTED = "A2A_QUIESCENCE_ALLOW_UNTESTED"
+# a2a-sdk's own tracing; a2a-quiescence defaults it to "false" (an explicit "true" is honoured)
+ENV_A2A_SDK_TRACING = "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"

@@ -285,6 +285,9 @@ class HopSnapshot:
     recent: list[dict[str, Any]] = field(default_factory=list)  # last stalls / destroyed-pending tasks
     # None, or {reason, at, leaked_producers, cancelled_producers, active_cascades, parked}
     shutdown: dict[str, Any] | None = None
+    # libraries the hop runs that a2a-quiescence refused: [{library, version, supported, reason}].
+    # Such a hop's work is invisible, so the collector holds every cascade while it is alive.
+    unsupported: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"v": SCHEMA_VERSION, **asdict(self)}
@@ -312,6 +315,12 @@ class HopSnapshot:
                 if shutdown.get(key) is not None and not _nonneg(shutdown[key]):
                     raise ValueError(f"shutdown.{key} must be a non-negative integer")
         recent = body.get("recent")
+        unsupported = body.get("unsupported") or []
+        if not isinstance(unsupported, list) or not all(
+            isinstance(u, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in u.items())
+            for u in unsupported
+        ):
+            raise ValueError("unsupported must be a list of objects of strings")
         return cls(
             incarnation=incarnation,
             seq=seq,
@@ -328,4 +337,5 @@ class HopSnapshot:
             shutdown_cancelled_total=_counter(body, "shutdown_cancelled_total"),
             recent=[r for r in recent if isinstance(r, dict)] if isinstance(recent, list) else [],
             shutdown=shutdown,
+            unsupported=[dict(u) for u in unsupported[:8]],
         )

@@ -4,6 +4,7 @@ cascade on the peer (fail-open, as every wrapper: see ``runtime``)."""
 
 from __future__ import annotations
 
+import functools
 import random
 import urllib.parse
 import uuid
@@ -15,7 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation.loop import ensure_loop_hooks
 from a2a_quiescence.instrumentation.runtime import (
-    _BAGGAGE, _PUSH_HEADERS, _TRACECONTEXT, Runtime, _add, _current_cascade, _end, _ending, _guard, _in_context,
+    _BAGGAGE, _CALL_HEADERS, _PUSH_HEADERS, _TRACECONTEXT, Runtime, _add, _current_cascade, _end, _ending, _guard, _in_context,
     _in_context_await, _record_error, _start_span, _stream_wrapper, _trace_hex, current, record_ending,
 )
 from a2a_quiescence.instrumentation.tracker import WorkToken
@@ -73,17 +74,6 @@ def _provably_not_sent(exc: BaseException) -> bool:
     return False
 
 
-def _peer_answered(exc: BaseException) -> bool:
-    """The peer received the call and answered with an A2A error (a failure it
-    reports), as opposed to a transport failure (the delegation may never have run)."""
-    try:
-        from a2a.client.errors import A2AClientError
-        from a2a.utils.errors import A2AError
-    except ImportError:  # pragma: no cover - every supported a2a-sdk has both
-        return False
-    return isinstance(exc, A2AError) and not isinstance(exc, A2AClientError)
-
-
 def _transport_url(transport: Any) -> str:
     url = getattr(transport, "url", None) or getattr(transport, "_url", None)
     if url:
@@ -102,9 +92,10 @@ class _ClientCall:
     recorded and the headers handed to the call, so an error in between (swallowed
     by the guard) leaves nothing held, recorded or attached."""
 
-    def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any], dialect: Any) -> None:
         self.rt = rt
         self.method = method
+        self.dialect = dialect
         self.work: WorkToken | None = None
         self.root: WorkToken | None = None
         self.span: trace.Span | None = None
@@ -116,7 +107,7 @@ class _ClientCall:
         parent = otel_context.get_current()
         if cascade is None:
             # a caller that set its own traceparent names the cascade itself
-            given = _given_trace_id(kwargs.get("context"))
+            given = dialect.given_trace_id(kwargs.get("context"))
             if given is not None:
                 cascade, starts_cascade = given, True
         current = trace.get_current_span().get_span_context()
@@ -138,7 +129,8 @@ class _ClientCall:
             carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
             self.ctx = trace.set_span_in_context(carrier_span)
             headers = _outbound_headers(rt, self.message_id, self.ctx)
-            call_context = _with_headers(kwargs.get("context"), headers)
+            call_context = dialect.with_headers(kwargs.get("context"), headers)
+            self.headers = headers
         except BaseException:
             _end(self.span)
             raise
@@ -156,9 +148,17 @@ class _ClientCall:
         if _provably_not_sent(exc):
             self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
         if isinstance(exc, Exception):  # a cancelled caller is recorded where the cancel came from
-            kind = names.END_CALL_REJECTED if _peer_answered(exc) else names.END_CALL_FAILED
+            kind = names.END_CALL_REJECTED if self._peer_answered(exc) else names.END_CALL_FAILED
             record_ending(self.rt, self.cascade, _ending(kind, detail=f"{self.method} to {self.destination}",
                                                          **{names.ATTR_ERROR_TYPE: type(exc).__name__}))
+
+    def _peer_answered(self, exc: BaseException) -> bool:
+        """The peer received the call and answered with an A2A error (a failure it
+        reports), as opposed to a transport failure (the delegation may never have run)."""
+        try:
+            return self.dialect.peer_answered(exc)
+        except ImportError:  # pragma: no cover - every supported a2a-sdk has its error classes
+            return False
 
     def end(self) -> None:
         if self.work is not None:
@@ -175,41 +175,23 @@ def _call_failed(call: _ClientCall | None, method: str, exc: BaseException) -> N
             call.fail(exc)
 
 
-def _given_trace_id(call_context: Any) -> str | None:
-    params = getattr(call_context, "service_parameters", None) or {}
-    for key, value in params.items():
-        if str(key).lower() == names.HEADER_TRACEPARENT:
-            sc = trace.get_current_span(_TRACECONTEXT.extract({"traceparent": str(value)})).get_span_context()
-            if sc.is_valid:
-                return _trace_hex(sc)
-    return None
-
-
-def _with_headers(call_context: Any, headers: dict[str, str]) -> Any:
-    from a2a.client.client import ClientCallContext
-
-    if call_context is None:
-        return ClientCallContext(service_parameters=dict(headers))
-    params = dict(call_context.service_parameters or {})
-    for key, value in headers.items():
-        params.setdefault(key, value)
-    # a copy: the caller's context object is left as it was
-    return call_context.model_copy(update={"service_parameters": params})
-
-
-def client_call(method: str) -> Callable:
+def client_call(method: str, dialect: Any) -> Callable:
     async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         rt = current()
         call = None
         if rt is not None:
             with _guard("client " + method):
-                call = _ClientCall(rt, method, instance, kwargs)
+                call = _ClientCall(rt, method, instance, kwargs, dialect)
         try:
             if call is None:
                 return await wrapped(*args, **kwargs)
             # our client span stays current during the call, so an HTTP-level
             # instrumentation (httpx) nests its span under it in the same trace
-            return await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
+            token = _CALL_HEADERS.set(call.headers)
+            try:
+                return await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
+            finally:
+                _CALL_HEADERS.reset(token)
         except BaseException as exc:
             _call_failed(call, method, exc)
             raise
@@ -221,14 +203,24 @@ def client_call(method: str) -> Callable:
     return wrapper
 
 
-def client_stream(method: str) -> Callable:
-    return _stream_wrapper(_client_stream, method)
+def client_stream(method: str, dialect: Any) -> Callable:
+    return _stream_wrapper(functools.partial(_client_stream, dialect=dialect), method)
 
 
-async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+async def _next_with_headers(call: _ClientCall, fn: Callable) -> Any:
+    token = _CALL_HEADERS.set(call.headers)
+    try:
+        return await _in_context_await(call.ctx, call.cascade, fn)
+    finally:
+        _CALL_HEADERS.reset(token)
+
+
+async def _client_stream(
+    rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any, *, dialect: Any
+) -> Any:
     call = None
     with _guard("client " + method):
-        call = _ClientCall(rt, method, instance, kwargs)
+        call = _ClientCall(rt, method, instance, kwargs, dialect)
     ctx = call.ctx if call is not None else None  # None: the call goes out as if uninstrumented
     cascade = call.cascade if call is not None else None
     if ctx is None:
@@ -241,7 +233,7 @@ async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
                 if ctx is None:
                     item = await agen.__anext__()
                 else:
-                    item = await _in_context_await(ctx, cascade, agen.__anext__)
+                    item = await _next_with_headers(call, agen.__anext__)
             except StopAsyncIteration:
                 break
             yield item
@@ -261,15 +253,23 @@ async def _client_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
 
 
 # --- push deliveries -------------------------------------------------------------
-async def push_dispatch(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+def push_dispatch(dialect: Any) -> Callable:
+    """``BasePushNotificationSender._dispatch_notification``: one push delivery."""
+
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        return await _push_dispatch(dialect, wrapped, args, kwargs)
+
+    return wrapper
+
+
+async def _push_dispatch(dialect: Any, wrapped: Callable, args: Any, kwargs: Any) -> Any:
     rt = current()
     span = work = token = None
     failed: str | None = None
     url = task_id = ""
     if rt is not None:
         with _guard("push"):
-            push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
-            task_id = str(kwargs.get("task_id", args[2] if len(args) > 2 else "") or "")
+            push_info, task_id = dialect.push_target(args, kwargs)
             url = str(getattr(push_info, "url", "") or "")
             span = _start_span(
                 rt, names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT,
@@ -316,3 +316,15 @@ async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
                 headers.setdefault(key, value)
             kwargs["headers"] = headers
     return await wrapped(*args, **kwargs)
+
+
+def grpc_metadata(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """a2a-sdk 0.3's ``GrpcTransport._get_grpc_metadata``: the call's headers as metadata
+    (that transport takes none from its call context)."""
+    result = wrapped(*args, **kwargs)
+    extra = _CALL_HEADERS.get()
+    if extra:
+        with _guard("grpc metadata"):
+            present = {str(k).lower() for k, _ in result or ()}
+            result = [*(result or ()), *((k, v) for k, v in extra.items() if k.lower() not in present)]
+    return result

@@ -10,13 +10,15 @@ from typing import Any, Collection
 
 import wrapt
 from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.dependencies import DependencyConflict, get_dependency_conflicts
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 
 from a2a_quiescence import __version__, names
-from a2a_quiescence.instrumentation import client, lifecycle, server
+from a2a_quiescence.instrumentation import lifecycle
+from a2a_quiescence.instrumentation.backends import Hook, choose, generic_hooks
 from a2a_quiescence.instrumentation.loop import forget_inherited_units, remove_loop_hooks
-from a2a_quiescence.instrumentation.package import _instruments
+from a2a_quiescence.instrumentation.package import _instruments_any
 from a2a_quiescence.instrumentation.reporter import Reporter
 from a2a_quiescence.instrumentation.runtime import Runtime, _report_internal_error, install
 from a2a_quiescence.instrumentation.tracker import HopTracker
@@ -44,25 +46,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-_AT = "a2a.server.agent_execution.active_task"
-_REG = "a2a.server.agent_execution.active_task_registry"
-_V2 = "a2a.server.request_handlers.default_request_handler_v2"
-_V1 = "a2a.server.request_handlers.default_request_handler"
-_EQ = "a2a.server.events.event_queue_v2"
-_PUSH = "a2a.server.tasks.base_push_notification_sender"
-_TM = "a2a.server.tasks.task_manager"
-
-_SERVER_CALLS = ("on_message_send", "on_cancel_task")
-_SERVER_STREAMS = ("on_message_send_stream", "on_subscribe_to_task")
-_CLIENT_CALLS = ("send_message", "cancel_task")
-_CLIENT_STREAMS = ("send_message_streaming", "subscribe")
-_TRANSPORTS = (
-    ("a2a.client.transports.jsonrpc", "JsonRpcTransport"),
-    ("a2a.client.transports.rest", "RestTransport"),
-    ("a2a.client.transports.grpc", "GrpcTransport"),
-)
-
 
 def _service_name(tracer_provider: Any) -> str:
     resource = getattr(tracer_provider, "resource", None)
@@ -97,23 +80,51 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
         self.reporter: Reporter | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return _instruments
+        """Any one of these (see ``package``); versions are the guard's to check."""
+        return _instruments_any
+
+    def _check_dependency_conflicts(self) -> DependencyConflict | None:
+        return get_dependency_conflicts((), _instruments_any)
 
     # -- patching helpers -------------------------------------------------------
-    def _wrap(self, module: str, owner: str, attr: str, wrapper: Any) -> None:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
+    def _wrap(self, hook: Hook, cls: type) -> None:
+        if (cls, hook.attr) in self._patched:
+            return  # one class under two names
+        wrapt.wrap_function_wrapper(cls, hook.attr, hook.wrapper)
+        self._patched.append((cls, hook.attr))
+
+    def _patch(self, rt: Runtime) -> None:
+        """The version guard's choice, patched: every hook of each chosen backend, or
+        nothing of a library it refused (one warning line, and the hop says so)."""
+        choice = choose()
+        for refusal in choice.refused:
+            logger.warning(refusal.line())
+        for name in choice.untested:
+            logger.warning("a2a-quiescence: %s is newer than every tested release; instrumenting it anyway (%s)",
+                           name, names.ENV_ALLOW_UNTESTED)
+        rt.tracker.set_unsupported([r.to_json() for r in choice.refused])
+        rt.backends = [f"{backend.name} ({version})" for backend, version, _ in choice.chosen]
+        if not choice.chosen:
             return
-        cls = getattr(mod, owner, None)
-        if cls is None or attr not in cls.__dict__:
-            return  # not in this a2a-sdk version (e.g. aclose before 1.1.2)
-        wrapt.wrap_function_wrapper(cls, attr, wrapper)
-        self._patched.append((cls, attr))
+        for _backend, _version, hooks in choice.chosen:
+            for hook, cls in hooks:
+                self._wrap(hook, cls)
+        for hook in generic_hooks():
+            try:
+                cls = getattr(importlib.import_module(hook.module), hook.owner, None)
+            except ImportError:
+                continue
+            if cls is not None and hook.attr in cls.__dict__:
+                self._wrap(hook, cls)
+        atexit.register(lifecycle.at_exit)
 
     def _instrument(self, **kwargs: Any) -> None:
         if os.environ.get(names.ENV_DISABLED, "").lower() in ("1", "true", "yes"):
             return
+        # a2a-sdk's own tracing (about 60 spans of queue internals per hop and request)
+        # is off unless asked for: read when a2a-sdk is first imported, so set before
+        # anything here imports it. An explicit true is honoured.
+        os.environ.setdefault(names.ENV_A2A_SDK_TRACING, "false")
         tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
         meter_provider = kwargs.get("meter_provider") or metrics.get_meter_provider()
         tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
@@ -157,30 +168,7 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
         rt.flush = flush
         install(rt)
 
-        self._wrap(_AT, "ActiveTask", "__init__", lifecycle.active_task_init)
-        self._wrap(_AT, "ActiveTask", "start", lifecycle.active_task_start)
-        self._wrap(_AT, "ActiveTask", "cancel", lifecycle.active_task_cancel)
-        self._wrap(_AT, "ActiveTask", "aclose", lifecycle.task_aclose)
-        self._wrap(_REG, "ActiveTaskRegistry", "aclose", lifecycle.registry_aclose)
-        self._wrap(_V2, "DefaultRequestHandlerV2", "aclose", lifecycle.handler_aclose)
-        for module, owner in ((_V2, "DefaultRequestHandlerV2"), (_V1, "LegacyRequestHandler"), (_V1, "DefaultRequestHandler")):
-            for method in _SERVER_CALLS:
-                self._wrap(module, owner, method, server.server_call(method))
-            for method in _SERVER_STREAMS:
-                self._wrap(module, owner, method, server.server_stream(method))
-        self._wrap(_EQ, "EventQueueSource", "close", lifecycle.queue_close)
-        self._wrap(_TM, "TaskManager", "_save_task", lifecycle.task_saved)
-        for owner in ("LegacyRequestHandler", "DefaultRequestHandler"):  # the name before 1.1
-            self._wrap(_V1, owner, "_run_event_stream", lifecycle.legacy_run_event_stream)
-        for module, owner in _TRANSPORTS:
-            for method in _CLIENT_CALLS:
-                self._wrap(module, owner, method, client.client_call(method))
-            for method in _CLIENT_STREAMS:
-                self._wrap(module, owner, method, client.client_stream(method))
-        self._wrap(_PUSH, "BasePushNotificationSender", "_dispatch_notification", client.push_dispatch)
-        self._wrap("httpx", "AsyncClient", "post", client.httpx_post)
-        self._wrap("uvicorn.server", "Server", "shutdown", lifecycle.uvicorn_shutdown)
-        atexit.register(lifecycle.at_exit)
+        self._patch(rt)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         atexit.unregister(lifecycle.at_exit)

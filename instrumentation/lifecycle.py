@@ -146,14 +146,7 @@ def _release_unstarted(rt: Runtime, instance: Any) -> None:
 def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:
     state = _TASK_STATE.setdefault(instance, {})
     state["tracked"] = True
-    task_id = str(instance.task_id)
-    cascade = _current_cascade()
-    if cascade:
-        rt.task_trace[task_id] = cascade
-        if len(rt.task_trace) > 10_000:
-            rt.task_trace.pop(next(iter(rt.task_trace)))
-    rt.producers[producer.get_name()] = producer
-    rt.tracker.producer_started()
+    _producer_started(rt, str(instance.task_id), producer)
 
     def finished(task: asyncio.Task) -> None:
         with _guard("producer done"):
@@ -163,18 +156,33 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
             elif outcome is None:
                 exc = task.exception()
                 outcome = names.OUTCOME_FAILED if exc is not None else names.OUTCOME_COMPLETED
-            rt.tracker.producer_finished(outcome)
-            _add(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
-            _add(rt.in_flight, -1)
-            with _guard("producer span"):
-                span.set_attribute(names.ATTR_OUTCOME, outcome)
-                if outcome == names.OUTCOME_FAILED:
-                    span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
-            _end(span)
+            _producer_finished(rt, span, outcome)
 
     producer.add_done_callback(finished)
+
+
+def _producer_started(rt: Runtime, task_id: str, producer: asyncio.Task) -> None:
+    """A producer (the task running the agent for task ``task_id``) was spawned."""
+    cascade = _current_cascade()
+    if cascade:
+        rt.task_trace[task_id] = cascade
+        if len(rt.task_trace) > 10_000:
+            rt.task_trace.pop(next(iter(rt.task_trace)))
+    rt.producers[producer.get_name()] = producer
+    rt.tracker.producer_started()
     _add(rt.started, 1)
     _add(rt.in_flight, 1)
+
+
+def _producer_finished(rt: Runtime, span: trace.Span, outcome: str) -> None:
+    rt.tracker.producer_finished(outcome)
+    _add(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
+    _add(rt.in_flight, -1)
+    with _guard("producer span"):
+        span.set_attribute(names.ATTR_OUTCOME, outcome)
+        if outcome == names.OUTCOME_FAILED:
+            span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
+    _end(span)
 
 
 def _producer_working(instance: Any, state: dict[str, Any]) -> bool:
@@ -317,18 +325,6 @@ async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) 
 
 
 # --- task states: failed, rejected, cancelled, waiting for the user -------------
-_TASK_STATE_NAMES: dict[int, str] = {}
-
-
-def _state_name(value: int) -> str:
-    name = _TASK_STATE_NAMES.get(value)
-    if name is None:
-        from a2a.types.a2a_pb2 import TaskState
-
-        name = _TASK_STATE_NAMES[value] = TaskState.Name(value)
-    return name
-
-
 _TERMINAL_ENDINGS = {
     "TASK_STATE_FAILED": names.END_TASK_FAILED,
     "TASK_STATE_REJECTED": names.END_TASK_REJECTED,
@@ -336,15 +332,20 @@ _TERMINAL_ENDINGS = {
 }
 
 
-async def task_saved(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
-    """``TaskManager._save_task``: every state a task reaches, in both handlers."""
-    result = await wrapped(*args, **kwargs)
-    rt = current()
-    if rt is not None:
-        with _guard("TaskManager._save_task"):
-            task = args[0] if args else kwargs.get("task")
-            _task_state_seen(rt, instance, str(task.id), _state_name(task.status.state))
-    return result
+def task_saved(state_name: Callable[[Any], str]) -> Callable:
+    """``TaskManager._save_task(task)``: every state a task reaches, in every handler;
+    ``state_name`` gives the state's protobuf-style name (``TASK_STATE_FAILED``)."""
+
+    async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+        result = await wrapped(*args, **kwargs)
+        rt = current()
+        if rt is not None:
+            with _guard("TaskManager._save_task"):
+                task = args[0] if args else kwargs.get("task")
+                _task_state_seen(rt, instance, str(task.id), state_name(task.status.state))
+        return result
+
+    return wrapper
 
 
 def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -> None:
@@ -366,13 +367,46 @@ def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -
         record_ending(rt, cascade, _ending(kind, task_id))
 
 
-async def legacy_run_event_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
-    """``LegacyRequestHandler._run_event_stream``: the legacy handler's producer."""
+async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``_run_event_stream(request, queue)``: the producer of the legacy handler (a2a-sdk
+    0.3's only one): the agent's ``execute``, then its queue's close, in a task the
+    handler spawned (which holds its unit of the cascade through the task factory)."""
     rt = current()
     if rt is None:
         return await wrapped(*args, **kwargs)
-    request = args[0] if args else kwargs.get("request")
-    return await _run_executor(rt, str(getattr(request, "task_id", "") or ""), None, wrapped(*args, **kwargs))
+    span = token = None
+    task_id = ""
+    state: dict[str, Any] = {"tokens": []}
+    with _guard("_run_event_stream"):
+        request = args[0] if args else kwargs.get("request")
+        queue = args[1] if len(args) > 1 else kwargs.get("queue")
+        task_id = str(getattr(request, "task_id", "") or "")
+        state.update(task_id=task_id, cascade=_current_cascade())
+        if queue is not None:
+            _QUEUE_ROLES[queue] = (names.ROLE_AGENT, task_id)
+        attrs = {names.ATTR_TASK_ID: task_id}
+        context_id = getattr(request, "context_id", None)
+        if context_id:
+            attrs[names.ATTR_CONTEXT_ID] = str(context_id)
+        span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        _producer_started(rt, task_id, asyncio.current_task())
+    outcome = names.OUTCOME_COMPLETED
+    try:
+        return await _run_executor(rt, task_id, state, wrapped(*args, **kwargs))
+    except asyncio.CancelledError:
+        outcome = names.OUTCOME_CANCELLED
+        raise
+    except BaseException:
+        outcome = names.OUTCOME_FAILED
+        raise
+    finally:
+        if token is not None:
+            with _guard("_run_event_stream/detach"):
+                otel_context.detach(token)
+        if span is not None:
+            with _guard("_run_event_stream/end"):
+                _producer_finished(rt, span, outcome)
 
 
 # --- server shutdown -------------------------------------------------------------

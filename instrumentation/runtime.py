@@ -38,6 +38,12 @@ _PUSH_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.Conte
     "a2a_quiescence_push_headers", default=None
 )
 
+# headers of the outbound A2A call the current task makes (for transports that
+# take them from somewhere other than the call context: a2a-sdk 0.3's gRPC)
+_CALL_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "a2a_quiescence_call_headers", default=None
+)
+
 # the ActiveTask (its state dict) being built or started: the tasks it spawns
 # then are its plumbing (producer, consumer, queue dispatchers), owned by it
 _OWNER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("a2a_quiescence_owner", default=None)
@@ -135,6 +141,8 @@ class Runtime:
         self.ended = meter.create_counter(
             names.OTEL_WORK_ENDED, unit="{unit}", description="Work that failed or was lost, by how it ended"
         )
+        # the backends the version guard chose, "name (version)"
+        self.backends: list[str] = []
         # a shutdown began (handler aclose, server shutdown): cancellations now are the drain's
         self.shutting_down = False
         # a2a task ids a client asked to cancel (tasks/cancel), newest last, bounded

@@ -87,7 +87,15 @@ class HopTracker:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.wake: Callable[[], None] = lambda: None
+        # libraries this hop runs that the version guard refused (kept across a fork)
+        self.unsupported: list[dict[str, str]] = []
         self._fresh()
+
+    def set_unsupported(self, refused: list[dict[str, str]]) -> None:
+        """The version guard refused these libraries: every snapshot says so."""
+        with self.lock:
+            self.unsupported = list(refused)
+            self.hop_dirty = True
 
     def after_fork(self) -> None:
         """In a forked child (prefork servers): a new incarnation, empty. What the
@@ -486,6 +494,7 @@ class HopTracker:
             shutdown_cancelled_total=self.cancelled_by_shutdown,
             recent=list(self.recent),
             shutdown=self.shutdown,
+            unsupported=self.unsupported,
         ).to_json()
 
     def has_dirty(self) -> bool:

@@ -55,8 +55,10 @@ def test_installed_entry_point_loads_the_instrumentor() -> None:
 
 
 def test_what_each_install_pulls_in() -> None:
-    """The core (what an agent installs) holds the instrumentation, the SDK, the OTLP
-    exporters and the distro; the sidecar's servers come only with `collector`."""
+    """The core (what an agent installs) holds the instrumentation, the OTLP exporters
+    and the distro, never the instrumented libraries (pip must not move the agent's own
+    a2a-sdk); those are declared in `instruments-any`. The sidecar's servers come only
+    with `collector`."""
     import re
     from importlib.metadata import requires
 
@@ -66,8 +68,11 @@ def test_what_each_install_pulls_in() -> None:
         extra = re.search(r'extra\s*==\s*"([^"]+)"', requirement)
         by_extra.setdefault(extra.group(1) if extra else "", set()).add(name)
     core = by_extra[""]
-    assert {"a2a-sdk", "opentelemetry-sdk", "opentelemetry-instrumentation", "opentelemetry-distro",
+    assert {"opentelemetry-sdk", "opentelemetry-instrumentation", "opentelemetry-distro",
             "opentelemetry-exporter-otlp", "wrapt"} <= core
+    assert not core & {"a2a-sdk", "fasta2a"}, core
+    assert {"a2a-sdk", "fasta2a"} <= by_extra["instruments-any"]
+    assert "a2a-sdk" not in by_extra["collector"]
     servers = {"prometheus-client", "uvicorn", "starlette", "uvloop", "httptools"}
     assert not core & servers, core & servers
     assert servers | {"grpcio"} <= by_extra["collector"]

@@ -1,0 +1,3 @@
+"""fasta2a (pydantic-ai's A2A server): filled in below."""
+
+BACKENDS: tuple = ()
