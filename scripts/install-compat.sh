@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Virtualenvs with older a2a-sdk releases, for tests/test_compat.py: 1.0.3 is
-# the oldest supported, 1.1.1 the last without aclose(), 1.2.3 the previous
-# minor. Each holds this project (editable, no deps) beside that a2a-sdk.
+# the oldest supported 1.x, 1.1.1 the last without aclose(), 1.2.3 the previous
+# minor; on the 0.3 line 0.3.4 (the oldest with the http-server extra, and the
+# floor google-adk declares), 0.3.9 (BeeAI's floor) and 0.3.26 (the newest).
+# Each holds this project (editable, no deps) beside that a2a-sdk.
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-for version in 1.0.3 1.1.1 1.2.3; do
+for version in 1.0.3 1.1.1 1.2.3 0.3.4 0.3.9 0.3.26; do
     dir=".tools/compat/a2a-sdk-$version"
     if [ -x "$dir/bin/python" ] && "$dir/bin/python" -c "import a2a_quiescence.instrumentation" 2>/dev/null; then
         continue
@@ -16,6 +18,10 @@ for version in 1.0.3 1.1.1 1.2.3; do
     "$dir/bin/python" -m pip install -q --upgrade pip
     "$dir/bin/python" -m pip install -q "a2a-sdk[http-server]==$version" opentelemetry-sdk \
         opentelemetry-instrumentation opentelemetry-exporter-otlp prometheus-client wrapt uvicorn httpx starlette grpcio
-    "$dir/bin/python" -m pip install -q --no-deps -e .
+    # setuptools' build chatter for the editable install goes to a log, shown when it fails
+    if ! "$dir/bin/python" -m pip install -q --no-deps -e . >"$dir/install.log" 2>&1; then
+        tail -n 40 "$dir/install.log" >&2
+        exit 1
+    fi
     echo "install-compat: a2a-sdk $version -> $dir"
 done
