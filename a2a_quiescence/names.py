@@ -55,11 +55,13 @@ END_CANCELLED = "cancelled"  # cancelled, cause unknown (neither a client nor a 
 END_DESTROYED_PENDING = "destroyed_pending"  # garbage-collected while pending
 END_PUSH_FAILED = "push_failed"  # a push delivery that failed (the SDK logs and swallows it)
 END_CALL_FAILED = "call_failed"  # an outbound A2A call that failed in transport (refused, reset, timeout)
+END_TASK_ABANDONED = "task_abandoned"  # the work returned and left its task unfinished (fasta2a's worker)
 FAILURE_KINDS = frozenset(
     {END_EXECUTOR_FAILED, END_TASK_FAILED, END_TASK_REJECTED, END_TASK_CANCELLED, END_CALL_REJECTED, END_REQUEST_FAILED}
 )
 LOSS_KINDS = frozenset(
-    {END_CANCELLED_BY_SHUTDOWN, END_CANCELLED, END_DESTROYED_PENDING, END_PUSH_FAILED, END_CALL_FAILED}
+    {END_CANCELLED_BY_SHUTDOWN, END_CANCELLED, END_DESTROYED_PENDING, END_PUSH_FAILED, END_CALL_FAILED,
+     END_TASK_ABANDONED}
 )
 
 # the verdict on a settled cascade

@@ -78,6 +78,9 @@ def _transport_url(transport: Any) -> str:
     url = getattr(transport, "url", None) or getattr(transport, "_url", None)
     if url:
         return str(url)
+    http_client = getattr(transport, "http_client", None)  # fasta2a's A2AClient
+    if http_client is not None and getattr(http_client, "base_url", None):
+        return str(http_client.base_url)
     # the gRPC transport keeps no URL: take the card's gRPC interface
     card = getattr(transport, "agent_card", None)
     for interface in getattr(card, "supported_interfaces", None) or ():
@@ -139,7 +142,8 @@ class _ClientCall:
             self.root = rt.tracker.start_root(cascade)
         self.work = rt.tracker.acquire(cascade)
         rt.tracker.send(self.work, self.destination, self.message_id)  # before the message can leave
-        kwargs["context"] = call_context
+        if call_context is not None:  # None: the library takes no call context (fasta2a)
+            kwargs["context"] = call_context
 
     def fail(self, exc: BaseException) -> None:
         _record_error(self.span, exc)
@@ -189,9 +193,16 @@ def client_call(method: str, dialect: Any) -> Callable:
             # instrumentation (httpx) nests its span under it in the same trace
             token = _CALL_HEADERS.set(call.headers)
             try:
-                return await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
+                result = await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
             finally:
                 _CALL_HEADERS.reset(token)
+            rejected = getattr(dialect, "rejected", None)
+            if rejected is not None:
+                with _guard("client result " + method):
+                    if rejected(result):  # the peer's error, answered as a value
+                        record_ending(rt, call.cascade, _ending(names.END_CALL_REJECTED,
+                                                                detail=f"{method} to {call.destination}"))
+            return result
         except BaseException as exc:
             _call_failed(call, method, exc)
             raise
@@ -307,15 +318,29 @@ async def _push_dispatch(dialect: Any, wrapped: Callable, args: Any, kwargs: Any
         _end(span)
 
 
-async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
-    extra = _PUSH_HEADERS.get()
+def _add_headers(kwargs: dict[str, Any]) -> None:
+    """The headers of the push delivery or A2A call in progress, on an httpx request
+    (a header the caller set is left as it is)."""
+    extra = _PUSH_HEADERS.get() or _CALL_HEADERS.get()
     if extra:
-        with _guard("push headers"):
-            headers = dict(kwargs.get("headers") or {})
-            for key, value in extra.items():
-                headers.setdefault(key, value)
+        with _guard("httpx headers"):
+            given = kwargs.get("headers")
+            headers = list(given.items() if hasattr(given, "items") else given or ())
+            present = {str(k).lower() for k, _ in headers}
+            headers += [(k, v) for k, v in extra.items() if k.lower() not in present]
             kwargs["headers"] = headers
+
+
+async def httpx_post(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``httpx.AsyncClient.post``: a2a-sdk's push sender, fasta2a's client."""
+    _add_headers(kwargs)
     return await wrapped(*args, **kwargs)
+
+
+def httpx_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``httpx.AsyncClient.stream`` (a context manager): fasta2a's streaming client."""
+    _add_headers(kwargs)
+    return wrapped(*args, **kwargs)
 
 
 def grpc_metadata(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -161,20 +161,24 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
     producer.add_done_callback(finished)
 
 
-def _producer_started(rt: Runtime, task_id: str, producer: asyncio.Task) -> None:
-    """A producer (the task running the agent for task ``task_id``) was spawned."""
+def _producer_started(rt: Runtime, task_id: str, producer: asyncio.Task, key: str | None = None) -> None:
+    """A producer (the task running the agent for task ``task_id``) was spawned.
+    ``key``: the producer runs in a longer-lived task (a fasta2a worker's loop) and
+    is listed under this name until ``_producer_finished`` is given it."""
     cascade = _current_cascade()
     if cascade:
         rt.task_trace[task_id] = cascade
         if len(rt.task_trace) > 10_000:
             rt.task_trace.pop(next(iter(rt.task_trace)))
-    rt.producers[producer.get_name()] = producer
+    rt.producers[key or producer.get_name()] = producer
     rt.tracker.producer_started()
     _add(rt.started, 1)
     _add(rt.in_flight, 1)
 
 
-def _producer_finished(rt: Runtime, span: trace.Span, outcome: str) -> None:
+def _producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: str | None = None) -> None:
+    if key is not None:
+        rt.producers.pop(key, None)
     rt.tracker.producer_finished(outcome)
     _add(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
     _add(rt.in_flight, -1)

@@ -97,6 +97,13 @@ class HopTracker:
             self.unsupported = list(refused)
             self.hop_dirty = True
 
+    def add_unsupported(self, refused: dict[str, str]) -> None:
+        """A library refused after start (fasta2a's broker, seen when its app starts)."""
+        with self.lock:
+            if refused not in self.unsupported:
+                self.unsupported.append(refused)
+                self.hop_dirty = True
+
     def after_fork(self) -> None:
         """In a forked child (prefork servers): a new incarnation, empty. What the
         parent held is the parent's to report; the child's lock is new (the parent's

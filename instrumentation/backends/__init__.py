@@ -168,11 +168,13 @@ def choose(backends: Iterable[Backend] | None = None, version_of: Callable[[str]
 
 
 def generic_hooks() -> list[Hook]:
-    """Hooks outside any A2A library, put in once when any backend is: push headers on
-    httpx posts, and uvicorn's shutdown (the shutdown record)."""
+    """Hooks outside any A2A library, put in once when any backend is: the headers of a
+    push delivery or of a call from a client that takes none (fasta2a's) on httpx's
+    ``post`` and ``stream``, and uvicorn's shutdown (the shutdown record)."""
     from a2a_quiescence.instrumentation import client, lifecycle
 
     return [
         Hook("httpx", "AsyncClient", "post", client.httpx_post, optional=True),
+        Hook("httpx", "AsyncClient", "stream", client.httpx_stream, optional=True),
         Hook("uvicorn.server", "Server", "shutdown", lifecycle.uvicorn_shutdown, optional=True),
     ]
