@@ -149,7 +149,7 @@ class MeshNotQuiet(Exception):
 
 def describe_mesh(state: dict[str, Any]) -> str:
     """One clause per cascade of a mesh-wait answer that did not complete (empty when all did)."""
-    parts = []
+    parts = [h["detail"] for h in state.get("unsupported") or [] if h.get("detail")]
     for c in state.get("cascades") or []:
         if c.get("status") != "settled":
             parts.append(f"cascade {c['trace_id']} {describe_holders(c)}")

@@ -66,9 +66,15 @@ class Api:
             self.state.refresh()
         out = self.detector.describe(trace_id)
         cascade = self.detector.cascades.get(trace_id)
+        unsupported = None
         for holder in out.get("holders", []):
             if holder.get("kind") == "active_hop":
                 holder["hop_state"] = self.state.incarnation_state(holder["hop"], holder["incarnation"], cascade)
+            elif holder.get("kind") == "edge" and holder.get("to") is None and holder.get("destination"):
+                # nobody reported receiving: a running hop we refused may be the one
+                unsupported = self.state.unsupported_hops() if unsupported is None else unsupported
+                if unsupported:
+                    holder["detail"] += "; " + "; ".join(h["detail"] for h in unsupported)
         if out.get("owner") and self.tier is not None:
             out["owner_url"] = self.tier.owner_url(out["owner"])
         return out
@@ -103,8 +109,11 @@ class Api:
             cascade = self.detector.cascades[trace_id]
             recent.append({"trace_id": trace_id, "settled_at": cascade.settled_at, "outcome": cascade.outcome,
                            "detection_latency_seconds": cascade.detection_latency})
+        unsupported = self.state.unsupported_hops()
         return {
-            "quiet": not any(counts.values()),
+            # a hop whose work cannot be seen is never quiet
+            "quiet": not any(counts.values()) and not unsupported,
+            "unsupported": unsupported,
             "open": sum(counts.values()),
             "stuck": counts[names.STATUS_STUCK],
             "awaiting_input": counts[names.STATUS_AWAITING_INPUT],
@@ -205,9 +214,12 @@ class Api:
         worst = None
         for outcome in outcomes:
             worst = worse(worst, outcome)
-        return waiting == 0, {
-            "since": since, "until": until, "settled": waiting == 0, "cascades": items,
-            "open": waiting, "outcome": worst if waiting == 0 else None,
+        # a running hop that serves with a library we refused: its cascades are unseen
+        unsupported = self.state.unsupported_hops()
+        settled = waiting == 0 and not unsupported
+        return settled, {
+            "since": since, "until": until, "settled": settled, "cascades": items,
+            "open": waiting, "outcome": worst if settled else None, "unsupported": unsupported,
         }
 
     async def api_mesh_wait(self, request: Request) -> Response:

@@ -266,6 +266,29 @@ class MeshState:
                     "incarnation": latest.id if latest else None,
                     "shutdown": latest.shutdown if latest else None,
                     "recent": latest.snap.recent if latest is not None and latest.snap is not None else [],
+                    "unsupported": latest.snap.unsupported if latest is not None and latest.snap is not None else [],
                 }
             )
+        return out
+
+    def unsupported_hops(self) -> list[dict[str, Any]]:
+        """Holders for every running hop that says it serves with a library a2a-quiescence
+        refused: its work is invisible, so no window of the mesh can be called settled
+        while it runs (it holds until it shuts down or goes silent)."""
+        now = self.clock()
+        out = []
+        for agent in self.agents.values():
+            latest = agent.latest()
+            if latest is None or latest.snap is None or not latest.snap.unsupported:
+                continue
+            if latest.shutdown is not None or latest.silent(now, self.agent_timeout):
+                continue
+            libraries = ", ".join(f"{u.get('library')} {u.get('version')}" for u in latest.snap.unsupported)
+            out.append({
+                "kind": "unsupported_hop",
+                "hop": agent.name,
+                "libraries": latest.snap.unsupported,
+                "detail": f"{agent.name} serves with {libraries}, which a2a-quiescence does not instrument: "
+                          "its work cannot be seen, so nothing can be called settled while it runs",
+            })
         return out

@@ -4,6 +4,7 @@ ASGI transport): long-poll answers, and memory left behind by waiters."""
 from __future__ import annotations
 
 import asyncio
+import time
 import re
 import uuid
 
@@ -127,3 +128,57 @@ async def test_status_page_with_a_token_serves_the_shell_and_guards_the_data() -
         mesh = await client.get("/v1/mesh", headers={"authorization": "Bearer s3cret"})
         assert mesh.status_code == 200
         assert mesh.json()["cascades"]["recently_settled"][0]["trace_id"] == trace_id
+
+
+async def test_a_running_unsupported_hop_keeps_the_mesh_from_quiet() -> None:
+    """A hop that serves with a library the version guard refused reports it on every hop
+    snapshot; while it runs, /v1/mesh is not quiet and no mesh window settles (its work
+    cannot be seen), and a cascade waiting on an unreported peer says which hop it may be.
+    A hop with nothing refused (must not fire) and one that shut down release the mesh."""
+    collector = Collector(Config())
+    transport = httpx.ASGITransport(app=collector.api_app())
+
+    def hop(name: str, refused: list[dict[str, str]], shut_down: bool = False) -> None:
+        tracker = HopTracker()
+        tracker.set_unsupported(refused)
+        if shut_down:
+            tracker.shutdown_completed("server_shutdown")
+        body, _cascades = tracker.take_snapshots()
+        collector.state.ingest_hop(name, body)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        since = time.time() - 1
+        _settled_cascade(collector, uuid.uuid4().hex)
+        hop("planner", [])
+        mesh = (await client.get("/v1/mesh")).json()
+        assert mesh["quiet"] is True and mesh["unsupported"] == []
+        window = await client.get("/v1/mesh/wait", params={"since": since, "timeout": 0, "grace": 0})
+        assert window.status_code == 200 and window.json()["settled"] is True
+
+        refused = {"library": "a2a-sdk", "version": "0.2.6", "supported": ">=1.0.3,<1.4 or >=0.3.4,<0.4",
+                   "reason": "outside every tested range"}
+        hop("legacy", [refused])
+        mesh = (await client.get("/v1/mesh")).json()
+        assert mesh["quiet"] is False
+        (held,) = mesh["unsupported"]
+        assert held["hop"] == "legacy" and "a2a-sdk 0.2.6" in held["detail"]
+        agents = {a["agent"]: a for a in mesh["agents"]}
+        assert agents["legacy"]["unsupported"] == [refused] and agents["planner"]["unsupported"] == []
+        window = await client.get("/v1/mesh/wait", params={"since": since, "timeout": 0, "grace": 0})
+        assert window.status_code == 408 and window.json()["settled"] is False
+        assert window.json()["unsupported"][0]["hop"] == "legacy"
+
+        # a cascade that sent to a peer nobody reports: the hint names the refused hop
+        tracker = HopTracker()
+        trace_id = uuid.uuid4().hex
+        work = tracker.receive(trace_id, None, uuid.uuid4().hex, "127.0.0.1:1")
+        tracker.send(work, "127.0.0.1:2", uuid.uuid4().hex)
+        tracker.release(work)
+        _hop, cascades = tracker.take_snapshots()
+        for tid, body in cascades:
+            collector.state.ingest_cascade("planner", tid, body)
+        (edge,) = (await client.get(f"/v1/cascades/{trace_id}")).json()["holders"]
+        assert "legacy serves with a2a-sdk 0.2.6" in edge["detail"]
+
+        hop("legacy", [refused], shut_down=True)
+        assert (await client.get("/v1/mesh")).json()["unsupported"] == []
