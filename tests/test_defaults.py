@@ -5,6 +5,7 @@ to 127.0.0.1:4317), lifecycle snapshots over OTLP/HTTP to 127.0.0.1:4318."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,3 +86,50 @@ def test_switching_the_instrumentation_off(env: dict[str, str], expected: str) -
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == expected, (r.stdout, r.stderr)
+
+
+SDK_SPANS = """
+import asyncio, collections, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import uvicorn
+from a2a_quiescence.demo.harness import free_port
+from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
+
+exporter = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+
+async def main():
+    port = free_port()
+    app, _handler, _executor = build_app("A", port, {})
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    await send_plan(f"http://127.0.0.1:{port}", {"work_ms": 1}, trace_id=new_trace_id())
+    server.should_exit = True
+    await task
+
+asyncio.run(main())
+scopes = collections.Counter(s.instrumentation_scope.name for s in exporter.get_finished_spans())
+print(json.dumps(scopes))
+"""
+
+
+@pytest.mark.parametrize("setting, sdk_spans", [(None, False), ("false", False), ("true", True)])
+def test_the_sdks_own_tracing_is_off_unless_asked_for(setting: str | None, sdk_spans: bool) -> None:
+    """The README's path (`opentelemetry-instrument python agent.py`, nothing else set)
+    leaves a2a-sdk's own tracing (about 60 spans per hop and request) off; an explicit
+    OTEL_INSTRUMENTATION_A2A_SDK_ENABLED=true is honoured. Ours are there either way."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+    env = {**clean, "OTEL_SERVICE_NAME": "lean", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none", names.ENV_ENDPOINT: "none"}
+    if setting is not None:
+        env[names.ENV_A2A_SDK_TRACING] = setting
+    r = subprocess.run([_bin("opentelemetry-instrument"), sys.executable, "-c", SDK_SPANS], env=env,
+                       capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr[-3000:]
+    scopes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert scopes.get(names.SCOPE, 0) >= 2, scopes  # our server span and producer at least
+    assert (scopes.get("a2a-python-sdk", 0) > 0) == sdk_spans, scopes
