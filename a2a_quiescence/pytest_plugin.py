@@ -18,6 +18,20 @@ error in teardown, naming what holds it or what was lost. Allow outcomes with
 `--a2a-quiescence-gate-allow failed,lost` or per test with
 `@pytest.mark.a2a_quiescence_gate(allow={"failed"})`; leave a test out with
 `@pytest.mark.a2a_quiescence_gate(skip=True)`.
+
+The gate instruments the test process itself (its a2a-sdk and fasta2a
+clients), so a cascade the test starts exists from its first call, with this
+process as its root hop (service name `OTEL_SERVICE_NAME`, else `pytest`,
+shipping to the collector's OTLP endpoint as an agent would: `A2A_QUIESCENCE_ENDPOINT`
+or `--a2a-quiescence-otlp`): a target that never reports (not instrumented,
+unsupported) then holds the test, named, instead of leaving nothing to wait
+for. Its roots are shipped before the gate asks, so no root grace is needed
+for them: by default the gate waits no grace at all, and a test that calls no
+agent costs one request to the collector. Roots that other clients sent to
+the agents during the test are counted as far as the agents reported them by
+the test's end; `--a2a-quiescence-grace` waits longer for them.
+`--a2a-quiescence-no-client` leaves the test process alone (the gate then waits
+the collector's root grace, and sees only what the agents report).
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ OUTCOMES = ("completed", "failed", "lost")
 _GATE_START = pytest.StashKey[float]()
 _GATE_ALLOW = pytest.StashKey[frozenset]()
 _GATE_SECONDS: list[float] = []
+_GATE_CLIENT = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -75,8 +90,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--a2a-quiescence-grace", type=float, default=None, metavar="SECONDS",
-        help="seconds after a test during which root requests it made may still be reported "
-             "(default: the collector's --root-grace)",
+        help="seconds after a test during which root requests sent to the agents may still be reported "
+             "(default: 0 with the test process instrumented, else the collector's --root-grace)",
+    )
+    group.addoption(
+        "--a2a-quiescence-no-client", action="store_true", default=False,
+        help="do not instrument the test process's own A2A clients for the gate",
+    )
+    group.addoption(
+        "--a2a-quiescence-otlp", default=None, metavar="URL",
+        help="OTLP/HTTP logs URL the test process ships its cascades to "
+             "(default: as an agent's: A2A_QUIESCENCE_ENDPOINT, the OTLP variables, or 127.0.0.1:4318)",
     )
 
 
@@ -86,6 +110,35 @@ def pytest_configure(config: pytest.Config) -> None:
         "a2a_quiescence_gate(allow=(), skip=False): outcomes the drain gate accepts for this test, or leave it out",
     )
     config.stash[_GATE_ALLOW] = _allowed(config.getoption("--a2a-quiescence-gate-allow"))
+    if config.getoption("--a2a-quiescence-gate") and not config.getoption("--a2a-quiescence-no-client"):
+        config.stash[_GATE_CLIENT] = _instrument_client(config)
+
+
+def _instrument_client(config: pytest.Config) -> Any:
+    """The test process's own A2A clients, instrumented as a root hop (see the module
+    docstring); the runtime, or None when there is nothing to instrument."""
+    try:
+        from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+    except ImportError:  # the instrumentation's dependencies are not installed here
+        return None
+    inst = A2AQuiescenceInstrumentor()
+    if not inst.is_instrumented_by_opentelemetry:  # else: already (opentelemetry-instrument pytest)
+        inst.instrument(service_name=os.environ.get("OTEL_SERVICE_NAME") or "pytest",
+                        endpoint=config.getoption("--a2a-quiescence-otlp"), skip_dep_check=True)
+        config.add_cleanup(inst.uninstrument)
+    runtime = inst.runtime
+    return inst if runtime is not None and runtime.backends and inst.reporter is not None else None
+
+
+def _ship_own_roots(config: pytest.Config) -> bool | None:
+    """Ship what the test process's clients did now: True when shipped, None when
+    the test process is not instrumented; raises OSError when shipping failed."""
+    inst = config.stash.get(_GATE_CLIENT, None)
+    if inst is None:
+        return None
+    if not inst.reporter.flush():
+        raise OSError(f"could not ship this test process's cascades to {inst.reporter.endpoint}")
+    return True
 
 
 
@@ -136,9 +189,11 @@ def _gate(item: pytest.Item) -> str | None:
     shards = _shards(config)
     endpoint = shards or _endpoint(config)
     timeout = config.getoption("--a2a-quiescence-timeout")
+    grace = config.getoption("--a2a-quiescence-grace")
     try:
-        state = wait_mesh_sync(since=since, endpoint=endpoint, timeout=timeout,
-                               grace=config.getoption("--a2a-quiescence-grace"), shards=shards)
+        if _ship_own_roots(config) and grace is None:
+            grace = 0.0  # this process's roots are at the collector now: nothing on its way
+        state = wait_mesh_sync(since=since, endpoint=endpoint, timeout=timeout, grace=grace, shards=shards)
     except MeshNotQuiet as exc:
         return f"a2a-quiescence gate: not every cascade of this test settled within {timeout:g}s: {describe_mesh(exc.state)}"
     except (httpx.HTTPError, LookupError, ValueError, OSError) as exc:

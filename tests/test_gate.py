@@ -40,7 +40,7 @@ INNER = textwrap.dedent(
 
     from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 
-    A, D, EVENTS, MARKS = (os.environ[k] for k in ("GATE_A", "GATE_D", "GATE_EVENTS", "GATE_MARKS"))
+    A, D, U, EVENTS, MARKS = (os.environ[k] for k in ("GATE_A", "GATE_D", "GATE_U", "GATE_EVENTS", "GATE_MARKS"))
     D_PID = int(os.environ["GATE_D_PID"])
 
 
@@ -69,6 +69,10 @@ INNER = textwrap.dedent(
 
     def test_a_cascade_that_never_settles():
         asyncio.run(send_plan(A, {"calls": [{"to": "B", "plan": {"calls": [{"to": "U"}]}}]}))
+
+
+    def test_calls_an_uninstrumented_agent_directly():
+        asyncio.run(send_plan(U, {"work_ms": 1}))  # U answers; it reports nothing
 
 
     def test_right_after_one_that_never_settled():
@@ -113,8 +117,11 @@ def test_gate_against_the_demo_mesh(pytester: pytest.Pytester, tmp_path: Path, m
         mesh.start_agent("B", ["C", "U"])
         mesh.start_agent("A", ["B"])
         d = mesh.start_agent("D")
-        for key, value in {"GATE_A": mesh.agents["A"].url + "/", "GATE_D": d.url + "/", "GATE_EVENTS": str(events),
-                           "GATE_MARKS": str(marks), "GATE_D_PID": str(d.popen.pid)}.items():
+        for key, value in {"GATE_A": mesh.agents["A"].url + "/", "GATE_D": d.url + "/",
+                           "GATE_U": mesh.agents["U"].url + "/", "GATE_EVENTS": str(events),
+                           "GATE_MARKS": str(marks), "GATE_D_PID": str(d.popen.pid),
+                           # the test process ships its own cascades (it is their root hop) here
+                           "A2A_QUIESCENCE_ENDPOINT": f"http://127.0.0.1:{mesh.otlp_port}/v1/logs"}.items():
             monkeypatch.setenv(key, value)
         pytester.makepyfile(test_suite=INNER)
         began = time.time()
@@ -133,13 +140,19 @@ def test_gate_against_the_demo_mesh(pytester: pytest.Pytester, tmp_path: Path, m
     assert nothing.returncode == 0 and "quiet: 0 cascade(s)" in nothing.stdout, (nothing.stdout, nothing.stderr)
     assert usage.returncode == 2 and "--since" in usage.stderr
     out = result.stdout.str()
-    result.assert_outcomes(passed=6, errors=2)
+    result.assert_outcomes(passed=7, errors=3)
     errors = {line.split(" - ")[0].split("::")[-1]: line for line in out.splitlines() if line.startswith("ERROR ")}
-    assert set(errors) == {"test_a_cascade_that_never_settles", "test_work_cancelled_by_a_shutdown_drain"}, out
+    assert set(errors) == {"test_a_cascade_that_never_settles", "test_work_cancelled_by_a_shutdown_drain",
+                           "test_calls_an_uninstrumented_agent_directly"}, out
+    # never vacuous: the test process is the root hop of what it sends, so an agent that
+    # answers and reports nothing holds the test, named by its address
+    u_address = mesh.agents["U"].url.split("//", 1)[1].rstrip("/")
+    assert f"no reports from {u_address}" in errors["test_calls_an_uninstrumented_agent_directly"] or (
+        f"no reports from {u_address}" in out), out
     assert "not every cascade of this test settled within 5s" in out
     assert "no reports from" in out  # the holder: the edge into U, which never reports
     assert "settled lost" in out and "lost on D" in out and "cancelled_by_shutdown" in out
-    [summary] = [line for line in out.splitlines() if line.startswith("a2a-quiescence gate: 6 test(s), added median")]
+    [summary] = [line for line in out.splitlines() if line.startswith("a2a-quiescence gate: 7 test(s), added median")]
     print(summary)  # what the gate added per test (shown with -s)
 
     # held until the pushes were delivered: the test's fixtures were finalized after the last push
