@@ -69,6 +69,12 @@ def installed(env: dict[str, str]) -> set[str]:
     return {line.split("==")[0].lower().replace("_", "-") for line in out.splitlines() if "==" in line}
 
 
+def versions(env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(["python", "-m", "pip", "list", "--format=freeze"], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    return dict(line.lower().replace("_", "-").split("==", 1) for line in out.splitlines() if "==" in line)
+
+
 def test_the_readme_install_lines_alone_give_spans_metrics_snapshots_and_a_settled_cascade(tmp_path: Path) -> None:
     defaults = [int(hp.rsplit(":", 1)[1]) for hp in (names.DEFAULT_OTLP_HTTP, names.DEFAULT_OTLP_GRPC, names.DEFAULT_HTTP)]
     wheels = tmp_path / "wheels"
@@ -83,12 +89,19 @@ def test_the_readme_install_lines_alone_give_spans_metrics_snapshots_and_a_settl
     sh(sidecar_line, sidecar_env, work)
     agent_env = venv(tmp_path / "agent", wheels)
     sh("pip install 'a2a-sdk[http-server]' uvicorn", agent_env, work)  # what the agent already runs on
+    before = versions(agent_env)
     sh(agent_line, agent_env, work)
+    sh("pip check", agent_env, work)
 
     agent_packages = installed(agent_env) - {"uvicorn", "starlette", "sse-starlette"}
     assert "opentelemetry-distro" in agent_packages
     assert not agent_packages & {"prometheus-client", "uvloop", "httptools"}, "the agent side pulled in the sidecar's"
-    assert {"prometheus-client", "uvicorn", "starlette", "grpcio"} <= installed(sidecar_env)
+    sidecar_packages = installed(sidecar_env)
+    assert {"prometheus-client", "uvicorn", "starlette", "grpcio"} <= sidecar_packages
+    assert not sidecar_packages & {"a2a-sdk", "fasta2a"}, "the sidecar needs no A2A library"
+    # our install left the agent's a2a-sdk as it was (pip may move opentelemetry-api within every
+    # declared range, as `pip check` above says; a framework's pins: tests/test_frameworks.py)
+    assert versions(agent_env)["a2a-sdk"] == before["a2a-sdk"]
 
     # the agent's environment has no sidecar: the command says what to install
     no_server = subprocess.run(["a2a-quiescence", "collector"], env=agent_env, cwd=work, capture_output=True,
