@@ -63,9 +63,12 @@ from a2a_quiescence import names  # noqa: E402
 from a2a_quiescence.demo.harness import free_port  # noqa: E402
 from a2a_quiescence.demo.mesh import build_app, plan_text  # noqa: E402
 
-def relay_plan(cpu_ms: float) -> dict[str, Any]:
-    """A -> B -> C; every hop computes ``cpu_ms`` of its own before answering (0: a bare relay)."""
+def relay_plan(cpu_ms: float, wait_ms: float = 0.0) -> dict[str, Any]:
+    """A -> B -> C; every hop computes ``cpu_ms`` and waits ``wait_ms`` (as for a model's
+    answer) of its own before answering (both 0: a bare relay)."""
     own = {"cpu_ms": cpu_ms} if cpu_ms else {}
+    if wait_ms:
+        own["work_ms"] = wait_ms
     return {**own, "calls": [{"to": "B", "plan": {**own, "calls": [{"to": "C", "plan": own}]}}]}
 
 
@@ -114,7 +117,8 @@ async def relay_servers(wrap: Callable[[Any], Any] | None = None) -> AsyncIterat
             await task
 
 
-async def drive(url: str, requests: int, concurrency: int, warmup: int = 10, cpu_ms: float = 0.0) -> float:
+async def drive(url: str, requests: int, concurrency: int, warmup: int = 10, cpu_ms: float = 0.0,
+                wait_ms: float = 0.0) -> float:
     """Send ``requests`` relay plans to A with ``concurrency`` in flight; returns requests/s."""
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -123,7 +127,8 @@ async def drive(url: str, requests: int, concurrency: int, warmup: int = 10, cpu
         headers = {"A2A-Version": "1.0"}
 
         async def one() -> None:
-            request = pb.SendMessageRequest(message=new_text_message(plan_text(relay_plan(cpu_ms)), role=pb.Role.ROLE_USER))
+            plan = relay_plan(cpu_ms, wait_ms)
+            request = pb.SendMessageRequest(message=new_text_message(plan_text(plan), role=pb.Role.ROLE_USER))
             body = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": "SendMessage",
                     "params": json_format.MessageToDict(request)}
             response = await http.post(url, json=body, headers=headers)

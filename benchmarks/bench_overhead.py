@@ -1,6 +1,6 @@
 """What each kind of telemetry costs on an A -> B -> C relay, measured side by side.
 
-    python -m benchmarks.bench_overhead [--rounds 4] [--requests 150] [--concurrency 8] [--agent-cpu-ms 0]
+    python -m benchmarks.bench_overhead [--rounds 4] [--requests 150] [--concurrency 8] [--shapes bare,agent]
 
 Every kind runs in a fresh process (so nothing one installs leaks into the
 next), in an order that rotates every round, against one live
@@ -11,8 +11,18 @@ next), in an order that rotates every round, against one live
 - ``contrib``: the OpenTelemetry contrib httpx and ASGI instrumentations (what
   ``opentelemetry-instrument`` gives a user without us);
 - ``ours_local``: our instrumentation, snapshots kept in the process (``report=False``);
-- ``ours``: our instrumentation exactly as deployed, snapshots shipped to the
-  live collector (the headline).
+- ``ours``: our instrumentation exactly as the README deploys it (`pip install`,
+  `opentelemetry-instrument`: a2a-sdk's own tracing off, which our instrumentation
+  now makes the default), snapshots shipped to the live collector (the headline);
+- ``ours_sdk``: the same with a2a-sdk's own tracing left on, which is what the
+  README's two lines gave before that default (and what an explicit
+  ``OTEL_INSTRUMENTATION_A2A_SDK_ENABLED=true`` gives now).
+
+Two relay shapes, each with every kind (``--shapes``): ``bare``, where the agents
+do nothing but delegate (every microsecond of telemetry shows), and ``agent``,
+shaped like an agent that calls a model: each hop computes 5 ms and waits 50 ms
+before answering (``--agent-cpu-ms`` / ``--agent-wait-ms`` set that shape), which
+is the ratio a user will see.
 
 Spans of every kind go through a BatchSpanProcessor and the OTLP/HTTP exporter
 to the same collector, as deployed. Per kind it prints the throughput ratio to
@@ -40,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("bare", "sdk", "contrib", "ours_local", "ours")
+KINDS = ("bare", "sdk", "contrib", "ours_local", "ours", "ours_sdk")
 HOPS = 3
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,10 +83,10 @@ def _thread_cpu() -> dict[str, float]:
 
 
 # --- child: one kind, one measurement -----------------------------------------------------
-def child(kind: str, requests: int, concurrency: int, cpu_ms: float, collector: str) -> dict[str, Any]:
+def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: float, collector: str) -> dict[str, Any]:
     # a2a-sdk decides at import whether it traces itself: import it with the setting
     # of this kind before anything else does (bench_instrumentation turns it off)
-    os.environ["OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"] = "true" if kind == "sdk" else "false"
+    os.environ["OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"] = "true" if kind in ("sdk", "ours_sdk") else "false"
     import a2a.utils.telemetry  # noqa: F401
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -109,21 +119,21 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, collector: 
         HTTPXClientInstrumentor().instrument(tracer_provider=provider)
         wrap_asgi = lambda app: OpenTelemetryMiddleware(app, tracer_provider=provider)  # noqa: E731
     inst = None
-    if kind in ("ours_local", "ours"):
+    if kind in ("ours_local", "ours", "ours_sdk"):
         from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
 
         inst = A2AQuiescenceInstrumentor()
         inst.instrument(
             tracer_provider=provider, meter_provider=MeterProvider(), service_name=f"bench-{kind}",
-            report=kind == "ours", endpoint=f"{collector}/v1/logs",
+            report=kind != "ours_local", endpoint=f"{collector}/v1/logs",
         )
 
     async def run() -> tuple[float, float, int]:
         async with relay_servers(wrap_asgi) as url:
-            await drive(url, 10, concurrency, warmup=0, cpu_ms=cpu_ms)  # warm up, not counted
+            await drive(url, 10, concurrency, warmup=0, cpu_ms=cpu_ms, wait_ms=wait_ms)  # warm up, not counted
             spans_before, cpu_before, threads_before = counting.ended, time.process_time(), _thread_cpu()
             posts_before = _posts()
-            rate = await drive(url, requests, concurrency, warmup=0, cpu_ms=cpu_ms)
+            rate = await drive(url, requests, concurrency, warmup=0, cpu_ms=cpu_ms, wait_ms=wait_ms)
             threads_after = _thread_cpu()
             threads["posts"] = _posts() - posts_before
             threads.update({k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()})
@@ -168,23 +178,36 @@ def _quantile(delta: dict[float, float], q: float) -> float:
     return float("nan")
 
 
+SHAPES = {"bare": (0.0, 0.0), "agent": (5.0, 50.0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--agent-cpu-ms", type=float, default=0.0, help="CPU each hop spends per request (0: bare relay)")
+    parser.add_argument("--shapes", default="bare,agent",
+                        help="relay shapes, each with every kind: bare (agents only delegate), agent (each hop "
+                             "computes --agent-cpu-ms and waits --agent-wait-ms); default: both")
+    parser.add_argument("--agent-cpu-ms", type=float, default=SHAPES["agent"][0],
+                        help="the agent shape: CPU each hop spends per request (default 5)")
+    parser.add_argument("--agent-wait-ms", type=float, default=SHAPES["agent"][1],
+                        help="the agent shape: time each hop waits per request, as for a model (default 50)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"which kinds (default: {','.join(KINDS)})")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--collector", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.requests, args.concurrency, args.agent_cpu_ms, args.collector)))
+        print(json.dumps(child(args.child, args.requests, args.concurrency, args.agent_cpu_ms, args.agent_wait_ms,
+                               args.collector)))
         return
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(KINDS)
     if unknown or "bare" not in kinds:
         parser.error(f"--kinds takes {', '.join(KINDS)} and must include bare")
+    shapes = [s for s in args.shapes.split(",") if s]
+    if not shapes or set(shapes) - set(SHAPES):
+        parser.error(f"--shapes takes {', '.join(SHAPES)}")
 
     from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http
 
@@ -193,39 +216,56 @@ def main() -> None:
     collector = subprocess.Popen([_bin("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http_port}",
                                   "--otlp-listen", f"127.0.0.1:{otlp_port}", "--otlp-grpc-listen", "off",
                                   "--log-level", "error"], stdout=log, stderr=subprocess.STDOUT)
+    tables = []
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/readyz", proc=collector)
+        for shape in shapes:
+            cpu_ms, wait_ms = (0.0, 0.0) if shape == "bare" else (args.agent_cpu_ms, args.agent_wait_ms)
+            what = ("bare relay: the agents only delegate" if shape == "bare"
+                    else f"agent-shaped relay: each hop computes {cpu_ms:g} ms and waits {wait_ms:g} ms")
+            print(f"# {what}; A -> B -> C, {args.rounds} rounds x {args.requests} requests, concurrency "
+                  f"{args.concurrency}; each kind in a fresh process", flush=True)
+            tables.append((what, *_measure(args, kinds, cpu_ms, wait_ms, collector, http_port, otlp_port)))
+    finally:
+        stop_process(collector)
+    for what, results, collector_cpu_per_request, latency in tables:
+        print()
+        print(f"## {what}")
+        _report(kinds, results, collector_cpu_per_request, latency)
+
+
+def _measure(args: Any, kinds: list[str], cpu_ms: float, wait_ms: float, collector: Any, http_port: int,
+             otlp_port: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[float]], dict[float, float]]:
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     collector_cpu_per_request: dict[str, list[float]] = {k: [] for k in kinds}
     latency: dict[float, float] = {}  # detection latency of `ours`' cascades under load (histogram deltas)
-    try:
-        wait_http(f"http://127.0.0.1:{http_port}/readyz", proc=collector)
-        print(f"# relay A -> B -> C, {args.rounds} rounds x {args.requests} requests, concurrency "
-              f"{args.concurrency}, agent cpu {args.agent_cpu_ms:g} ms; each kind in a fresh process", flush=True)
-        for r in range(args.rounds):
-            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
-            for kind in order:
-                before = _cpu_of(collector.pid)
-                buckets_before = _latency_buckets(f"http://127.0.0.1:{http_port}") if kind == "ours" else {}
-                out = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.bench_overhead", "--child", kind, "--requests",
-                     str(args.requests), "--concurrency", str(args.concurrency), "--agent-cpu-ms",
-                     str(args.agent_cpu_ms), "--collector", f"http://127.0.0.1:{otlp_port}"],
-                    capture_output=True, text=True, timeout=900, cwd=ROOT,
-                )
-                lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-                if out.returncode != 0 or not lines:
-                    raise RuntimeError(f"{kind} failed: {out.stderr[-2000:]}")
-                result = json.loads(lines[-1])
-                results[kind].append(result)
-                # spans (and for `ours` snapshots) of this run: the collector idles otherwise
-                collector_cpu_per_request[kind].append((_cpu_of(collector.pid) - before) * 1e6 / (args.requests + 10))
-                if kind == "ours":
-                    for bound, count in _latency_buckets(f"http://127.0.0.1:{http_port}").items():
-                        latency[bound] = latency.get(bound, 0.0) + count - buckets_before.get(bound, 0.0)
-                print(f"round {r + 1}: {kind:10s} {result['rate']:8.1f} req/s", flush=True)
-    finally:
-        stop_process(collector)
+    for r in range(args.rounds):
+        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+        for kind in order:
+            before = _cpu_of(collector.pid)
+            buckets_before = _latency_buckets(f"http://127.0.0.1:{http_port}") if kind == "ours" else {}
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_overhead", "--child", kind, "--requests",
+                 str(args.requests), "--concurrency", str(args.concurrency), "--agent-cpu-ms", str(cpu_ms),
+                 "--agent-wait-ms", str(wait_ms), "--collector", f"http://127.0.0.1:{otlp_port}"],
+                capture_output=True, text=True, timeout=900, cwd=ROOT,
+            )
+            lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+            if out.returncode != 0 or not lines:
+                raise RuntimeError(f"{kind} failed: {out.stderr[-2000:]}")
+            result = json.loads(lines[-1])
+            results[kind].append(result)
+            # spans (and for `ours` snapshots) of this run: the collector idles otherwise
+            collector_cpu_per_request[kind].append((_cpu_of(collector.pid) - before) * 1e6 / (args.requests + 10))
+            if kind == "ours":
+                for bound, count in _latency_buckets(f"http://127.0.0.1:{http_port}").items():
+                    latency[bound] = latency.get(bound, 0.0) + count - buckets_before.get(bound, 0.0)
+            print(f"round {r + 1}: {kind:10s} {result['rate']:8.1f} req/s", flush=True)
+    return results, collector_cpu_per_request, latency
 
-    print()
+
+def _report(kinds: list[str], results: dict[str, list[dict[str, Any]]], collector_cpu_per_request: dict[str, list[float]],
+            latency: dict[float, float]) -> None:
     print(f"{'kind':10s} {'req/s':>8s} {'ratio':>6s} {'worst':>6s} {'cpu us/hop/req':>15s} {'spans/hop/req':>14s} "
           f"{'collector us/req':>16s}  cpu us/hop/req by thread")
     for kind in kinds:
