@@ -103,7 +103,7 @@ ATTR_URL_FULL = "url.full"
 
 # --- wire: headers carried on A2A calls and push deliveries ----------------
 HEADER_TRACEPARENT = "traceparent"
-# unique id of one delivery attempt (SETTLEMENT.md: ids per delivery attempt)
+# unique id of one delivery attempt (docs/settlement.md: ids per delivery attempt)
 HEADER_MESSAGE_ID = "x-a2a-quiescence-message"
 # the sending hop (its service.name); also in baggage for other tools
 HEADER_SENDER = "x-a2a-quiescence-sender"

@@ -15,7 +15,7 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 GENERATED = HERE / "generated"
-# The repository layout puts the chart beside dashboards/ (ARCHITECTURE.md).
+# The repository layout puts the chart beside dashboards/ (README.md, "Layout").
 HELM_FILES = HERE.parent / "helm" / "a2a-quiescence" / "files"
 
 RULES_NAME = "prometheus-rules.yaml"

@@ -2,7 +2,7 @@
 
 One ``HopTracker`` per process incarnation. Every mutation happens under one
 lock and marks what changed as dirty; the reporter thread takes atomic
-snapshots of the dirty parts under the same lock (SETTLEMENT.md: a snapshot
+snapshots of the dirty parts under the same lock (docs/settlement.md: a snapshot
 must never mix fields from different moments).
 
 Ordering rules that make settlement sound, enforced here:

@@ -8,7 +8,7 @@ delays). Execution and delivery are interleaved, so after every step the
 detector's verdict can be compared with the ground truth *at that moment of
 the execution*.
 
-What is recorded follows the model in SETTLEMENT.md and how the
+What is recorded follows the model in docs/settlement.md and how the
 instrumentation records things:
 
 * a hop process is an *incarnation* (random id, never reused); a restart kills
@@ -42,7 +42,7 @@ instrumentation records things:
   keeps the ground truth: every ending that happened, plus work that died
   with a killed incarnation or a message lost on the wire.
 
-``Variant`` switches in the weakenings of the SETTLEMENT.md table, either in
+``Variant`` switches in the weakenings of the docs/settlement.md table, either in
 the detector's rule, in the instrumentation (torn snapshots, receipt before
 becoming active, send recorded after going passive, counters reset under the
 same key on restart), in the execution (a second root request) or in the

@@ -62,7 +62,7 @@ async def test_wait_rejects_bad_arguments() -> None:
 
 
 async def test_a_second_root_wave_must_settle_before_wait_answers() -> None:
-    """SETTLEMENT.md: a second root request into a settled cascade. Settled
+    """docs/settlement.md: a second root request into a settled cascade. Settled
     stays settled (no flip back), but a wait answers only once every root
     request in the view has settled, not on the stale first settle."""
     collector = Collector(Config())

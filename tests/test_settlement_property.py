@@ -19,7 +19,7 @@ duplicated, dropped and delayed. After every step it checks
   the observer checks the outcome of every view it tries too. Once settled,
   the outcome never improves (checked after every ingest).
 
-The same generator, pointed at each weakening of SETTLEMENT.md's table, and
+The same generator, pointed at each weakening of docs/settlement.md's table, and
 at each weakening of the verdict, must find a counterexample; then
 deterministic unit tests pin the table's shortest counterexamples and the
 Detector's bookkeeping.
