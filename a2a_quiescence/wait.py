@@ -108,12 +108,24 @@ class _LongPoll:
         return None
 
 
+_SYNC_CLIENTS: dict[str | None, httpx.Client] = {}
+
+
+def _sync_client(token: str | None) -> httpx.Client:
+    """One client per process and token: making one costs about 20 ms (its TLS
+    context), which a drain gate would otherwise pay after every test."""
+    client = _SYNC_CLIENTS.get(token)
+    if client is None or client.is_closed:
+        client = _SYNC_CLIENTS[token] = httpx.Client(headers=_headers(token))
+    return client
+
+
 def _poll_sync(poll: _LongPoll, token: str | None) -> dict[str, Any] | None:
     """Run a wait's long-polls; the answer, or None when time ran out (``poll.state``: the last view)."""
-    with httpx.Client(headers=_headers(token), timeout=poll.request_timeout) as client:
-        while (params := poll.params()) is not None:
-            if (state := poll.answer(client.get(poll.url, params=params))) is not None:
-                return state
+    client = _sync_client(token)
+    while (params := poll.params()) is not None:
+        if (state := poll.answer(client.get(poll.url, params=params, timeout=poll.request_timeout))) is not None:
+            return state
     return None
 
 
