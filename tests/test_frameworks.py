@@ -119,11 +119,25 @@ def wait_cli(api: str, *trace_ids: str) -> list[tuple[int, str]]:
     cli = str(Path(sys.executable).parent / "a2a-quiescence")
     waits = [subprocess.Popen([cli, "wait", t, "--endpoint", api, "--timeout", str(WAIT_TIMEOUT)], text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for t in trace_ids]
-    out = []
-    for w in waits:
-        printed, _ = w.communicate(timeout=WAIT_TIMEOUT + 30)
-        out.append((w.returncode, printed))
-    return out
+    try:
+        printed = [w.communicate(timeout=WAIT_TIMEOUT + 30)[0] for w in waits]
+        return [(w.returncode, p) for w, p in zip(waits, printed)]
+    finally:
+        for w in waits:
+            stop_process(w)
+
+
+def complaints(agents: list[Agent]) -> list[str]:
+    """Lines of the agents' stderr in which our instrumentation says it failed or refused."""
+    return [f"{a.service}: {line}" for a in agents for line in a.stderr.read_text(errors="replace").splitlines()
+            if any(c in line for c in OUR_COMPLAINTS)]
+
+
+def ready(agent: Agent) -> None:
+    try:
+        wait_http(f"{agent.url}/.well-known/agent-card.json", timeout=90, proc=agent.popen)
+    except (RuntimeError, TimeoutError) as exc:
+        raise AssertionError(f"{agent.service}: {exc}\n{agent.stderr.read_text(errors='replace')[-3000:]}") from None
 
 
 @pytest.mark.parametrize("name", list(FRAMEWORKS))
@@ -143,7 +157,7 @@ def test_framework_agents_get_honest_verdicts(name: str, tmp_path: Path) -> None
             bad_a = start_agent(bin_dir, name, "A", f"{name}-A-to-failing", mesh.otlp_port, workdir, peer=bad_b.url)
             agents += [ok_b, bad_b, ok_a, bad_a]
             for agent in agents:
-                wait_http(f"{agent.url}/.well-known/agent-card.json", timeout=90, proc=agent.popen)
+                ready(agent)
 
             ok_trace, bad_trace = uuid.uuid4().hex, uuid.uuid4().hex
             ok_task = send_root(ok_a.url, dialect, ok_trace)
@@ -152,7 +166,11 @@ def test_framework_agents_get_honest_verdicts(name: str, tmp_path: Path) -> None
             ok = httpx.get(f"{mesh.api}/v1/cascades/{ok_trace}", timeout=10).json()
             bad = httpx.get(f"{mesh.api}/v1/cascades/{bad_trace}", timeout=10).json()
             report = (f"\nB answers: exit {ok_exit}\n{ok_printed}{json.dumps(ok)}"
-                      f"\nB fails: exit {bad_exit}\n{bad_printed}{json.dumps(bad)}")
+                      f"\nB fails: exit {bad_exit}\n{bad_printed}{json.dumps(bad)}"
+                      f"\nour complaints: {complaints(agents)}")
+            if "unknown" in (ok["status"], bad["status"]):
+                report += ("\nno hop reported a cascade: is the venv's a2a-quiescence this checkout's? "
+                           "(bash scripts/install-frameworks.sh reinstalls it)")
 
             # (a) B answers: settled completed, both hops on the one trace, and A really answered with B's "done"
             assert ok_exit == 0, report
@@ -173,7 +191,4 @@ def test_framework_agents_get_honest_verdicts(name: str, tmp_path: Path) -> None
                 stop_process(agent.popen)
 
     # (c) our instrumentation neither failed nor refused anywhere
-    for agent in agents:
-        log = agent.stderr.read_text(errors="replace")
-        found = [line for line in log.splitlines() if any(c in line for c in OUR_COMPLAINTS)]
-        assert not found, f"{agent.service}: {found}"
+    assert not complaints(agents)

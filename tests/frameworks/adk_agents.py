@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 from typing import AsyncGenerator
 
 import uvicorn
@@ -27,6 +28,8 @@ from google.adk.models.llm_response import LlmResponse
 from google.adk.tools.agent_tool import AgentTool
 from google.genai import types
 
+warnings.filterwarnings("ignore", message=r"\[EXPERIMENTAL\]")  # ADK marks its A2A support experimental
+
 
 def reply(*parts: types.Part) -> LlmResponse:
     return LlmResponse(content=types.Content(role="model", parts=list(parts)))
@@ -35,7 +38,8 @@ def reply(*parts: types.Part) -> LlmResponse:
 class StubB(BaseLlm):
     """B's model: "done", or an exception with FRAMEWORK_B_FAIL=1."""
 
-    async def generate_content_async(self, llm_request: LlmRequest, stream: bool = False) -> AsyncGenerator[LlmResponse, None]:
+    async def generate_content_async(self, llm_request: LlmRequest,
+                                     stream: bool = False) -> AsyncGenerator[LlmResponse, None]:
         if os.environ.get("FRAMEWORK_B_FAIL") == "1":
             raise RuntimeError("B's model failed (FRAMEWORK_B_FAIL=1)")
         yield reply(types.Part.from_text(text="done"))
@@ -44,7 +48,8 @@ class StubB(BaseLlm):
 class StubA(BaseLlm):
     """A's model: call the tool ``b`` first; once its answer is in, answer with it."""
 
-    async def generate_content_async(self, llm_request: LlmRequest, stream: bool = False) -> AsyncGenerator[LlmResponse, None]:
+    async def generate_content_async(self, llm_request: LlmRequest,
+                                     stream: bool = False) -> AsyncGenerator[LlmResponse, None]:
         answers = [p.function_response for c in llm_request.contents for p in (c.parts or []) if p.function_response]
         if not answers:
             yield reply(types.Part.from_function_call(name="b", args={"request": "do the work"}))

@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--peer", help="B's URL (role A)")
     args = parser.parse_args()
-    app = agent_to_a2a(build(args.role, args.peer), url=f"http://127.0.0.1:{args.port}", description=f"agent {args.role}")
+    app = agent_to_a2a(build(args.role, args.peer), url=f"http://127.0.0.1:{args.port}",
+                       description=f"agent {args.role}")
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=5)
 
 

@@ -71,7 +71,8 @@ def main() -> None:
         return Agent(name=args.role, description=f"Strands agent {args.role}", model=StubModel(args.role, args.peer),
                      tools=tools, callback_handler=None)
 
-    server = A2AServer(agent_factory=agent_factory, host="127.0.0.1", port=args.port, enable_a2a_compliant_streaming=True)
+    server = A2AServer(agent_factory=agent_factory, host="127.0.0.1", port=args.port,
+                       enable_a2a_compliant_streaming=True)
     server.serve(host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=5)
 
 
