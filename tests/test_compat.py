@@ -81,3 +81,75 @@ def test_sdk_03(version: str) -> None:
     # must fire: C failed its task; the cascade never reads completed
     assert failing["state"] == "failed"
     assert failing["failed"] >= 1 and "task_failed" in failing["failure_kinds"]
+
+
+def test_sdk_03_shutdown_mid_work_leaks_and_is_never_completed(tmp_path: Path) -> None:
+    """a2a-sdk 0.3 has no drain: an agent stopped (SIGTERM) while its task works leaves
+    its producer running when the process dies (uvicorn re-raises the signal once its
+    shutdown returns). Its shutdown record counts the leaked producer and the cascade is
+    held, stuck, by the shut-down hop, never settled (must fire); a task that finished
+    before the stop reads completed and the hop's leak count starts at 0 (must not)."""
+    import signal
+    import threading
+    import uuid
+
+    import httpx
+
+    from a2a_quiescence import names
+    from a2a_quiescence.demo.harness import Mesh, free_port, stop_process, wait_http
+    from a2a_quiescence.wait import NotSettled, wait_sync
+    from support import wait_until
+
+    bin_dir = ROOT / ".tools" / "compat" / "a2a-sdk-0.3.26" / "bin"
+    if not (bin_dir / "python").exists():
+        message = "no a2a-sdk 0.3.26 virtualenv (scripts/install-compat.sh makes it)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+    def send(url: str, trace_id: str, work_ms: int) -> None:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {
+            "kind": "message", "messageId": uuid.uuid4().hex, "role": "user",
+            "parts": [{"kind": "text", "text": str(work_ms)}]}}}
+        try:
+            httpx.post(url, json=body, headers={"traceparent": f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"},
+                       timeout=60)
+        except httpx.HTTPError:
+            pass  # the agent went away mid-request: that is the point
+
+    with Mesh(tmp_path) as mesh:
+        mesh.start_collector(stuck_after=1)
+        port = free_port()
+        agent = subprocess.Popen(
+            [str(bin_dir / "opentelemetry-instrument"), str(bin_dir / "python"),
+             str(Path(__file__).with_name("compat_agent_03.py")), "--port", str(port)],
+            env=mesh.agent_env("worker03"), cwd=tmp_path, stdout=(tmp_path / "agent.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            wait_http(url + ".well-known/agent-card.json", proc=agent)
+            quick, slow = uuid.uuid4().hex, uuid.uuid4().hex
+            send(url, quick, 1)
+            assert wait_sync(quick, endpoint=mesh.api, timeout=30)["outcome"] == names.VERDICT_COMPLETED
+            caller = threading.Thread(target=send, args=(url, slow, 60_000))
+            caller.start()
+            wait_until(lambda: httpx.get(f"{mesh.api}/v1/cascades/{slow}", timeout=5).json().get("status") == "open",
+                       "the slow cascade at work", timeout=30, every=0.05)
+            before = httpx.get(f"{mesh.api}/v1/mesh", timeout=5).json()
+            assert stop_process(agent, signal.SIGTERM) is not None
+            caller.join(timeout=60)
+            with pytest.raises(NotSettled) as held:
+                wait_sync(slow, endpoint=mesh.api, timeout=3)
+            mesh_view = httpx.get(f"{mesh.api}/v1/mesh", timeout=5).json()
+        finally:
+            stop_process(agent)
+    (worker,) = [a for a in before["agents"] if a["agent"] == "worker03"]
+    assert worker["shutdown_leaked_producers"] in (0, None), worker
+    state = held.value.state
+    assert state["status"] == names.STATUS_STUCK and state.get("outcome") is None, state
+    (holder,) = [h for h in state["holders"] if h.get("kind") == "active_hop"]
+    assert holder["hop"] == "worker03" and holder["hop_state"] == "shut_down", state
+    (worker,) = [a for a in mesh_view["agents"] if a["agent"] == "worker03"]
+    assert worker["shutdown_leaked_producers"] >= 1, worker
+    assert "internal error" not in (tmp_path / "agent.log").read_text()
