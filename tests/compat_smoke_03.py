@@ -9,49 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import uuid
-from collections import Counter
 from importlib.metadata import version
 
 import httpx
-import uvicorn
-import wrapt
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from a2a_quiescence.demo.harness import free_port
-from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+from compat_relay import Relay
 
 
-class Captured(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
+def card_for(url: str, agent: str):
+    from a2a.types import AgentCapabilities, AgentCard
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+    return AgentCard(
+        name=agent, description="compat relay", url=url + "/", version="1.0",
+        capabilities=AgentCapabilities(streaming=True),
+        default_input_modes=["text"], default_output_modes=["text"], skills=[],
+    )
 
 
-def build(name: str, port: int, downstream: str | None, streaming_downstream: bool):
+def build(name: str, url: str, downstream: str | None, streaming_downstream: bool):
     from a2a.client import ClientConfig, ClientFactory
     from a2a.server.agent_execution import AgentExecutor
     from a2a.server.apps import A2AStarletteApplication
     from a2a.server.request_handlers import DefaultRequestHandler
     from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-    from a2a.types import AgentCapabilities, AgentCard, Message, Part, Role, TaskState, TextPart
+    from a2a.types import Message, Part, Role, TaskState, TextPart
     from a2a.utils import new_task
 
-    def card_for(url: str, agent: str) -> AgentCard:
-        return AgentCard(
-            name=agent, description="compat relay", url=url + "/", version="1.0",
-            capabilities=AgentCapabilities(streaming=True),
-            default_input_modes=["text"], default_output_modes=["text"], skills=[],
-        )
-
-    class Relay(AgentExecutor):
+    class RelayExecutor(AgentExecutor):
         async def execute(self, context, event_queue) -> None:
             task = context.current_task or new_task(context.message)
             await event_queue.enqueue_event(task)
@@ -79,90 +64,33 @@ def build(name: str, port: int, downstream: str | None, streaming_downstream: bo
         async def cancel(self, context, event_queue) -> None:
             raise RuntimeError("not cancellable")
 
-    url = f"http://127.0.0.1:{port}"
-    handler = DefaultRequestHandler(agent_executor=Relay(), task_store=InMemoryTaskStore())
-    return A2AStarletteApplication(agent_card=card_for(url, name), http_handler=handler).build(), card_for
+    handler = DefaultRequestHandler(agent_executor=RelayExecutor(), task_store=InMemoryTaskStore())
+    return A2AStarletteApplication(agent_card=card_for(url, name), http_handler=handler).build()
 
 
 async def main() -> dict:
     from a2a.client import ClientConfig, ClientFactory
     from a2a.types import Message, Part, Role, TextPart
 
-    captured = Captured()
-    logging.getLogger("a2a_quiescence").addHandler(captured)
-    logging.getLogger("a2a_quiescence").setLevel(logging.DEBUG)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "compat03"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    inst = A2AQuiescenceInstrumentor()
-    inst.instrument(tracer_provider=provider, report=False, skip_dep_check=True)
-    rt = inst.runtime
-    ports = {name: free_port() for name in "ABC"}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    servers = []
-    card_for = None
-    for name, downstream, streaming in (("C", None, False), ("B", "C", True), ("A", "B", False)):
-        app, card_for = build(name, ports[name], urls[downstream] if downstream else None, streaming)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[name], log_level="error"))
-        servers.append((server, asyncio.create_task(server.serve())))
-    while not all(s.started for s, _ in servers):
-        await asyncio.sleep(0.01)
+    relay = Relay("compat03")
+    await relay.start(build)
 
-    async def cascade(text: str) -> tuple[str, str]:
-        """Send ``text`` to A from an instrumented client (this process is the root hop)."""
-        before = set(rt.tracker.cascades)
-        async with httpx.AsyncClient(timeout=30) as http:
-            client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card_for(urls["A"], "A"))
-            message = Message(role=Role.user, parts=[Part(root=TextPart(text=text))], message_id=uuid.uuid4().hex)
-            last = None
-            async for event in client.send_message(message):
-                last = event
-        (trace_id,) = set(rt.tracker.cascades) - before
-        # the relay has answered; producers finish right after: wait for that, bounded
-        for _ in range(500):
-            if rt.tracker.producers_in_flight == 0 and rt.tracker.cascades[trace_id].active == 0:
-                break
-            await asyncio.sleep(0.01)
-        return trace_id, str(last[0].status.state.value)
+    def send(text: str):
+        async def call() -> str:
+            """``text`` to A from an instrumented client (this process is the root hop)."""
+            async with httpx.AsyncClient(timeout=30) as http:
+                factory = ClientFactory(ClientConfig(httpx_client=http, streaming=False))
+                client = factory.create(card_for(relay.urls["A"], "A"))
+                message = Message(role=Role.user, parts=[Part(root=TextPart(text=text))], message_id=uuid.uuid4().hex)
+                last = None
+                async for event in client.send_message(message):
+                    last = event
+            return str(last[0].status.state.value)
+        return call
 
-    def observed(trace_id: str, state: str) -> dict:
-        c = rt.tracker.cascades[trace_id]
-        return {
-            "trace_id": trace_id,
-            "state": state,
-            "active": c.active,
-            "sent": sum(t.count for t in c.sent.values()),
-            "received": sum(t.count for t in c.received.values()),
-            "roots": c.roots.count,
-            "failed": c.failed,
-            "lost": c.lost,
-            "failure_kinds": sorted({f["kind"] for f in c.failures or ()}),
-        }
-
-    ok = observed(*await cascade("hello"))
-    failing = observed(*await cascade("please fail"))
-    for server, task in servers:
-        server.should_exit = True
-        await task
-    spans = exporter.get_finished_spans()
-    producers = [s for s in spans if s.name == "a2a.active_task.producer"]
-    patched = list(inst._patched)
-    inst.uninstrument()
-    return {
-        "a2a_sdk": version("a2a-sdk"),
-        "spans": dict(Counter(s.name for s in spans)),
-        "producer_traces": Counter(format(s.context.trace_id, "032x") for s in producers),
-        "outcomes": dict(Counter(str(s.attributes.get("a2a.active_task.producer.outcome")) for s in producers)),
-        "ok": ok,
-        "failing": failing,
-        "in_flight": rt.tracker.producers_in_flight,
-        "patched": sorted(f"{cls.__name__}.{attr}" for cls, attr in patched),
-        # uninstrument put every original back
-        "still_wrapped": sorted(f"{cls.__name__}.{attr}" for cls, attr in patched
-                                if isinstance(cls.__dict__[attr], wrapt.ObjectProxy)),
-        "unsupported": rt.tracker.unsupported,
-        "log": captured.lines,
-    }
+    ok = await relay.cascade(send("hello"))
+    failing = await relay.cascade(send("please fail"))
+    return {"a2a_sdk": version("a2a-sdk"), "ok": ok, "failing": failing, **await relay.stop()}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ polls the task until it ends; B's tool streams it to C. C's model raises on
 "please fail", so C's task fails (and B's and A's tools then fail theirs).
 
 Two cascades, each sent from an instrumented fasta2a client in this process (the
-root hop): "hello" (every hop completes) and "please fail". Prints what the instrumentation observed as JSON on the last line."""
+root hop): "hello" (every hop completes) and "please fail". With ``--edges``,
+fasta2a's own Worker API instead (see ``edges``). Prints what the
+instrumentation observed as JSON on the last line."""
 
 from __future__ import annotations
 
@@ -16,30 +18,17 @@ import json
 import logging
 import sys
 import uuid
-from collections import Counter
 from importlib.metadata import version
 
 import httpx
 import uvicorn
-import wrapt
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+from compat_relay import Captured, Relay
 
 ENDED = ("completed", "failed", "canceled", "rejected", "input-required", "auth-required")
-
-
-class Captured(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def message(text: str) -> dict:
@@ -99,74 +88,15 @@ def build(name: str, url: str, downstream: str | None, streaming_downstream: boo
 
 
 async def main() -> dict:
-    captured = Captured()
-    logging.getLogger("a2a_quiescence").addHandler(captured)
-    logging.getLogger("a2a_quiescence").setLevel(logging.DEBUG)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "fasta2a-relay"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    inst = A2AQuiescenceInstrumentor()
-    inst.instrument(tracer_provider=provider, report=False, skip_dep_check=True)
-    rt = inst.runtime
-    ports = {name: free_port() for name in "ABC"}
-    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    servers = []
-    for name, downstream, streaming in (("C", None, False), ("B", "C", True), ("A", "B", False)):
-        app = build(name, urls[name], urls[downstream] if downstream else None, streaming)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[name], log_level="error"))
-        servers.append((server, asyncio.create_task(server.serve())))
-    while not all(s.started for s, _ in servers):
-        await asyncio.sleep(0.01)
+    relay = Relay("fasta2a-relay")
+    await relay.start(build)
 
-    async def cascade(text: str) -> tuple[str, str]:
-        before = set(rt.tracker.cascades)
-        state = await ask(urls["A"], text, streaming=False)
-        (trace_id,) = {t for t in rt.tracker.cascades if t not in before}
-        # A's task has ended; its worker finishes right after: wait for that, bounded
-        for _ in range(500):
-            if rt.tracker.producers_in_flight == 0 and rt.tracker.cascades[trace_id].active == 0:
-                break
-            await asyncio.sleep(0.01)
-        return trace_id, state
+    def send(text: str):
+        return lambda: ask(relay.urls["A"], text, streaming=False)
 
-    def observed(trace_id: str, state: str) -> dict:
-        c = rt.tracker.cascades[trace_id]
-        return {
-            "trace_id": trace_id,
-            "state": state,
-            "active": c.active,
-            "sent": sum(t.count for t in c.sent.values()),
-            "received": sum(t.count for t in c.received.values()),
-            "roots": c.roots.count,
-            "failed": c.failed,
-            "lost": c.lost,
-            "kinds": sorted({f["kind"] for f in (*c.failures, *c.losses)}),
-        }
-
-    ok = observed(*await cascade("hello"))
-    failing = observed(*await cascade("please fail"))
-    for server, task in servers:
-        server.should_exit = True
-        await task
-    spans = exporter.get_finished_spans()
-    producers = [s for s in spans if s.name == "a2a.active_task.producer"]
-    patched = list(inst._patched)
-    inst.uninstrument()
-    return {
-        "fasta2a": version("fasta2a"),
-        "spans": dict(Counter(s.name for s in spans)),
-        "producer_traces": Counter(format(s.context.trace_id, "032x") for s in producers),
-        "outcomes": dict(Counter(str(s.attributes.get("a2a.active_task.producer.outcome")) for s in producers)),
-        "ok": ok,
-        "failing": failing,
-        "in_flight": rt.tracker.producers_in_flight,
-        "patched": sorted(f"{cls.__name__}.{attr}" for cls, attr in patched),
-        "still_wrapped": sorted(f"{cls.__name__}.{attr}" for cls, attr in patched
-                                if isinstance(cls.__dict__[attr], wrapt.ObjectProxy)),
-        "backends": rt.backends,
-        "unsupported": rt.tracker.unsupported,
-        "log": captured.lines,
-    }
+    ok = await relay.cascade(send("hello"))
+    failing = await relay.cascade(send("please fail"))
+    return {"fasta2a": version("fasta2a"), "ok": ok, "failing": failing, **await relay.stop()}
 
 
 async def edges() -> dict:

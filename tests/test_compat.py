@@ -15,20 +15,29 @@ from conftest import IN_CI, ROOT
 VERSIONS = ("1.0.3", "1.1.1", "1.2.3")
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_older_sdk(version: str) -> None:
-    python = ROOT / ".tools" / "compat" / f"a2a-sdk-{version}" / "bin" / "python"
-    if not python.exists():
-        message = f"no a2a-sdk {version} virtualenv (scripts/install-compat.sh makes it)"
+def compat_bin(name: str) -> Path:
+    """The bin/ of the virtualenv scripts/install-compat.sh made for ``name`` (skips, or
+    fails in CI, when there is none)."""
+    bin_dir = ROOT / ".tools" / "compat" / name / "bin"
+    if not (bin_dir / "python").exists():
+        message = f"no {name} virtualenv (scripts/install-compat.sh makes it)"
         if IN_CI:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    out = subprocess.run(
-        [str(python), str(Path(__file__).with_name("compat_smoke.py"))],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
+    return bin_dir
+
+
+def run_relay(version: str, script: str) -> dict:
+    """``script`` (beside this file) in that a2a-sdk release's virtualenv; the JSON it prints last."""
+    out = subprocess.run([str(compat_bin(f"a2a-sdk-{version}") / "python"), str(Path(__file__).with_name(script))],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_older_sdk(version: str) -> None:
+    result = run_relay(version, "compat_smoke.py")
     assert result["a2a_sdk"] == version
     assert result["spans"]["a2a.active_task.producer"] == 3
     assert result["spans"]["a2a.event_queue.close"] >= 6
@@ -49,18 +58,7 @@ def test_sdk_03(version: str) -> None:
     """a2a-sdk 0.3 (strands-agents, BeeAI, and agents written before 1.0): a relay written
     against 0.3's own API. Every hop's producer is seen and joined into one trace per
     cascade over both transports' clients; a task that failed reads failed, never completed."""
-    python = ROOT / ".tools" / "compat" / f"a2a-sdk-{version}" / "bin" / "python"
-    if not python.exists():
-        message = f"no a2a-sdk {version} virtualenv (scripts/install-compat.sh makes it)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    out = subprocess.run(
-        [str(python), str(Path(__file__).with_name("compat_smoke_03.py"))],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_relay(version, "compat_smoke_03.py")
     assert result["a2a_sdk"] == version
     assert result["unsupported"] == []
     assert result["log"] == [], "no internal error, no refusal"
@@ -80,7 +78,7 @@ def test_sdk_03(version: str) -> None:
     assert ok["state"] == "completed" and ok["failed"] == 0 and ok["lost"] == 0
     # must fire: C failed its task; the cascade never reads completed
     assert failing["state"] == "failed"
-    assert failing["failed"] >= 1 and "task_failed" in failing["failure_kinds"]
+    assert failing["failed"] >= 1 and "task_failed" in failing["kinds"]
 
 
 def test_sdk_03_shutdown_mid_work_leaks_and_is_never_completed(tmp_path: Path) -> None:
@@ -100,12 +98,7 @@ def test_sdk_03_shutdown_mid_work_leaks_and_is_never_completed(tmp_path: Path) -
     from a2a_quiescence.wait import NotSettled, wait_sync
     from support import wait_until
 
-    bin_dir = ROOT / ".tools" / "compat" / "a2a-sdk-0.3.26" / "bin"
-    if not (bin_dir / "python").exists():
-        message = "no a2a-sdk 0.3.26 virtualenv (scripts/install-compat.sh makes it)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    bin_dir = compat_bin("a2a-sdk-0.3.26")
 
     def send(url: str, trace_id: str, work_ms: int) -> None:
         body = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {

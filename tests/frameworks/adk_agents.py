@@ -13,7 +13,6 @@ B's task ends failed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 from typing import AsyncGenerator
@@ -27,6 +26,8 @@ from google.adk.models.llm_request import LlmRequest
 from google.adk.models.llm_response import LlmResponse
 from google.adk.tools.agent_tool import AgentTool
 from google.genai import types
+
+import roles  # tests/frameworks/roles.py, beside this script
 
 warnings.filterwarnings("ignore", message=r"\[EXPERIMENTAL\]")  # ADK marks its A2A support experimental
 
@@ -58,11 +59,7 @@ class StubA(BaseLlm):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["A", "B"], required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--peer", help="B's URL (role A)")
-    args = parser.parse_args()
+    args = roles.parse(__doc__)
     if args.role == "B":
         agent = LlmAgent(name="b", model=StubB(model="stub-b"), description="answers done", instruction="Answer done.")
     else:

@@ -14,7 +14,6 @@ remote A2A agent) turned into a tool, then answers with what B said. B answers
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Any
 
@@ -26,6 +25,8 @@ from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
 from agent_framework import Agent, BaseChatClient, ChatResponse, Content, FunctionInvocationLayer, Message
 from agent_framework_a2a import A2AAgent, A2AExecutor
 from starlette.applications import Starlette
+
+import roles  # tests/frameworks/roles.py, beside this script
 
 
 class StubClient(FunctionInvocationLayer[Any], BaseChatClient[Any]):
@@ -53,11 +54,7 @@ class StubClient(FunctionInvocationLayer[Any], BaseChatClient[Any]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["A", "B"], required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--peer", help="B's URL (role A)")
-    args = parser.parse_args()
+    args = roles.parse(__doc__)
     tools = [A2AAgent(name="b", description="agent B", url=args.peer).as_tool()] if args.role == "A" else []
     agent = Agent(client=StubClient(args.role), name=args.role.lower(), instructions="Do the work.", tools=tools)
     url = f"http://127.0.0.1:{args.port}/"

@@ -16,7 +16,6 @@ raises, so B's task ends failed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import uuid
 
@@ -27,6 +26,8 @@ from fasta2a.schema import Message, Part
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart as AiText, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+import roles  # tests/frameworks/roles.py, beside this script
 
 
 def model_b(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -69,11 +70,7 @@ def build(role: str, peer: str | None) -> Agent:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["A", "B"], required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--peer", help="B's URL (role A)")
-    args = parser.parse_args()
+    args = roles.parse(__doc__)
     app = agent_to_a2a(build(args.role, args.peer), url=f"http://127.0.0.1:{args.port}",
                        description=f"agent {args.role}")
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -13,7 +13,6 @@ FRAMEWORK_B_FAIL=1 B's model raises, so B's task ends failed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any, AsyncIterable
@@ -22,6 +21,8 @@ from strands import Agent
 from strands.models.model import Model
 from strands.multiagent.a2a import A2AServer
 from strands.vended_tools import make_a2a_client
+
+import roles  # tests/frameworks/roles.py, beside this script
 
 
 class StubModel(Model):
@@ -60,11 +61,7 @@ class StubModel(Model):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["A", "B"], required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--peer", help="B's URL (role A)")
-    args = parser.parse_args()
+    args = roles.parse(__doc__)
     tools = [make_a2a_client(allowed_endpoints=[args.peer])] if args.role == "A" else []
 
     def agent_factory(_context_id: str) -> Agent:
