@@ -10,19 +10,15 @@ request path: the agent only flips dirty bits and sets an event.
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import os
-import socket
-import struct
 import threading
 import time
 import urllib.parse
-from typing import Any
 
-
-from a2a_quiescence import __version__, names
+from a2a_quiescence import names
+from a2a_quiescence.instrumentation.connection import Sender
+from a2a_quiescence.instrumentation.snapshot_encoding import encode  # noqa: F401 - also imported from here
 from a2a_quiescence.instrumentation.tracker import HopTracker
 
 logger = logging.getLogger(__name__)
@@ -66,180 +62,9 @@ def resolve_headers(env: dict[str, str] | None = None) -> dict[str, str]:
 # resource and scope are the same in every request of an incarnation and the event-name
 # attribute in every record, so they are encoded once; per record only the clock, the
 # trace id and the JSON body are new. No message objects, no KeyValue per record.
-_JSON = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps builds an encoder per call
-
-
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64  # int64: two's complement, ten bytes
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _any_value(value: Any) -> bytes:
-    # AnyValue: string_value 1, bool_value 2, int_value 3 (a oneof: written even when zero)
-    if isinstance(value, bool):
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int):
-        return b"\x18" + _varint(value)
-    return _field(1, str(value).encode("utf-8"))
-
-
-def _key_value(key: str, value: Any) -> bytes:
-    # KeyValue: key 1, value 2 (an empty AnyValue is still present: it was set)
-    return (_field(1, key.encode("utf-8")) if key else b"") + _field(2, _any_value(value))
-
-
-# LogRecord fields: time_unix_nano 1 (fixed64), body 5, attributes 6, trace_id 9, observed_time_unix_nano 11 (fixed64)
-_HOP_ATTRS = _field(6, _key_value(names.LOG_ATTR_EVENT_NAME, names.EVENT_HOP_SNAPSHOT))
-_CASCADE_ATTRS = _field(6, _key_value(names.LOG_ATTR_EVENT_NAME, names.EVENT_CASCADE_SNAPSHOT))
-_TIME, _OBSERVED, _TRACE_ID = b"\x09", b"\x59", b"\x4a\x10"
-_BODY = b"\x2a"  # field 5, length-delimited: an AnyValue holding only string_value (field 1)
-_pack_time = struct.Struct("<Q").pack
-_HEADS: dict[tuple[Any, ...], bytes] = {}  # (service, incarnation, resource attributes) -> ResourceLogs.resource
-_SCOPE = _field(1, _field(1, names.SCOPE.encode()) + _field(2, __version__.encode()))  # ScopeLogs.scope
-
-
-def _resource(service_name: str, incarnation: str, resource_attrs: dict[str, Any] | None) -> bytes:
-    """ResourceLogs.resource (field 1): the same in every request of an incarnation."""
-    key = (service_name, incarnation, tuple((resource_attrs or {}).items()))
-    head = _HEADS.get(key)
-    if head is None:
-        attrs = {"service.name": service_name, "service.instance.id": incarnation}
-        attrs.update(resource_attrs or {})
-        head = _HEADS[key] = _field(1, b"".join(_field(1, _key_value(k, v)) for k, v in attrs.items()))
-        while len(_HEADS) > 16:
-            del _HEADS[next(iter(_HEADS))]
-    return head
-
-
-def _record(stamp: bytes, attrs: bytes, trace_id: bytes | None, body: str) -> bytes:
-    text = body.encode("utf-8")
-    any_value = b"\x0a" + _varint(len(text)) + text
-    parts = [_TIME, stamp, _BODY, _varint(len(any_value)), any_value, attrs]
-    if trace_id:
-        parts += (_TRACE_ID, trace_id)
-    parts += (_OBSERVED, stamp)
-    record = b"".join(parts)
-    return b"\x12" + _varint(len(record)) + record  # ScopeLogs.log_records (2)
-
-
-def encode(
-    service_name: str,
-    incarnation: str,
-    hop: dict[str, Any] | None,
-    cascades: list[tuple[str, dict[str, Any]]],
-    resource_attrs: dict[str, Any] | None = None,
-    now_ns: int | None = None,
-) -> bytes:
-    """One ExportLogsServiceRequest holding a hop snapshot and cascade snapshots."""
-    stamp = _pack_time(time.time_ns() if now_ns is None else now_ns)
-    records = [_SCOPE]
-    if hop is not None:
-        records.append(_record(stamp, _HOP_ATTRS, None, _JSON(hop)))
-    for trace_id, body in cascades:
-        records.append(_record(stamp, _CASCADE_ATTRS, bytes.fromhex(trace_id), _JSON(body)))
-    resource_logs = _resource(service_name, incarnation, resource_attrs) + _field(2, b"".join(records))
-    return _field(1, resource_logs)  # ExportLogsServiceRequest.resource_logs (1)
-
-
 # coalescing of what can settle a cascade: at most this long (the cap of the load-adaptive window)
 ENV_COALESCE_MS = names.ENV_COALESCE_MS
 DEFAULT_COALESCE_MS = 20.0
-
-
-class _Connection:
-    """A kept-alive HTTP/1.1 connection for POSTing snapshots: the request head is
-    built once and sent with the body in one write, and the status line and the few
-    headers the reporter reads are parsed by hand. (``http.client`` parses every
-    response head with the ``email`` package: per export it cost more CPU than
-    taking and encoding the snapshots.) Anything unusual (no content-length, a
-    chunked body, ``connection: close``, HTTP/1.0) closes the connection after the
-    response; the next export opens a new one."""
-
-    def __init__(self, parsed: urllib.parse.SplitResult, headers: dict[str, str], timeout: float) -> None:
-        self.address = (parsed.hostname, parsed.port or 80)
-        self.timeout = timeout
-        lines = [f"POST {parsed.path or '/v1/logs'} HTTP/1.1", f"host: {parsed.netloc.rpartition('@')[2]}",
-                 "accept-encoding: identity"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.head = ("\r\n".join(lines) + "\r\ncontent-length: ").encode("latin-1")
-        self.sock: socket.socket | None = None
-
-    @staticmethod
-    def usable(headers: dict[str, str]) -> bool:
-        """Headers this connection can send verbatim (else ``http.client`` validates them)."""
-        try:
-            text = "".join(f"{k}{v}" for k, v in headers.items())
-            text.encode("latin-1")
-        except UnicodeEncodeError:
-            return False
-        return not any(c in text for c in "\r\n\0") and all(k and ":" not in k and " " not in k for k in headers)
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            finally:
-                self.sock = None
-
-    def post(self, body: bytes) -> tuple[int, str, dict[str, str]]:
-        """POST ``body``; returns (status, reason, response headers lower-cased)."""
-        sock = self.sock
-        if sock is None:
-            sock = socket.create_connection(self.address, timeout=self.timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = sock
-        sock.sendall(b"".join((self.head, str(len(body)).encode(), b"\r\n\r\n", body)))
-        buf = b""
-        while True:
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise http.client.RemoteDisconnected("collector closed the connection")
-                buf += chunk
-                if len(buf) > 65536:
-                    raise http.client.HTTPException("response head too large")
-            lines = buf[:end].decode("latin-1").split("\r\n")
-            buf = buf[end + 4:]
-            version, _, rest = lines[0].partition(" ")
-            code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/") or not code.isdigit():
-                raise http.client.BadStatusLine(lines[0])
-            status = int(code)
-            if not 100 <= status < 200:
-                break  # else an interim response: the real one follows
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        length = headers.get("content-length", "")
-        if "transfer-encoding" in headers or not length.isdigit():
-            keep = False  # a body we do not need and cannot delimit cheaply: drop the connection
-        else:
-            need = int(length)
-            while len(buf) < need:
-                chunk = sock.recv(max(65536, need - len(buf)))
-                if not chunk:
-                    raise http.client.IncompleteRead(buf)
-                buf += chunk
-            if len(buf) != need:
-                keep = False  # more than one response: not ours to read
-        if not keep:
-            self.close()
-        return status, reason, headers
 
 
 class Reporter:
@@ -262,7 +87,6 @@ class Reporter:
         parsed = urllib.parse.urlsplit(self.endpoint)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"snapshot endpoint must be an http(s) URL, got {self.endpoint!r}")
-        self._parsed = parsed
         self.headers = {"content-type": "application/x-protobuf", **(headers if headers is not None else resolve_headers())}
         ms = float(os.environ.get(names.ENV_FLUSH_MS, "5"))
         self.flush_interval = flush_interval if flush_interval is not None else ms / 1000.0
@@ -280,13 +104,10 @@ class Reporter:
         self._event = threading.Event()
         self._send_lock = threading.Lock()
         self._stop = False
-        self._conn: http.client.HTTPConnection | None = None
         self._collector_id: str | None = None
         self._failures = 0
         self._warned = False
-        self._plain: _Connection | None = None
-        if parsed.scheme == "http" and _Connection.usable(self.headers):
-            self._plain = _Connection(parsed, self.headers, timeout)
+        self._sender = Sender(parsed, self.headers, timeout)
         self.exports = 0
         self.export_failures = 0
         self._thread: threading.Thread | None = None
@@ -304,9 +125,7 @@ class Reporter:
         start afresh (the tracker has become a new incarnation)."""
         self._event = threading.Event()
         self._send_lock = threading.Lock()
-        self._conn = None
-        if self._plain is not None:
-            self._plain.sock = None  # the parent's socket: not closed here, the parent still uses it
+        self._sender.after_fork()
         self._collector_id = None
         self._failures = 0
         self._window, self._last_prompt, self._wakes, self._rate = self.flush_interval, 0.0, 0, 0.0
@@ -391,18 +210,15 @@ class Reporter:
             for n, chunk in enumerate(chunks or [[]]):
                 try:
                     body = encode(self.service_name, self.tracker.incarnation, hop if n == 0 else None, chunk)
-                    collector_id = self._post(body)
+                    collector_id = self._sender.post(body)
                 except Exception as exc:  # noqa: BLE001 - fail-open: never reach the agent
                     self._failures += 1
                     self.export_failures += 1
                     if not self._warned:
                         self._warned = True
                         logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, exc)
-                    with self.tracker.lock:
-                        # nothing is lost: what was not delivered is sent again later
-                        self.tracker.hop_dirty = self.tracker.hop_dirty or n == 0
-                        for rest in chunks[n:]:
-                            self.tracker.dirty.update(t for t, _ in rest)
+                    # nothing is lost: what was not delivered is sent again later
+                    self.tracker.requeue(hop is not None and n == 0, [t for rest in chunks[n:] for t, _ in rest])
                     return False
                 self._failures = 0
                 self.exports += 1
@@ -414,41 +230,3 @@ class Reporter:
                     self._collector_id = collector_id
             return True
 
-    def _post(self, body: bytes) -> str | None:
-        if self._plain is not None:
-            return self._post_plain(self._plain, body)
-        for attempt in (0, 1):
-            conn = self._conn
-            if conn is None:
-                cls = http.client.HTTPSConnection if self._parsed.scheme == "https" else http.client.HTTPConnection
-                conn = self._conn = cls(self._parsed.hostname, self._parsed.port, timeout=self.timeout)
-            try:
-                conn.request("POST", self._parsed.path or "/v1/logs", body=body, headers=self.headers)
-                response = conn.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self._conn = None
-                if attempt:
-                    raise
-                continue  # a kept-alive connection the server closed: retry once
-            if response.status >= 300:
-                raise RuntimeError(f"collector answered {response.status} {response.reason}")
-            return response.getheader(names.HEADER_COLLECTOR_ID)
-        return None
-
-    @staticmethod
-    def _post_plain(conn: _Connection, body: bytes) -> str | None:
-        for attempt in (0, 1):
-            reused = conn.sock is not None
-            try:
-                status, reason, headers = conn.post(body)
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                if attempt or not reused:
-                    raise
-                continue  # a kept-alive connection the server closed: retry once (a resend is harmless)
-            if status >= 300:
-                raise RuntimeError(f"collector answered {status} {reason}")
-            return headers.get(names.HEADER_COLLECTOR_ID)
-        return None

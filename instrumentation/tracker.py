@@ -504,6 +504,12 @@ class HopTracker:
             unsupported=self.unsupported,
         ).to_json()
 
+    def requeue(self, hop: bool, trace_ids: list[str]) -> None:
+        """Snapshots taken but not delivered: ship them again (their latest state) later."""
+        with self.lock:
+            self.hop_dirty = self.hop_dirty or hop
+            self.dirty.update(trace_ids)
+
     def has_dirty(self) -> bool:
         return self.hop_dirty or bool(self.dirty) or bool(self.deferred)
 

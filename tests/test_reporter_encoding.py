@@ -13,7 +13,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from a2a_quiescence import __version__, names
-from a2a_quiescence.instrumentation.reporter import encode
+from a2a_quiescence.instrumentation.snapshot_encoding import encode
 from a2a_quiescence.instrumentation.tracker import HopTracker
 
 
