@@ -1,201 +1,38 @@
 """The Grafana "A2A mesh" dashboard, built with grafana-foundation-sdk.
 
-``build_dashboard()`` returns the SDK object, ``dashboard_json()`` the JSON
-text that is committed, and ``promql_expressions()`` lists every PromQL
-query in a dashboard JSON with Grafana's variables substituted, so a test
-against a real Prometheus can run each panel query.
+``build_dashboard()`` returns the SDK object, one row per function below,
+and ``dashboard_json()`` the JSON text that is committed. The panels' pieces
+are in ``panels``; ``reading`` reads a dashboard back (``promql_expressions()``
+lists every PromQL query with Grafana's variables substituted, so a test
+against a real Prometheus can run each panel query).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from typing import Any, Iterable
-from urllib.parse import quote
+from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, common
 from grafana_foundation_sdk.builders import dashboard as gd
-from grafana_foundation_sdk.builders import nodegraph, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import nodegraph, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
-from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from a2a_quiescence import names as n
 from a2a_quiescence.dashboards import rules
 from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, DASHBOARD_TITLE, DASHBOARD_UID
-
-# --- dashboard variables ---------------------------------------------------
-VAR_PROMETHEUS = "datasource"
-VAR_TRACES = "traces"
-VAR_AGENT = "agent"
-TRACE_BACKENDS = ("tempo", "jaeger")
-
-PROM = dm.DataSourceRef(type_val="prometheus", uid=f"${{{VAR_PROMETHEUS}}}")
-AGENT_MATCH = f'{n.LABEL_AGENT}=~"${VAR_AGENT}"'
-# Grafana's own variables, with the values promql_expressions() puts in.
-GRAFANA_BUILTINS = {
-    "__rate_interval": "1m",
-    "__interval": "15s",
-    "__range": "1h",
-    "__range_s": "3600",
-}
+from a2a_quiescence.dashboards.panels import (
+    AGENT_MATCH, GREEN_RED, NO_TIER, OUTCOME_COLORS, PROM, TRACE_BACKENDS, VAR_AGENT, VAR_PROMETHEUS, VAR_TRACES,
+    _agent_data_link, _fixed_color, _last, _legend, _panel_link, _q, _shutdown_gauge, _thresholds, _trace_query,
+    explore_url, node_graph_queries,
+)
+# also read from here: what reads a dashboard back
+from a2a_quiescence.dashboards.reading import iter_panels, promql_expressions, substitute_variables  # noqa: F401
 
 
-def _q(expr: str, ref: str = "A", legend: str | None = None, *, instant: bool = False,
-       table: bool = False) -> prometheus.Dataquery:
-    query = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(PROM)
-    if legend is not None:
-        query = query.legend_format(legend)
-    if instant:
-        query = query.instant()
-    if table:
-        query = query.format(PromQueryFormat.TABLE)
-    return query
-
-
-def _thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
-    return (
-        gd.ThresholdsConfig()
-        .mode(dm.ThresholdsMode.ABSOLUTE)
-        .steps([dm.Threshold(value=value, color=color) for value, color in steps])
-    )
-
-
-GREEN_RED = _thresholds((None, "green"), (1, "red"))
-# the ring series exist only where collectors were given a shard set: 0 elsewhere
-NO_TIER = " or on() vector(0)"
-# how each settled outcome is drawn (names.VERDICTS)
-OUTCOME_COLORS = {n.VERDICT_COMPLETED: "green", n.VERDICT_FAILED: "orange", n.VERDICT_LOST: "red"}
-
-
-def _fixed_color(color: str) -> list[dm.DynamicConfigValue]:
-    return [dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})]
-
-
-def _last() -> common.ReduceDataOptions:
-    return common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
-
-
-def _legend() -> common.VizLegendOptions:
-    return (
-        common.VizLegendOptions()
-        .display_mode(cm.LegendDisplayMode.TABLE)
-        .placement(cm.LegendPlacement.BOTTOM)
-        .show_legend(True)
-        .calcs(["lastNotNull", "max"])
-    )
-
-
-# --- trace links -----------------------------------------------------------
-def _trace_query(backend: str, service: str, span: str | None = None,
-                 stalled: bool = False) -> dict[str, object]:
-    """One Explore query for the trace backend (Tempo TraceQL or Jaeger search)."""
-    if backend == "tempo":
-        conditions = [f'resource.service.name=~"{service}"']
-        if span:
-            conditions.append(f'name="{span}"')
-        if stalled:
-            conditions.append(f"span.{n.ATTR_STALLED}=true")
-        return {"queryType": "traceql", "query": "{" + " && ".join(conditions) + "}"}
-    query: dict[str, object] = {"queryType": "search", "service": service}
-    if span:
-        query["operation"] = span
-    if stalled:
-        query["tags"] = f"{n.ATTR_STALLED}=true"
-    return query
-
-
-def explore_url(backend: str, query: dict[str, object]) -> str:
-    """Grafana Explore link running ``query`` on the ``$traces`` datasource."""
-    ref = {"type": backend, "uid": f"${{{VAR_TRACES}}}"}
-    pane = {
-        "datasource": f"${{{VAR_TRACES}}}",
-        "queries": [{"refId": "A", "datasource": ref, **query}],
-        "range": {"from": "${__from}", "to": "${__to}"},
-    }
-    encoded = quote(json.dumps({"traces": pane}, separators=(",", ":")), safe="")
-    # Grafana must still see its ${...} placeholders to interpolate them.
-    encoded = re.sub(
-        r"%24%7B([A-Za-z0-9_.]+(?:%3A[a-z]+)?)%7D",
-        lambda m: "${" + m.group(1).replace("%3A", ":") + "}",
-        encoded,
-    )
-    return f"/explore?schemaVersion=1&panes={encoded}"
-
-
-def _panel_link(backend: str, title: str, span: str | None = None,
-                stalled: bool = False) -> gd.DashboardLink:
-    service = f"${{{VAR_AGENT}:regex}}" if backend == "tempo" else f"${{{VAR_AGENT}}}"
-    return (
-        gd.DashboardLink(title)
-        .url(explore_url(backend, _trace_query(backend, service, span, stalled)))
-        .target_blank(True)
-        .tooltip("Opens the matching traces in Explore on the $traces datasource")
-    )
-
-
-def _agent_data_link(backend: str, span: str | None = None,
-                     stalled: bool = False) -> gd.DashboardLink:
-    service = "${__field.labels.agent}"
-    return (
-        gd.DashboardLink("Traces of ${__field.labels.agent}")
-        .url(explore_url(backend, _trace_query(backend, service, span, stalled)))
-        .target_blank(True)
-    )
-
-
-def _shutdown_gauge(title: str, description: str, metric: str, link: gd.DashboardLink) -> bargauge.Panel:
-    """A per-agent bar gauge of a value the agent's last shutdown left behind (red above 0)."""
-    return (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .with_target(_q(f"max by (agent) ({metric}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
-        .unit("short")
-        .thresholds(GREEN_RED)
-        .reduce_options(_last())
-        .orientation(cm.VizOrientation.HORIZONTAL)
-        .data_links([link])
-        .span(6).height(8)
-    )
-
-
-# --- node graph ------------------------------------------------------------
-def _edge_increase() -> str:
-    return f"increase({n.M_EDGE_MESSAGES}[$__range])"
-
-
-def node_graph_queries() -> tuple[str, str]:
-    """(nodes, edges) PromQL shaped for Grafana's node graph (id/source/target)."""
-    edges = _edge_increase()
-    endpoint = 'label_replace(sum by ({side}) ({edges}), "id", "$1", "{side}", "(.+)")'
-    nodes = (
-        f'sum by (id) (label_replace({rules.R_PRODUCERS_IN_FLIGHT}, "id", "$1", "{n.LABEL_AGENT}", "(.+)"))'
-        # hops that only appear on an edge (no in-flight gauge, e.g. a plain client)
-        f" or sum by (id) (0 * {endpoint.format(side='from', edges=edges)})"
-        f" or sum by (id) (0 * {endpoint.format(side='to', edges=edges)})"
-    )
-    edge_query = (
-        'label_join(label_replace(label_replace('
-        f"sum by (from, to) ({edges}), "
-        '"source", "$1", "from", "(.+)"), "target", "$1", "to", "(.+)"), '
-        '"id", "->", "from", "to")'
-    )
-    return nodes, edge_query
-
-
-# --- the dashboard ---------------------------------------------------------
-def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
-    """The "A2A mesh" dashboard; ``trace_backend`` is ``tempo`` or ``jaeger``."""
-    if trace_backend not in TRACE_BACKENDS:
-        raise ValueError(f"trace_backend must be one of {TRACE_BACKENDS}")
-    tb = trace_backend
-    nodes_expr, edges_expr = node_graph_queries()
-    latency_p50 = rules.R_DETECTION_LATENCY_P50
-    latency_p99 = rules.R_DETECTION_LATENCY_P99
-    stuck_link = _panel_link(tb, "Open cascades in traces")
-    settled_by_outcome = (
+def _settled_by_outcome() -> timeseries.Panel:
+    """Cascades settled per second, one line per outcome in its own colour."""
+    panel = (
         timeseries.Panel()
         .title("Cascades settled by outcome")
         .description(
@@ -212,9 +49,18 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
         .span(12).height(7)
     )
     for outcome, color in OUTCOME_COLORS.items():
-        settled_by_outcome = settled_by_outcome.override_by_name(outcome, _fixed_color(color))
+        panel = panel.override_by_name(outcome, _fixed_color(color))
+    return panel
 
-    panels: list[tuple[str, list[Any]]] = [
+
+def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
+    """The "Quiescence" row."""
+    latency_p50 = rules.R_DETECTION_LATENCY_P50
+    latency_p99 = rules.R_DETECTION_LATENCY_P99
+    stuck_link = _panel_link(tb, "Open cascades in traces")
+    settled_by_outcome = _settled_by_outcome()
+
+    return (
         ("Quiescence", [
             stat.Panel()
             .title("Mesh settled")
@@ -295,7 +141,13 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .legend(_legend())
             .span(12).height(7),
             settled_by_outcome,
-        ]),
+        ])
+    )
+
+
+def _row_producers(tb: str) -> tuple[str, list[Any]]:
+    """The "Producers" row."""
+    return (
         ("Producers", [
             timeseries.Panel()
             .title("In-flight producers per hop")
@@ -321,7 +173,13 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .unit("ops")
             .legend(_legend())
             .span(12).height(8),
-        ]),
+        ])
+    )
+
+
+def _row_shutdown(tb: str) -> tuple[str, list[Any]]:
+    """The "Shutdown" row."""
+    return (
         ("Shutdown", [
             _shutdown_gauge(
                 "Producers leaked at last shutdown",
@@ -358,7 +216,13 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .override_by_query("C", [dm.DynamicConfigValue(id_val="unit", value="s")])
             .legend(_legend())
             .span(6).height(8),
-        ]),
+        ])
+    )
+
+
+def _row_event_queues_tasks_and_push_deliveries(tb: str) -> tuple[str, list[Any]]:
+    """The "Event queues, tasks and push deliveries" row."""
+    return (
         ("Event queues, tasks and push deliveries", [
             timeseries.Panel()
             .title("Stalled EventQueue closes")
@@ -403,7 +267,14 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .links([_panel_link(tb, "Push delivery spans of $agent", n.SPAN_PUSH_SEND)])
             .data_links([_agent_data_link(tb, n.SPAN_PUSH_SEND)])
             .span(8).height(8),
-        ]),
+        ])
+    )
+
+
+def _row_mesh_topology() -> tuple[str, list[Any]]:
+    """The "Mesh topology" row."""
+    nodes_expr, edges_expr = node_graph_queries()
+    return (
         ("Mesh topology", [
             nodegraph.Panel()
             .title("Hops and edges")
@@ -421,7 +292,13 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .nodes(nodegraph.NodeOptions().main_stat_unit("short"))
             .edges(nodegraph.EdgeOptions().main_stat_unit("short"))
             .span(24).height(10),
-        ]),
+        ])
+    )
+
+
+def _row_mesh_tier() -> tuple[str, list[Any]]:
+    """The "Mesh tier" row."""
+    return (
         ("Mesh tier", [
             timeseries.Panel()
             .title("Cascades per shard")
@@ -457,7 +334,13 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .unit("short")
             .legend(_legend())
             .span(10).height(8),
-        ]),
+        ])
+    )
+
+
+def _row_collector() -> tuple[str, list[Any]]:
+    """The "Collector" row."""
+    return (
         ("Collector", [
             stat.Panel()
             .title("Collectors up")
@@ -488,9 +371,17 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
             .unit("ops")
             .legend(_legend())
             .span(9).height(8),
-        ]),
-    ]
+        ])
+    )
 
+
+# --- the dashboard ---------------------------------------------------------
+def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
+    """The "A2A mesh" dashboard; ``trace_backend`` is ``tempo`` or ``jaeger``."""
+    if trace_backend not in TRACE_BACKENDS:
+        raise ValueError(f"trace_backend must be one of {TRACE_BACKENDS}")
+    tb = trace_backend
+    rows = [_row_quiescence(tb), _row_producers(tb), _row_shutdown(tb), _row_event_queues_tasks_and_push_deliveries(tb), _row_mesh_topology(), _row_mesh_tier(), _row_collector()]
     board = (
         gd.Dashboard(DASHBOARD_TITLE)
         .uid(DASHBOARD_UID)
@@ -529,7 +420,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
         )
     )
     panel_id = 0
-    for row_title, row_panels in panels:
+    for row_title, row_panels in rows:
         panel_id += 1
         board = board.with_row(gd.Row(row_title).id(panel_id))
         for panel in row_panels:
@@ -547,58 +438,3 @@ def dashboard_json(trace_backend: str = "tempo") -> str:
     return json.dumps(dashboard_dict(trace_backend), indent=2, sort_keys=True) + "\n"
 
 
-# --- reading a dashboard back ----------------------------------------------
-def iter_panels(board: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """Every panel, including those nested in collapsed rows; rows themselves too."""
-    for panel in board.get("panels", []):
-        yield panel
-        yield from panel.get("panels", []) or []
-
-
-def substitute_variables(expr: str, board: dict[str, Any],
-                         values: dict[str, str] | None = None) -> str:
-    """``expr`` with Grafana's built-in and the dashboard's own variables filled in.
-
-    Built-ins take ``GRAFANA_BUILTINS``; query and custom variables take their
-    ``allValue`` (``.*`` for the agent selector) unless ``values`` says otherwise.
-    """
-    fill = dict(GRAFANA_BUILTINS)
-    for variable in board.get("templating", {}).get("list", []):
-        if variable.get("type") in ("query", "custom"):
-            fill[variable["name"]] = variable.get("allValue") or ".*"
-    fill.update(values or {})
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2) or match.group(3)
-        if name not in fill:
-            raise KeyError(f"unknown variable ${name} in {expr!r}")
-        return fill[name]
-
-    names = "|".join(re.escape(name) for name in sorted(fill, key=len, reverse=True))
-    pattern = rf"\$\{{({names})(?::[a-z]+)?\}}|\[\[({names})\]\]|\$({names})(?![A-Za-z0-9_])"
-    return re.sub(pattern, replace, expr)
-
-
-def promql_expressions(board: dict[str, Any] | str, values: dict[str, str] | None = None) -> list[str]:
-    """Every PromQL expression in a dashboard, ready to send to Prometheus.
-
-    ``board`` is the dashboard JSON (text or parsed). Includes each panel
-    target's ``expr`` and each Prometheus query variable's series selector
-    (``label_values(X, label)`` gives ``X``). Variables are substituted with
-    ``substitute_variables``.
-    """
-    if isinstance(board, str):
-        board = json.loads(board)
-    exprs: list[str] = []
-    for variable in board.get("templating", {}).get("list", []):
-        if variable.get("type") != "query":
-            continue
-        query = variable.get("query")
-        query = query.get("query", "") if isinstance(query, dict) else query or ""
-        match = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", query)
-        exprs.append(match.group(1) if match else query)
-    for panel in iter_panels(board):
-        for target in panel.get("targets", []) or []:
-            if target.get("expr"):
-                exprs.append(target["expr"])
-    return [substitute_variables(expr, board, values) for expr in exprs]
