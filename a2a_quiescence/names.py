@@ -17,17 +17,58 @@ SPAN_QUEUE_CLOSE = "a2a.event_queue.close"
 SPAN_HANDLER_ACLOSE = "a2a.request_handler.aclose"
 SPAN_REGISTRY_ACLOSE = "a2a.active_task_registry.aclose"
 SPAN_TASK_ACLOSE = "a2a.active_task.aclose"
-# ours, not fixed: one CLIENT span per outbound A2A call, one per push delivery
-SPAN_CLIENT_PREFIX = "a2a.client."
+# ours: one CLIENT span per push delivery (the webhook is not an A2A call)
 SPAN_PUSH_SEND = "a2a.push_notification.send"
+# ours: an asyncio task of a cascade garbage-collected while pending (ended at once, status ERROR)
+SPAN_DESTROYED_PENDING = "a2a.task.destroyed_pending"
+ATTR_DESTROYED_TRACE_ID = "trace_id"  # its span's (and its snapshot record's) cascade
 
-# --- span attributes -------------------------------------------------------
+# --- A2A call spans: the OpenTelemetry semantic conventions for A2A ----------
+# open-telemetry/semantic-conventions-genai, docs/gen-ai/a2a.md (status Development, added by its
+# PR #195) at this commit; unreleased (its CHANGELOG lists it under "Unreleased"). Its links pin the
+# general conventions (error.type, server.*, client.*) at semantic-conventions v1.44.0.
+SEMCONV_A2A_REPO = "open-telemetry/semantic-conventions-genai"
+SEMCONV_A2A_DOC = "docs/gen-ai/a2a.md"
+SEMCONV_A2A_COMMIT = "6718089fe6e0530fdf498d845f0532e9cf172c81"
+# One CLIENT span per outbound A2A call, one SERVER span per request answered, each named by
+# its A2A method (the value of ATTR_A2A_METHOD_NAME). The well-known method names we emit:
+METHOD_SEND_MESSAGE = "SendMessage"
+METHOD_SEND_STREAMING_MESSAGE = "SendStreamingMessage"
+METHOD_SUBSCRIBE_TO_TASK = "SubscribeToTask"
+METHOD_CANCEL_TASK = "CancelTask"
+A2A_METHODS = (METHOD_SEND_MESSAGE, METHOD_SEND_STREAMING_MESSAGE, METHOD_SUBSCRIBE_TO_TASK, METHOD_CANCEL_TASK)
+ATTR_A2A_METHOD_NAME = "a2a.method.name"  # required
+ATTR_A2A_MESSAGE_ID = "a2a.message.id"  # the request's message (not our delivery id, HEADER_MESSAGE_ID)
 ATTR_TASK_ID = "a2a.task.id"
-ATTR_CONTEXT_ID = "a2a.context.id"
+ATTR_TASK_STATE = "a2a.task.state"  # TASK_STATE_* (AWAITING_STATES' keys are two of them)
+ATTR_TENANT = "a2a.tenant"
+ATTR_REFERENCE_TASK_IDS = "a2a.message.reference_task_ids"
+ATTR_PROTOCOL_VERSION = "a2a.protocol.version"
+ATTR_CONVERSATION_ID = "gen_ai.conversation.id"  # the A2A contextId
+ATTR_AGENT_NAME = "gen_ai.agent.name"  # from the target (client) or local (server) Agent Card
+ATTR_AGENT_DESCRIPTION = "gen_ai.agent.description"
+ATTR_AGENT_VERSION = "gen_ai.agent.version"
+ERROR_OTHER = "_OTHER"  # error.type when nothing better is known (the conventions' fallback value)
+
+# --- names before the conventions (emitted too under OTEL_SEMCONV_STABILITY_OPT_IN=a2a/dup) ----
+# call spans were named LEGACY_SPAN_SERVER_PREFIX / LEGACY_SPAN_CLIENT_PREFIX + the wrapped
+# method (on_message_send, send_message...), which LEGACY_ATTR_METHOD carried; the producer span
+# carried the context id as LEGACY_ATTR_CONTEXT_ID
+LEGACY_SPAN_SERVER_PREFIX = "a2a.server."
+LEGACY_SPAN_CLIENT_PREFIX = "a2a.client."
+LEGACY_ATTR_METHOD = "a2a.method"
+LEGACY_ATTR_CONTEXT_ID = "a2a.context.id"
+
+# OTEL_SEMCONV_STABILITY_OPT_IN, read the way opentelemetry-python-contrib reads it
+# (opentelemetry.instrumentation._semconv: a comma-separated list; "<signal>/dup" wins over "<signal>")
+ENV_SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+SEMCONV_OPT_A2A = "a2a"  # the conventions only (also the default)
+SEMCONV_OPT_A2A_DUP = "a2a/dup"  # the conventions and, beside them, the names before them
+
+# --- span attributes (ours) ------------------------------------------------
 ATTR_OUTCOME = "a2a.active_task.producer.outcome"
 ATTR_QUEUE_ROLE = "a2a.event_queue.role"
 ATTR_CLOSE_IMMEDIATE = "a2a.event_queue.close.immediate"
-ATTR_METHOD = "a2a.method"
 ATTR_STALLED = "a2a.stalled"
 ATTR_PARKED_AT = "a2a.parked_at"
 ATTR_ASYNCIO_TASK = "asyncio.task.name"
@@ -95,7 +136,7 @@ OTEL_SHUTDOWN_LEAKED = "a2a.shutdown.leaked_producers"
 OTEL_WORK_ENDED = "a2a.work.ended"  # failures and losses, by kind (attribute ATTR_ENDING)
 ATTR_ENDING = "a2a.work.ending"
 ATTR_SDK_PLUMBING = "a2a.sdk_plumbing"
-# semantic conventions
+# general semantic conventions
 ATTR_ERROR_TYPE = "error.type"
 ATTR_SERVER_ADDRESS = "server.address"
 ATTR_SERVER_PORT = "server.port"
@@ -230,3 +271,10 @@ ENV_DISABLED = "A2A_QUIESCENCE_DISABLED"
 ENV_ALLOW_UNTESTED = "A2A_QUIESCENCE_ALLOW_UNTESTED"
 # a2a-sdk's own tracing; a2a-quiescence defaults it to "false" (an explicit "true" is honoured)
 ENV_A2A_SDK_TRACING = "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"
+# "false": make no A2A call spans (CLIENT/SERVER) and leave them to another A2A instrumentation;
+# receipts, sends, trace propagation, snapshots, settlement and the lifecycle spans stay
+ENV_CALL_SPANS = "A2A_QUIESCENCE_CALL_SPANS"
+# the entry point and module of other A2A instrumentations, which ours must never take
+# (loongsuite-instrumentation-a2a)
+PEER_ENTRY_POINT = "a2a"
+PEER_MODULE = "opentelemetry.instrumentation.a2a"

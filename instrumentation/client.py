@@ -1,11 +1,13 @@
 """The client-side wrappers: an A2A call or a push delivery sent is a unit of
 work on its cascade until it returns, and carries the headers that continue the
-cascade on the peer (fail-open, as every wrapper: see ``runtime``)."""
+cascade on the peer (fail-open, as every wrapper: see ``runtime``). An A2A call
+has a CLIENT span named by its A2A method, per the conventions (``semconv``),
+unless call spans are left to another instrumentation (the headers, the send and
+its receipt stay)."""
 
 from __future__ import annotations
 
 import functools
-import random
 import urllib.parse
 import uuid
 from typing import Any, Callable
@@ -14,40 +16,22 @@ from opentelemetry import baggage, context as otel_context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from a2a_quiescence import names
+from a2a_quiescence.instrumentation import semconv
 from a2a_quiescence.instrumentation.loop import ensure_loop_hooks
 from a2a_quiescence.instrumentation.runtime import (
     _BAGGAGE, _CALL_HEADERS, _PUSH_HEADERS, _TRACECONTEXT, Runtime, _add, _current_cascade, _end, _ending, _guard, _in_context,
-    _in_context_await, _record_error, _start_span, _stream_wrapper, _trace_hex, current, record_ending,
+    _in_context_await, _record_error, _start_span, _stream_wrapper, _synthetic_span, _trace_hex, current,
+    record_ending,
 )
 from a2a_quiescence.instrumentation.tracker import WorkToken
 
 
 # --- helpers -------------------------------------------------------------------
-def _synthetic_span(cascade: str) -> trace.Span:
-    """A stand-in parent carrying the cascade's trace id when no real span has it."""
-    return trace.NonRecordingSpan(
-        trace.SpanContext(
-            trace_id=int(cascade, 16),
-            span_id=random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-        )
-    )
-
-
 def _authority(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.netloc:
         return parts.netloc.lower()
     return url.lower()
-
-
-def _server_attributes(authority: str) -> dict[str, Any]:
-    """``server.address`` and ``server.port`` (semantic conventions) of a host:port."""
-    host, sep, port = authority.rpartition(":")
-    if sep and port.isdigit() and host:
-        return {names.ATTR_SERVER_ADDRESS: host.strip("[]"), names.ATTR_SERVER_PORT: int(port)}
-    return {names.ATTR_SERVER_ADDRESS: authority}
 
 
 def _outbound_headers(rt: Runtime, message_id: str | None, context: Any = None) -> dict[str, str]:
@@ -95,13 +79,15 @@ class _ClientCall:
     recorded and the headers handed to the call, so an error in between (swallowed
     by the guard) leaves nothing held, recorded or attached."""
 
-    def __init__(self, rt: Runtime, method: str, instance: Any, kwargs: dict[str, Any], dialect: Any) -> None:
+    def __init__(self, rt: Runtime, method: str, operation: str, instance: Any, args: Any, kwargs: dict[str, Any],
+                 dialect: Any) -> None:
         self.rt = rt
         self.method = method
         self.dialect = dialect
+        self.instance = instance
         self.work: WorkToken | None = None
         self.root: WorkToken | None = None
-        self.span: trace.Span | None = None
+        self.call: semconv.CallSpan | None = None
         self.destination = _authority(_transport_url(instance))
         self.message_id = uuid.uuid4().hex
         ensure_loop_hooks(rt)
@@ -116,26 +102,31 @@ class _ClientCall:
         current = trace.get_current_span().get_span_context()
         if cascade is not None and (not current.is_valid or _trace_hex(current) != cascade):
             parent = trace.set_span_in_context(_synthetic_span(cascade))
-        self.span = _start_span(
-            rt,
-            names.SPAN_CLIENT_PREFIX + method,
-            kind=SpanKind.CLIENT,
-            context=parent,
-            attributes={names.ATTR_METHOD: method, **_server_attributes(self.destination)},
-        )
+        span = None
+        if rt.call_spans:
+            attrs: dict[str, Any] = {names.ATTR_A2A_METHOD_NAME: operation}
+            with _guard("client span attributes " + method):  # never at the cost of the accounting
+                attrs = self._attributes(operation, args[0] if args else None)
+            span = _start_span(rt, operation, kind=SpanKind.CLIENT, context=parent, attributes=attrs)
+            self.call = semconv.CallSpan(span, dialect, attrs)
         try:
-            sc = self.span.get_span_context()
+            # the span whose context the call carries: ours; else (switched off, no SDK tracer)
+            # the current one (another instrumentation's CLIENT span, the caller's) when it is
+            # on the cascade's trace, else a stand-in with the cascade's trace id
+            carrier = span if span is not None and span.get_span_context().is_valid else trace.get_current_span(parent)
+            sc = carrier.get_span_context()
             if cascade is None:
                 # this process starts the cascade: it is the root hop
                 cascade = _trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
                 starts_cascade = True
-            carrier_span = self.span if sc.is_valid else _synthetic_span(cascade)
-            self.ctx = trace.set_span_in_context(carrier_span)
+            if not sc.is_valid:
+                carrier = _synthetic_span(cascade)
+            self.ctx = trace.set_span_in_context(carrier)
             headers = _outbound_headers(rt, self.message_id, self.ctx)
             call_context = dialect.with_headers(kwargs.get("context"), headers)
             self.headers = headers
         except BaseException:
-            _end(self.span)
+            _end(span)
             raise
         self.cascade = cascade
         if starts_cascade:
@@ -145,8 +136,34 @@ class _ClientCall:
         if call_context is not None:  # None: the library takes no call context (fasta2a)
             kwargs["context"] = call_context
 
+    def _attributes(self, operation: str, request: Any) -> dict[str, Any]:
+        """The CLIENT span's attributes known when the call leaves (``semconv``)."""
+        attrs: dict[str, Any] = {names.ATTR_A2A_METHOD_NAME: operation}
+        attrs.update(semconv.request_attributes(request))
+        attrs.update(semconv.card_attributes(getattr(self.instance, "agent_card", None)))
+        version = self.dialect.client_protocol_version(self.instance)
+        if version:
+            attrs[names.ATTR_PROTOCOL_VERSION] = version
+        attrs.update(semconv.server_attributes(self.destination))
+        if self.rt.semconv_dup:
+            attrs[names.LEGACY_ATTR_METHOD] = self.method
+        return attrs
+
+    @property
+    def span(self) -> trace.Span | None:
+        return self.call.span if self.call is not None else None
+
+    def observe(self, item: Any) -> None:
+        """An answer, or one event of the stream."""
+        if self.call is not None:
+            self.call.observe(item)
+
     def fail(self, exc: BaseException) -> None:
-        _record_error(self.span, exc)
+        if self.call is not None:
+            error_type = None
+            with _guard("client error type " + self.method):
+                error_type = self.dialect.client_error_type(exc, self.instance)
+            _record_error(self.call.span, exc, error_type)
         if self.work is None:
             return
         if _provably_not_sent(exc):
@@ -169,7 +186,10 @@ class _ClientCall:
             self.rt.tracker.release(self.work)
         if self.root is not None:
             self.rt.tracker.release(self.root)
-        _end(self.span)
+        if self.call is not None:
+            with _guard("client span " + self.method):
+                self.call.finish()
+            _end(self.call.span)
 
 
 def _call_failed(call: _ClientCall | None, method: str, exc: BaseException) -> None:
@@ -179,13 +199,15 @@ def _call_failed(call: _ClientCall | None, method: str, exc: BaseException) -> N
             call.fail(exc)
 
 
-def client_call(method: str, dialect: Any) -> Callable:
+def client_call(method: str, operation: str, dialect: Any) -> Callable:
+    """A client's ``method``, the A2A operation ``operation`` (a CLIENT span of that name)."""
+
     async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         rt = current()
         call = None
         if rt is not None:
             with _guard("client " + method):
-                call = _ClientCall(rt, method, instance, kwargs, dialect)
+                call = _ClientCall(rt, method, operation, instance, args, kwargs, dialect)
         try:
             if call is None:
                 return await wrapped(*args, **kwargs)
@@ -196,6 +218,8 @@ def client_call(method: str, dialect: Any) -> Callable:
                 result = await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
             finally:
                 _CALL_HEADERS.reset(token)
+            with _guard("client result " + method):
+                call.observe(result)
             rejected = getattr(dialect, "rejected", None)
             if rejected is not None:
                 with _guard("client result " + method):
@@ -214,8 +238,8 @@ def client_call(method: str, dialect: Any) -> Callable:
     return wrapper
 
 
-def client_stream(method: str, dialect: Any) -> Callable:
-    return _stream_wrapper(functools.partial(_client_stream, dialect=dialect), method)
+def client_stream(method: str, operation: str, dialect: Any) -> Callable:
+    return _stream_wrapper(functools.partial(_client_stream, operation=operation, dialect=dialect), method)
 
 
 async def _next_with_headers(call: _ClientCall, fn: Callable) -> Any:
@@ -227,11 +251,12 @@ async def _next_with_headers(call: _ClientCall, fn: Callable) -> Any:
 
 
 async def _client_stream(
-    rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any, *, dialect: Any
+    rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any, *, operation: str,
+    dialect: Any,
 ) -> Any:
     call = None
     with _guard("client " + method):
-        call = _ClientCall(rt, method, instance, kwargs, dialect)
+        call = _ClientCall(rt, method, operation, instance, args, kwargs, dialect)
     ctx = call.ctx if call is not None else None  # None: the call goes out as if uninstrumented
     cascade = call.cascade if call is not None else None
     if ctx is None:
@@ -247,6 +272,9 @@ async def _client_stream(
                     item = await _next_with_headers(call, agen.__anext__)
             except StopAsyncIteration:
                 break
+            if call is not None:
+                with _guard("client event " + method):
+                    call.observe(item)
             yield item
     except BaseException as exc:
         _call_failed(call, method, exc)
@@ -284,7 +312,8 @@ async def _push_dispatch(dialect: Any, wrapped: Callable, args: Any, kwargs: Any
             url = str(getattr(push_info, "url", "") or "")
             span = _start_span(
                 rt, names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT,
-                attributes={names.ATTR_URL_FULL: url, **_server_attributes(_authority(url))},
+                attributes={names.ATTR_URL_FULL: url, **semconv.server_attributes(_authority(url)),
+                            **_push_attributes(dialect, task_id, args, kwargs)},
             )
             headers = _outbound_headers(rt, None, trace.set_span_in_context(span))
             cascade = _current_cascade()
@@ -316,6 +345,20 @@ async def _push_dispatch(dialect: Any, wrapped: Callable, args: Any, kwargs: Any
                     _add(rt.ended, 1, {names.ATTR_ENDING: names.END_PUSH_FAILED})
                 rt.tracker.release(work, ending)  # the loss and the release, atomically
         _end(span)
+
+
+def _push_attributes(dialect: Any, task_id: str, args: Any, kwargs: Any) -> dict[str, Any]:
+    """The conventions' task attributes of what a push delivers (its task, state, context)."""
+    event = args[0] if args else kwargs.get("event", kwargs.get("task"))
+    event_task, context_id, state = semconv.facts(event, dialect)
+    attrs: dict[str, Any] = {}
+    if task_id or event_task:
+        attrs[names.ATTR_TASK_ID] = task_id or event_task
+    if context_id:
+        attrs[names.ATTR_CONVERSATION_ID] = context_id
+    if state:
+        attrs[names.ATTR_TASK_STATE] = state
+    return attrs
 
 
 def _add_headers(kwargs: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 
 from a2a_quiescence import __version__, names
-from a2a_quiescence.instrumentation import lifecycle
+from a2a_quiescence.instrumentation import lifecycle, semconv
 from a2a_quiescence.instrumentation.backends import Hook, choose, generic_hooks
 from a2a_quiescence.instrumentation.loop import forget_inherited_units, remove_loop_hooks
 from a2a_quiescence.instrumentation.package import _instruments_any
@@ -64,7 +64,10 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
     env ``A2A_QUIESCENCE_STALL_SECONDS``), ``report`` (False: keep snapshots in
     process, send nothing), ``endpoint`` (OTLP/HTTP logs URL for snapshots,
     default from ``A2A_QUIESCENCE_ENDPOINT`` or the OTLP variables) and
-    ``flush_interval`` / ``heartbeat`` (seconds).
+    ``flush_interval`` / ``heartbeat`` (seconds), and ``call_spans`` (False: make no A2A
+    CLIENT/SERVER call spans, leaving them to another A2A instrumentation; default from
+    ``A2A_QUIESCENCE_CALL_SPANS``, true). ``OTEL_SEMCONV_STABILITY_OPT_IN=a2a/dup`` adds
+    the attribute names from before the A2A semantic conventions (see ``semconv``).
     """
 
     def __init__(self) -> None:
@@ -134,7 +137,11 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
             stall = float(os.environ.get(names.ENV_STALL_SECONDS, "5"))
         service = kwargs.get("service_name") or _service_name(tracer_provider)
         tracker = HopTracker()
-        rt = Runtime(tracer, meter, tracker, service, float(stall))
+        call_spans = kwargs.get("call_spans")
+        if call_spans is None:
+            call_spans = semconv.call_spans_enabled()
+        rt = Runtime(tracer, meter, tracker, service, float(stall), call_spans=bool(call_spans),
+                     semconv_dup=semconv.dup_mode())
         self.runtime = rt
 
         reporter = None

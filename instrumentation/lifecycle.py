@@ -16,7 +16,7 @@ from a2a_quiescence import names
 from a2a_quiescence.instrumentation.loop import _innermost, _Watch, _where, ensure_loop_hooks
 from a2a_quiescence.instrumentation.runtime import (
     CASCADE, _OWNER, Runtime, _add, _client_cancel_requested, _current_cascade, _end, _ending, _guard,
-    _run_executor, _start_span, current, record_ending,
+    _run_executor, _start_span, current, note_task_state, record_ending,
 )
 
 
@@ -100,10 +100,7 @@ async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs:
         with _guard("ActiveTask.start"):
             ensure_loop_hooks(rt)
             tm = getattr(instance, "_task_manager", None)
-            attrs = {names.ATTR_TASK_ID: str(instance.task_id)}
-            context_id = getattr(tm, "context_id", None)
-            if context_id:
-                attrs[names.ATTR_CONTEXT_ID] = str(context_id)
+            attrs = producer_attributes(rt, str(instance.task_id), getattr(tm, "context_id", None))
             span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
             # spawned tasks copy this context: the producer's own spans nest under it
             token = otel_context.attach(trace.set_span_in_context(span))
@@ -125,6 +122,17 @@ async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs:
                 if producer is not None and not _TASK_STATE.get(instance, {}).get("tracked"):
                     _track_producer(rt, instance, producer, span)
                 # else: no producer was spawned; the span is never ended, so never exported
+
+
+def producer_attributes(rt: Runtime, task_id: str, context_id: Any) -> dict[str, Any]:
+    """A producer span's task and context (the conventions' names; under ``a2a/dup`` the
+    context also as before, ``a2a.context.id``)."""
+    attrs: dict[str, Any] = {names.ATTR_TASK_ID: task_id}
+    if context_id:
+        attrs[names.ATTR_CONVERSATION_ID] = str(context_id)
+        if rt.semconv_dup:
+            attrs[names.LEGACY_ATTR_CONTEXT_ID] = str(context_id)
+    return attrs
 
 
 def _release_unstarted(rt: Runtime, instance: Any) -> None:
@@ -156,7 +164,7 @@ def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: tr
             elif outcome is None:
                 exc = task.exception()
                 outcome = names.OUTCOME_FAILED if exc is not None else names.OUTCOME_COMPLETED
-            _producer_finished(rt, span, outcome)
+            _producer_finished(rt, span, outcome, state=rt.task_states.get(str(instance.task_id)))
 
     producer.add_done_callback(finished)
 
@@ -176,7 +184,9 @@ def _producer_started(rt: Runtime, task_id: str, producer: asyncio.Task, key: st
     _add(rt.in_flight, 1)
 
 
-def _producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: str | None = None) -> None:
+def _producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: str | None = None,
+                       state: str | None = None) -> None:
+    """``state``: the last state its task reached (``a2a.task.state`` on the span)."""
     if key is not None:
         rt.producers.pop(key, None)
     rt.tracker.producer_finished(outcome)
@@ -184,6 +194,8 @@ def _producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: 
     _add(rt.in_flight, -1)
     with _guard("producer span"):
         span.set_attribute(names.ATTR_OUTCOME, outcome)
+        if state:
+            span.set_attribute(names.ATTR_TASK_STATE, state)
         if outcome == names.OUTCOME_FAILED:
             span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
     _end(span)
@@ -245,6 +257,9 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
                         watch.done()
                     if token is not None:
                         otel_context.detach(token)
+                    task_id = str(getattr(instance, "task_id", "") or "")
+                    if task_id and rt.task_states.get(task_id):
+                        span.set_attribute(names.ATTR_TASK_STATE, rt.task_states[task_id])
                 _end(span)  # before on_end: its flush must include this span
                 if on_end is not None:
                     with _guard(span_name + "/on_end"):
@@ -353,6 +368,7 @@ def task_saved(state_name: Callable[[Any], str]) -> Callable:
 
 
 def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -> None:
+    note_task_state(rt, task_id, state_name)
     owner = _TASK_MANAGER_STATE.get(manager)
     # an ActiveTask's state belongs to the cascade that started it while that still
     # holds the task's plumbing; anything else to the request that wrote it
@@ -388,10 +404,7 @@ async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwa
         state.update(task_id=task_id, cascade=_current_cascade())
         if queue is not None:
             _QUEUE_ROLES[queue] = (names.ROLE_AGENT, task_id)
-        attrs = {names.ATTR_TASK_ID: task_id}
-        context_id = getattr(request, "context_id", None)
-        if context_id:
-            attrs[names.ATTR_CONTEXT_ID] = str(context_id)
+        attrs = producer_attributes(rt, task_id, getattr(request, "context_id", None))
         span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
         token = otel_context.attach(trace.set_span_in_context(span))
         _producer_started(rt, task_id, asyncio.current_task())
@@ -410,7 +423,7 @@ async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwa
                 otel_context.detach(token)
         if span is not None:
             with _guard("_run_event_stream/end"):
-                _producer_finished(rt, span, outcome)
+                _producer_finished(rt, span, outcome, state=rt.task_states.get(task_id))
 
 
 # --- server shutdown -------------------------------------------------------------

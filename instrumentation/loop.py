@@ -182,14 +182,14 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio
     detail = {
         names.ATTR_ASYNCIO_TASK: name,
         names.ATTR_TASK_ID: task_id,
-        "trace_id": trace_id,
+        names.ATTR_DESTROYED_TRACE_ID: trace_id,
         names.ATTR_PARKED_AT: where if (where := _where(task)) != "unknown" else rt.parked.get(name, where),
     }
     if plumbing:
         detail[names.ATTR_SDK_PLUMBING] = True
     rt.tracker.destroyed_pending_seen(detail)
     _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0], names.ATTR_SDK_PLUMBING: plumbing})
-    span = _start_span(rt, "a2a.task.destroyed_pending", attributes={k: v for k, v in detail.items() if v})
+    span = _start_span(rt, names.SPAN_DESTROYED_PENDING, attributes={k: v for k, v in detail.items() if v})
     with _guard("destroyed_pending span"):
         span.set_status(Status(StatusCode.ERROR, message))
     _end(span)

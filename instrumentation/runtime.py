@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import random
 import weakref
 from typing import Any, Callable
 
@@ -95,13 +96,27 @@ def _end(span: trace.Span | None) -> None:
             _report_internal_error("span.end", exc)
 
 
-def _record_error(span: trace.Span | None, exc: BaseException) -> None:
-    """Mark a span failed with the exception the agent saw (which still propagates)."""
+def _record_error(span: trace.Span | None, exc: BaseException, error_type: str | None = None) -> None:
+    """Mark a span failed with the exception the agent saw (which still propagates);
+    ``error.type`` is ``error_type`` (a JSON-RPC code or status answered) or the
+    exception's name."""
     if span is not None:
         with _guard("span error"):
             span.record_exception(exc)
-            span.set_attribute(names.ATTR_ERROR_TYPE, type(exc).__qualname__)
+            span.set_attribute(names.ATTR_ERROR_TYPE, error_type or type(exc).__qualname__)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+def _synthetic_span(cascade: str) -> trace.Span:
+    """A stand-in parent carrying the cascade's trace id when no real span has it."""
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=int(cascade, 16),
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    )
 
 
 def _add(instrument: Any, value: int, attributes: dict[str, Any] | None = None) -> None:
@@ -115,8 +130,13 @@ def _add(instrument: Any, value: int, attributes: dict[str, Any] | None = None) 
 class Runtime:
     """What the wrappers need: tracer, instruments, the hop tracker, settings."""
 
-    def __init__(self, tracer: trace.Tracer, meter: Any, tracker: HopTracker, service_name: str, stall_seconds: float) -> None:
+    def __init__(self, tracer: trace.Tracer, meter: Any, tracker: HopTracker, service_name: str, stall_seconds: float,
+                 call_spans: bool = True, semconv_dup: bool = False) -> None:
         self.tracer = tracer
+        # False: no A2A call spans (another instrumentation makes them); everything else stays
+        self.call_spans = call_spans
+        # OTEL_SEMCONV_STABILITY_OPT_IN=a2a/dup: the names before the conventions, beside theirs
+        self.semconv_dup = semconv_dup
         self.tracker = tracker
         self.service_name = service_name
         self.stall_seconds = stall_seconds
@@ -164,6 +184,8 @@ class Runtime:
         )
         # task id -> trace id of the request that spawned its producer (bounded)
         self.task_trace: dict[str, str] = {}
+        # task id -> the last state saved for it, TASK_STATE_* (bounded; for lifecycle spans)
+        self.task_states: dict[str, str] = {}
         # live producer tasks by name, and where leaked ones were parked at shutdown
         self.producers: "weakref.WeakValueDictionary[str, asyncio.Task]" = weakref.WeakValueDictionary()
         self.parked: dict[str, str] = {}
@@ -195,6 +217,15 @@ def _current_cascade() -> str | None:
     if cascade:
         return cascade
     return None
+
+
+def note_task_state(rt: Runtime, task_id: str, state: str) -> None:
+    """The last state saved for ``task_id`` (read when its producer span ends)."""
+    states = rt.task_states
+    states.pop(task_id, None)
+    states[task_id] = state
+    while len(states) > 10_000:
+        del states[next(iter(states))]
 
 
 # --- how work ended -----------------------------------------------------------

@@ -1,7 +1,9 @@
 """What the relay scripts run inside other libraries' virtualenvs share
 (tests/compat_smoke_03.py, tests/compat_smoke_fasta2a.py; tests/ is on their
 sys.path): the instrumented process, three servers A, B and C on loopback, the
-tracker's view of one cascade, and the report every one of them prints."""
+tracker's view of one cascade, and the report every one of them prints (with
+every span as a ``semconv_check.record``, which the tests check against the A2A
+semantic conventions)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+from semconv_check import record
 
 
 class Captured(logging.Handler):
@@ -95,6 +98,8 @@ class Relay:
         self.inst.uninstrument()
         return {
             "spans": dict(Counter(s.name for s in spans)),
+            # every span, for the A2A semantic conventions' checks (tests/semconv_check.py)
+            "records": [record(s) for s in spans],
             "producer_traces": Counter(format(s.context.trace_id, "032x") for s in producers),
             "outcomes": dict(Counter(str(s.attributes.get("a2a.active_task.producer.outcome")) for s in producers)),
             "in_flight": self.rt.tracker.producers_in_flight,

@@ -1,5 +1,7 @@
-"""Run by tests/test_compat.py inside a virtualenv holding an older a2a-sdk:
-an in-process A -> B -> C relay, instrumented, printing what was observed as JSON."""
+"""Run by tests/test_compat.py inside a virtualenv holding an older a2a-sdk (and by
+tests/test_semconv.py in this project's, with a2a-sdk's own tracing on and off):
+an in-process A -> B -> C relay, instrumented, printing what was observed as JSON
+(every span as ``semconv_check.record``s)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from collections import Counter
 
 import uvicorn
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -16,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+from semconv_check import record
 
 
 async def main() -> dict:
@@ -24,14 +28,19 @@ async def main() -> dict:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "compat"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # a2a-sdk's own tracing (when on) uses the global provider
     inst = A2AQuiescenceInstrumentor()
     inst.instrument(tracer_provider=provider, report=False, skip_dep_check=True)
     rt = inst.runtime
     ports = {name: free_port() for name in "ABC"}
     peers = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     servers = []
+    cards = {}
     for name, downstream in (("C", None), ("B", "C"), ("A", "B")):
-        app, _handler, _executor = build_app(name, ports[name], {downstream: peers[downstream]} if downstream else {})
+        app, handler, _executor = build_app(name, ports[name], {downstream: peers[downstream]} if downstream else {})
+        card = handler._agent_card
+        cards[name] = {"gen_ai.agent.name": card.name, "gen_ai.agent.description": card.description,
+                       "gen_ai.agent.version": card.version}
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=ports[name], log_level="error"))
         servers.append((server, asyncio.create_task(server.serve())))
     while not all(s.started for s, _ in servers):
@@ -55,6 +64,9 @@ async def main() -> dict:
     result = {
         "a2a_sdk": __import__("importlib.metadata").metadata.version("a2a-sdk"),
         "spans": dict(Counter(s.name for s in spans)),
+        "records": [record(s) for s in spans],
+        "cards": cards,
+        "sdk_tracing": __import__("os").environ.get("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"),
         "producer_traces": sorted(producer_traces),
         "trace_id": trace_id,
         "in_flight": rt.tracker.producers_in_flight,

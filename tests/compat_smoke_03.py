@@ -3,7 +3,9 @@ three agents written against 0.3's own API (A2AStarletteApplication,
 DefaultRequestHandler, TaskUpdater; ClientFactory clients), A -> B without
 streaming and B -> C streaming, instrumented in process. Two cascades: one where
 every hop completes, one where C fails its task (B and A then fail theirs). Prints
-what the instrumentation observed as JSON on the last line."""
+what the instrumentation observed as JSON on the last line (every span as a
+``semconv_check.record``: tests/test_compat.py checks the call spans against the
+A2A semantic conventions)."""
 
 from __future__ import annotations
 

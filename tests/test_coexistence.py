@@ -44,12 +44,13 @@ async def test_one_trace_and_an_unbroken_parent_chain_with_httpx_and_asgi_instru
 
     spans = tel.spans()
     by_id = {s.context.span_id: s for s in spans}
-    ours = [s for s in spans if s.name.startswith(("a2a.server.", "a2a.client.", names.SPAN_PRODUCER))]
+    ours = [s for s in spans if s.instrumentation_scope.name == names.SCOPE
+            and s.name in (*names.A2A_METHODS, names.SPAN_PRODUCER)]
     # everything of this cascade (ours and theirs) is one trace: the one the caller started
     assert {format(s.context.trace_id, "032x") for s in ours} == {trace_id}
-    asgi_servers = [s for s in spans if s.kind == SpanKind.SERVER and not s.name.startswith("a2a.")]
+    asgi_servers = [s for s in spans if s.kind == SpanKind.SERVER and s.instrumentation_scope.name != names.SCOPE]
     assert asgi_servers, "the ASGI middleware made server spans"
-    httpx_clients = [s for s in spans if s.kind == SpanKind.CLIENT and not s.name.startswith("a2a.")]
+    httpx_clients = [s for s in spans if s.kind == SpanKind.CLIENT and s.instrumentation_scope.name != names.SCOPE]
     assert httpx_clients, "the httpx instrumentation made client spans"
 
     # C's producer descends, hop by hop, from the caller's request, through our
@@ -60,17 +61,18 @@ async def test_one_trace_and_an_unbroken_parent_chain_with_httpx_and_asgi_instru
     chain = []
     node = producers[-1]
     while node is not None:
-        chain.append((node.name, node.kind))
+        chain.append((node.name, node.kind, node.instrumentation_scope.name == names.SCOPE))
         node = by_id.get(node.parent.span_id) if node.parent is not None else None
-    client = (names.SPAN_CLIENT_PREFIX + "send_message", SpanKind.CLIENT)
-    server = ("a2a.server.on_message_send", SpanKind.SERVER)
+    # ours are named by A2A method (the conventions: tests/test_semconv.py)
+    client = (names.METHOD_SEND_MESSAGE, SpanKind.CLIENT, True)
+    server = (names.METHOD_SEND_MESSAGE, SpanKind.SERVER, True)
     assert chain[0][0] == names.SPAN_PRODUCER
     assert chain.count(client) == 3 and chain.count(server) == 3, chain
     # every hop boundary passes through the contrib instrumentations' spans
     for i, item in enumerate(chain):
         if item == server:
-            assert chain[i + 1][1] == SpanKind.SERVER and not chain[i + 1][0].startswith("a2a."), chain
-            assert chain[i + 2][1] == SpanKind.CLIENT and not chain[i + 2][0].startswith("a2a."), chain
+            assert chain[i + 1][1] == SpanKind.SERVER and not chain[i + 1][2], chain
+            assert chain[i + 2][1] == SpanKind.CLIENT and not chain[i + 2][2], chain
             assert chain[i + 3] == client, chain
 
     # the accounting is unaffected: three A2A sends (test -> A -> B -> C), three

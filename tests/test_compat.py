@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import semconv_check as sc
 from conftest import IN_CI, ROOT
 
 VERSIONS = ("1.0.3", "1.1.1", "1.2.3")
@@ -48,6 +49,12 @@ def test_older_sdk(version: str) -> None:
     has_aclose = version not in ("1.0.3", "1.1.1")
     assert ("DefaultRequestHandlerV2.aclose" in result["patched"]) == has_aclose
     assert ("ActiveTask.start" in result["patched"])
+    # the call spans follow the A2A semantic conventions (tests/semconv_check.py), as on 1.3
+    assert result["spans"]["SendMessage"] == 6  # this process -> A -> B -> C, both ends of each
+    cards = result["cards"]  # the client's target card is the server's own
+    assert sc.check_relay(result["records"], result["trace_id"], dict.fromkeys("ABC", "SendMessage"),
+                          server_card=cards.get, client_card=cards.get, state=lambda hop: "TASK_STATE_COMPLETED",
+                          protocol="1.0") == []
 
 
 V03_VERSIONS = ("0.3.4", "0.3.9", "0.3.26")
@@ -79,6 +86,19 @@ def test_sdk_03(version: str) -> None:
     # must fire: C failed its task; the cascade never reads completed
     assert failing["state"] == "failed"
     assert failing["failed"] >= 1 and "task_failed" in failing["kinds"]
+    # the call spans follow the A2A semantic conventions like 1.x's (tests/semconv_check.py): 0.3's
+    # message/send and message/stream are SendMessage and SendStreamingMessage
+    assert result["spans"]["SendMessage"] == 8 and result["spans"]["SendStreamingMessage"] == 4
+    hops = {"A": "SendMessage", "B": "SendMessage", "C": "SendStreamingMessage"}
+
+    def card(name: str) -> dict[str, str]:
+        return {"gen_ai.agent.name": name, "gen_ai.agent.description": "compat relay", "gen_ai.agent.version": "1.0"}
+
+    for cascade, state in ((ok, "TASK_STATE_COMPLETED"), (failing, "TASK_STATE_FAILED")):
+        assert sc.check_relay(
+            result["records"], cascade["trace_id"], hops, server_card=card,
+            client_card=lambda hop: card("A" if hop == "A" else "next"),  # the card each client was given
+            state=lambda hop, state=state: state, protocol="0.3") == [], cascade
 
 
 def test_sdk_03_shutdown_mid_work_leaks_and_is_never_completed(tmp_path: Path) -> None:

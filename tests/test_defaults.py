@@ -133,3 +133,44 @@ def test_the_sdks_own_tracing_is_off_unless_asked_for(setting: str | None, sdk_s
     scopes = json.loads(r.stdout.strip().splitlines()[-1])
     assert scopes.get(names.SCOPE, 0) >= 2, scopes  # our server span and producer at least
     assert (scopes.get("a2a-python-sdk", 0) > 0) == sdk_spans, scopes
+
+
+def _relay_with_sdk_tracing(setting: str) -> dict:
+    """tests/compat_smoke.py (this process -> A -> B -> C, instrumented in process) with
+    a2a-sdk's own tracing set to ``setting``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("compat_smoke.py"))],
+                       env={**clean, names.ENV_A2A_SDK_TRACING: setting, names.ENV_ENDPOINT: "none"},
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_our_spans_unchanged_with_the_sdks_own_tracing_on() -> None:
+    """With OTEL_INSTRUMENTATION_A2A_SDK_ENABLED=true a2a-sdk adds its own spans (named by
+    Python qualname, not the A2A conventions); ours are the same spans with the same
+    attributes (the SDK's sit between some of them as parents), the call spans still follow
+    the conventions, and the cascade's accounting (the snapshots' content) is the same."""
+    import semconv_check as sc
+
+    off, on = _relay_with_sdk_tracing("false"), _relay_with_sdk_tracing("true")
+    assert on["sdk_tracing"] == "true" and off["sdk_tracing"] == "false"
+
+    def ours(result: dict) -> list[tuple]:
+        return sorted((r["name"], r["kind"], tuple(sorted(r["attributes"]))) for r in result["records"]
+                      if r["scope"] == names.SCOPE)
+
+    def theirs(result: dict) -> int:
+        return sum(1 for r in result["records"] if r["scope"] != names.SCOPE)
+
+    assert theirs(off) == 0 and theirs(on) > 0
+    assert ours(on) == ours(off)
+    for result in (off, on):
+        assert {r["trace_id"] for r in result["records"] if r["scope"] == names.SCOPE
+                and r["name"] in sc.WELL_KNOWN_METHODS + (names.SPAN_PRODUCER,)} == {result["trace_id"]}
+        cards = result["cards"]
+        assert sc.check_relay(result["records"], result["trace_id"], dict.fromkeys("ABC", "SendMessage"),
+                              server_card=cards.get, client_card=cards.get,
+                              state=lambda hop: "TASK_STATE_COMPLETED", protocol="1.0") == []
+    accounting = ("sent", "received", "roots", "active", "in_flight", "finished")
+    assert {k: on[k] for k in accounting} == {k: off[k] for k in accounting}

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
 from support import instrumented, serve, wait_until_async
@@ -71,7 +72,7 @@ def test_destroyed_pending_producer_is_recorded_and_passed_on() -> None:
         assert producer["trace_id"] == trace_id
         assert "active_task.py" in producer["a2a.parked_at"]
         # the span and the metric say the same
-        spans = tel.spans("a2a.task.destroyed_pending")
+        spans = tel.spans(names.SPAN_DESTROYED_PENDING)
         assert any(s.attributes.get("asyncio.task.name", "").startswith("producer:") for s in spans)
         assert tel.metric("a2a.tasks.destroyed_pending") >= 1
     # chained, never swallowed: the previous handler got every report too
@@ -83,7 +84,7 @@ def test_drained_agent_leaves_nothing_destroyed_pending() -> None:
         _trace_id, seen_by_previous = _run_agent_and_close_loop(tel, drain=True)
         tel.runtime.tracker.settle_deferred()
         assert tel.runtime.tracker.destroyed_pending == 0
-        assert not tel.spans("a2a.task.destroyed_pending")
+        assert not tel.spans(names.SPAN_DESTROYED_PENDING)
     assert not any("destroyed but it is pending" in str(c.get("message")) for c in seen_by_previous)
 
 

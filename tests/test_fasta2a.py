@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import semconv_check as sc
 from a2a_quiescence import names
 from conftest import IN_CI, ROOT
 
@@ -41,7 +42,21 @@ def test_pydantic_ai_relay() -> None:
     # the worker's operation is each hop's producer, on its cascade's trace (joined across
     # fasta2a's client, which takes no headers of its own, both with and without streaming)
     assert result["producer_traces"] == {ok["trace_id"]: 3, failing["trace_id"]: 3}
-    assert result["spans"]["a2a.client.stream_message"] == 2
+    # the call spans follow the A2A semantic conventions like a2a-sdk's (tests/semconv_check.py):
+    # fasta2a's message/send and message/stream are SendMessage and SendStreamingMessage, B's
+    # streamed call to C counted at both ends in both cascades
+    assert result["spans"]["SendStreamingMessage"] == 4 and result["spans"]["SendMessage"] == 8
+    hops = {"A": "SendMessage", "B": "SendMessage", "C": "SendStreamingMessage"}
+    for cascade, last in ((ok, "TASK_STATE_COMPLETED"), (failing, "TASK_STATE_FAILED")):
+        assert sc.check_relay(
+            result["records"], cascade["trace_id"], hops,
+            # the app's name and version (fasta2a's default description is none); its client
+            # is given a URL, no card
+            server_card=lambda hop: {"gen_ai.agent.name": hop, "gen_ai.agent.version": "1.0.0"},
+            client_card=lambda hop: None,
+            # a SendMessage is answered at once with the submitted task; the stream ends with the last state
+            state=lambda hop, last=last: last if hop == "C" else "TASK_STATE_SUBMITTED",
+            protocol=None) == [], cascade
     assert result["in_flight"] == 0
     for cascade in (ok, failing):
         assert cascade["active"] == 0

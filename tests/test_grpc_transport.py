@@ -59,7 +59,7 @@ async def test_cascade_over_grpc_is_one_trace_and_balances() -> None:
                 await handler.aclose()
             await server.stop(grace=None)
         assert answers and answers[-1].task.status.state == pb.TaskState.TASK_STATE_COMPLETED
-        server_spans = [s for s in tel.spans() if s.name == "a2a.server.on_message_send"]
+        server_spans = [s for s in tel.spans() if s.name == names.METHOD_SEND_MESSAGE and s.kind.name == "SERVER"]
         assert [format(s.context.trace_id, "032x") for s in server_spans] == [trace_id]
         cascade = tel.runtime.tracker.cascades[trace_id]
         # the client's send (id in metadata) met the server's receipt of the same id

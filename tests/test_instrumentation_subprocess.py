@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Mesh
@@ -135,7 +136,7 @@ def test_one_trace_across_three_processes(mesh: Mesh, sink: TraceSink) -> None:
         # up the parents: an HTTP-level instrumentation (httpx, ASGI) may sit in between
         node = by_id.get(span.parent_span_id)
         while node is not None:
-            if node.name.startswith(names.SPAN_CLIENT_PREFIX):
+            if node.name in names.A2A_METHODS and node.kind == Span.SpanKind.SPAN_KIND_CLIENT:
                 return True
             node = by_id.get(node.parent_span_id)
         return False
@@ -146,7 +147,8 @@ def test_one_trace_across_three_processes(mesh: Mesh, sink: TraceSink) -> None:
         for svc, span in spans:
             by_service.setdefault(svc, set()).add(span.name)
         by_id = {s.span_id: s for _, s in spans}
-        servers = {svc: s for svc, s in spans if s.name == "a2a.server.on_message_send"}
+        servers = {svc: s for svc, s in spans
+                   if s.name == names.METHOD_SEND_MESSAGE and s.kind == Span.SpanKind.SPAN_KIND_SERVER}
         return all(fixed <= by_service.get(svc, set()) for svc in ("A", "B", "C")) and all(
             svc in servers and continues_a_client_span(servers[svc], by_id) for svc in ("B", "C")
         )
@@ -159,14 +161,15 @@ def test_one_trace_across_three_processes(mesh: Mesh, sink: TraceSink) -> None:
     for svc, span in producers.items():
         attrs = {a.key: a.value.string_value for a in span.attributes}
         assert attrs[names.ATTR_OUTCOME] == names.OUTCOME_COMPLETED, svc
-        assert attrs[names.ATTR_TASK_ID] and attrs[names.ATTR_CONTEXT_ID], svc
+        assert attrs[names.ATTR_TASK_ID] and attrs[names.ATTR_CONVERSATION_ID], svc
     closes = [s for _, s in spans if s.name == names.SPAN_QUEUE_CLOSE]
     for span in closes:
         keys = {a.key for a in span.attributes}
         assert {names.ATTR_QUEUE_ROLE, names.ATTR_CLOSE_IMMEDIATE} <= keys
     # B and C continue a client span of the hop before them (checked by complete())
     by_id = {s.span_id: s for _, s in spans}
-    servers = {svc: s for svc, s in spans if s.name == "a2a.server.on_message_send"}
+    servers = {svc: s for svc, s in spans
+                   if s.name == names.METHOD_SEND_MESSAGE and s.kind == Span.SpanKind.SPAN_KIND_SERVER}
     assert continues_a_client_span(servers["B"], by_id) and continues_a_client_span(servers["C"], by_id)
 
     # the collector: every hop's producers back at 0 after the cascade

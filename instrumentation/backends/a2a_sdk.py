@@ -13,14 +13,15 @@ and a push delivery's arguments.
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Callable
 
 from opentelemetry import trace
 
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation import client, lifecycle, server
 from a2a_quiescence.instrumentation.backends import Backend, Hook
-from a2a_quiescence.instrumentation.runtime import _TRACECONTEXT, _trace_hex
+from a2a_quiescence.instrumentation.runtime import _TRACECONTEXT, _guard, _trace_hex
 
 _AT = "a2a.server.agent_execution.active_task"
 _REG = "a2a.server.agent_execution.active_task_registry"
@@ -34,7 +35,32 @@ _JSONRPC = "a2a.client.transports.jsonrpc"
 _REST = "a2a.client.transports.rest"
 _GRPC = "a2a.client.transports.grpc"
 
+# the handler's and the transports' methods, and the A2A operation each is (the span's name,
+# a2a.method.name): the same four operations in both lines, whatever their JSON-RPC names
+# ("SendMessage" in 1.x, "message/send" in 0.3)
+_OPERATIONS = {
+    # servers (both lines' request handlers)
+    "on_message_send": names.METHOD_SEND_MESSAGE,
+    "on_message_send_stream": names.METHOD_SEND_STREAMING_MESSAGE,
+    "on_cancel_task": names.METHOD_CANCEL_TASK,
+    "on_subscribe_to_task": names.METHOD_SUBSCRIBE_TO_TASK,  # 1.x
+    "on_resubscribe_to_task": names.METHOD_SUBSCRIBE_TO_TASK,  # 0.3's tasks/resubscribe
+    # clients (both lines' JSON-RPC, REST and gRPC transports)
+    "send_message": names.METHOD_SEND_MESSAGE,
+    "send_message_streaming": names.METHOD_SEND_STREAMING_MESSAGE,
+    "cancel_task": names.METHOD_CANCEL_TASK,
+    "subscribe": names.METHOD_SUBSCRIBE_TO_TASK,  # 1.x
+    "resubscribe": names.METHOD_SUBSCRIBE_TO_TASK,  # 0.3
+}
 _SERVER_CALLS = ("on_message_send", "on_cancel_task")
+
+
+def _major_minor(version: Any) -> str | None:
+    """An A2A protocol version as the A2A-Version header spells it ("0.3.0" -> "0.3")."""
+    if not version:
+        return None
+    parts = str(version).split(".")
+    return ".".join(parts[:2])
 
 
 def _traceparent_in(headers: Any) -> str | None:
@@ -85,6 +111,42 @@ class V1Dialect:
         push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
         return push_info, str(kwargs.get("task_id", args[2] if len(args) > 2 else "") or "")
 
+    # -- what the call spans say (semconv) --
+    def server_card(self, handler: Any, call_context: Any) -> Any:
+        """The local Agent Card: both 1.x handlers hold theirs."""
+        return getattr(handler, "_agent_card", None)
+
+    def server_protocol_version(self, handler: Any, headers: dict[str, str]) -> str | None:
+        """The request's A2A-Version header; none means 0.3 (the rule a2a-sdk 1.x applies)."""
+        return _major_minor(headers.get("a2a-version")) or "0.3"
+
+    def client_protocol_version(self, transport: Any) -> str | None:
+        """The transports hooked here speak the current protocol (a2a-sdk's 0.3 compat
+        transports are other classes)."""
+        from a2a.utils.constants import PROTOCOL_VERSION_CURRENT
+
+        return PROTOCOL_VERSION_CURRENT
+
+    def _jsonrpc_code(self, exc: BaseException) -> str | None:
+        from a2a.utils.errors import JSON_RPC_ERROR_CODE_MAP
+
+        code = JSON_RPC_ERROR_CODE_MAP.get(type(exc))
+        return str(code) if code is not None else None
+
+    def server_error_type(self, exc: BaseException, call_context: Any) -> str | None:
+        """The JSON-RPC error code the answer carries, when the request came over JSON-RPC
+        (its dispatcher notes the method in the call context's state)."""
+        state = getattr(call_context, "state", None)
+        if isinstance(state, dict) and "method" in state:
+            return self._jsonrpc_code(exc)
+        return None
+
+    def client_error_type(self, exc: BaseException, transport: Any) -> str | None:
+        """The JSON-RPC error code answered (the JSON-RPC transport raises the A2A error it maps to)."""
+        if type(transport).__name__ == "JsonRpcTransport":
+            return self._jsonrpc_code(exc)
+        return None
+
 
 class V03Dialect(V1Dialect):
     """a2a-sdk 0.3: pydantic task states ('input-required'); headers ride in the call
@@ -126,10 +188,52 @@ class V03Dialect(V1Dialect):
         push_info = kwargs.get("push_info", args[1] if len(args) > 1 else None)
         return push_info, str(getattr(task, "id", "") or "")
 
+    # -- what the call spans say (semconv) --
+    def server_card(self, handler: Any, call_context: Any) -> Any:
+        """The local Agent Card: 0.3's handler holds none; its JSON-RPC, REST or gRPC
+        handler was given it with the request handler (``remember_card``)."""
+        return _CARDS.get(handler)
 
-def _server_hooks(module: str, owner: str, streams: tuple[str, ...], optional: bool) -> list[Hook]:
-    hooks = [Hook(module, owner, m, server.server_call(m), optional) for m in _SERVER_CALLS]
-    hooks += [Hook(module, owner, m, server.server_stream(m), optional) for m in streams]
+    def server_protocol_version(self, handler: Any, headers: dict[str, str]) -> str | None:
+        card = _CARDS.get(handler)
+        return _major_minor(getattr(card, "protocol_version", None)) or "0.3"
+
+    def client_protocol_version(self, transport: Any) -> str | None:
+        card = getattr(transport, "agent_card", None)
+        return _major_minor(getattr(card, "protocol_version", None)) or "0.3"
+
+    def server_error_type(self, exc: BaseException, call_context: Any) -> str | None:
+        """0.3's handler raises a ServerError holding the A2A error and its JSON-RPC code."""
+        code = getattr(getattr(exc, "error", None), "code", None)
+        return str(code) if isinstance(code, int) else None
+
+    def client_error_type(self, exc: BaseException, transport: Any) -> str | None:
+        """A JSON-RPC error answered (its code), or an HTTP error status."""
+        code = getattr(getattr(exc, "error", None), "code", None)
+        if isinstance(code, int):
+            return str(code)
+        status = getattr(exc, "status_code", None)
+        return str(status) if isinstance(status, int) else None
+
+
+# a2a-sdk 0.3's request handler -> the Agent Card its JSON-RPC/REST/gRPC handler was built with
+_CARDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def remember_card(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
+    """0.3's ``JSONRPCHandler`` / ``RESTHandler`` / ``GrpcHandler.__init__(agent_card,
+    request_handler, ...)``: the local card of that request handler's SERVER spans."""
+    result = wrapped(*args, **kwargs)
+    with _guard("0.3 agent card"):
+        handler = getattr(instance, "request_handler", None)
+        if handler is not None:
+            _CARDS[handler] = getattr(instance, "agent_card", None)
+    return result
+
+
+def _server_hooks(module: str, owner: str, streams: tuple[str, ...], optional: bool, dialect: Any) -> list[Hook]:
+    hooks = [Hook(module, owner, m, server.server_call(m, _OPERATIONS[m], dialect), optional) for m in _SERVER_CALLS]
+    hooks += [Hook(module, owner, m, server.server_stream(m, _OPERATIONS[m], dialect), optional) for m in streams]
     return hooks
 
 
@@ -138,9 +242,10 @@ def _client_hooks(dialect: Any, streams: tuple[str, ...]) -> list[Hook]:
     for module, owner, optional in ((_JSONRPC, "JsonRpcTransport", False), (_REST, "RestTransport", True),
                                     (_GRPC, "GrpcTransport", True)):  # REST and gRPC need extras
         for method in ("send_message", "cancel_task"):
-            hooks.append(Hook(module, owner, method, client.client_call(method, dialect), optional))
+            hooks.append(Hook(module, owner, method, client.client_call(method, _OPERATIONS[method], dialect), optional))
         for method in streams:
-            hooks.append(Hook(module, owner, method, client.client_stream(method, dialect), optional))
+            hooks.append(Hook(module, owner, method, client.client_stream(method, _OPERATIONS[method], dialect),
+                              optional))
     return hooks
 
 
@@ -162,9 +267,9 @@ def v1_hooks() -> list[Hook]:
         Hook(_REG, "ActiveTaskRegistry", "aclose", lifecycle.registry_aclose, optional=True),
         Hook(_V2, "DefaultRequestHandlerV2", "aclose", lifecycle.handler_aclose, optional=True),
         Hook(_EQ2, "EventQueueSource", "close", lifecycle.queue_close),
-        *_server_hooks(_V2, "DefaultRequestHandlerV2", streams, False),
+        *_server_hooks(_V2, "DefaultRequestHandlerV2", streams, False, dialect),
         # the legacy handler (0.3's DefaultRequestHandler, renamed)
-        *_server_hooks(_V1, "LegacyRequestHandler", streams, False),
+        *_server_hooks(_V1, "LegacyRequestHandler", streams, False, dialect),
         Hook(_V1, "LegacyRequestHandler", "_run_event_stream", lifecycle.event_stream_producer),
         *_client_hooks(dialect, ("send_message_streaming", "subscribe")),
         *_common_hooks(dialect),
@@ -174,7 +279,13 @@ def v1_hooks() -> list[Hook]:
 def v03_hooks() -> list[Hook]:
     dialect = V03Dialect()
     return [
-        *_server_hooks(_V1, "DefaultRequestHandler", ("on_message_send_stream", "on_resubscribe_to_task"), False),
+        *_server_hooks(_V1, "DefaultRequestHandler", ("on_message_send_stream", "on_resubscribe_to_task"), False,
+                       dialect),
+        # the local Agent Card of a request handler (for its SERVER spans' gen_ai.agent.*)
+        Hook("a2a.server.request_handlers.jsonrpc_handler", "JSONRPCHandler", "__init__", remember_card,
+             optional=True),
+        Hook("a2a.server.request_handlers.rest_handler", "RESTHandler", "__init__", remember_card, optional=True),
+        Hook("a2a.server.request_handlers.grpc_handler", "GrpcHandler", "__init__", remember_card, optional=True),
         Hook(_V1, "DefaultRequestHandler", "_run_event_stream", lifecycle.event_stream_producer),
         Hook(_EQ, "EventQueue", "close", lifecycle.queue_close),
         *_client_hooks(dialect, ("send_message_streaming", "resubscribe")),

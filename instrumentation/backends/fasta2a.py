@@ -44,7 +44,7 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import SpanKind
 
 from a2a_quiescence import names
-from a2a_quiescence.instrumentation import client, lifecycle, server
+from a2a_quiescence.instrumentation import client, lifecycle, semconv, server
 from a2a_quiescence.instrumentation.backends import Backend, Hook, Refusal
 from a2a_quiescence.instrumentation.runtime import (
     CASCADE, _add, _current_cascade, _ending, _guard, _in_context_await, _start_span, current, record_ending,
@@ -58,8 +58,8 @@ _BROKER = "fasta2a.broker"
 _WORKER = "fasta2a.worker"
 _CLIENT = "fasta2a.client"
 
-# the HTTP headers of the A2A request being answered (set around the endpoint)
-_REQUEST_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+# the HTTP headers of the A2A request being answered, and its app's card fields (set around the endpoint)
+_REQUEST_HEADERS: contextvars.ContextVar[tuple[dict[str, str], dict[str, Any]] | None] = contextvars.ContextVar(
     "a2a_quiescence_fasta2a_headers", default=None
 )
 # what the worker's current operation saw: the state its task ended its stream with
@@ -103,7 +103,10 @@ _OUTCOMES = {
 
 
 def _state_name(state: Any) -> str:
-    return "TASK_STATE_" + str(state).upper().replace("-", "_")
+    raw = str(state)
+    if raw.startswith("TASK_STATE_"):  # an A2A 1.0 answer's enum
+        return raw
+    return "TASK_STATE_" + raw.upper().replace("-", "_")
 
 
 class Fasta2aDialect:
@@ -128,6 +131,30 @@ class Fasta2aDialect:
         """The peer answered the call with a JSON-RPC error."""
         return isinstance(result, dict) and result.get("error") is not None
 
+    # -- what the call spans say (semconv) --
+    def server_card(self, task_manager: Any, call_context: Any) -> Any:
+        """The app's own name, description and version (what its Agent Card says)."""
+        return getattr(call_context, "a2a_card", None)
+
+    def server_protocol_version(self, task_manager: Any, headers: dict[str, str]) -> str | None:
+        """fasta2a answers both 0.3 and 1.0 method names: only the A2A-Version header says which."""
+        version = headers.get("a2a-version")
+        return ".".join(version.split(".")[:2]) if version else None
+
+    def client_protocol_version(self, client: Any) -> str | None:
+        return None  # its client takes no version of its own
+
+    def decode_event(self, item: Any) -> Any:
+        """The task manager streams its answers as server-sent events (bytes)."""
+        return semconv.sse_event(item)
+
+    def server_error_type(self, exc: BaseException, call_context: Any) -> str | None:
+        return None  # fasta2a answers A2A errors as values (decode_event/observe reads their codes)
+
+    def client_error_type(self, exc: BaseException, client: Any) -> str | None:
+        status = getattr(exc, "status_code", None)  # UnexpectedResponseError: the HTTP status
+        return str(status) if isinstance(status, int) else None
+
 
 # --- requests in ---------------------------------------------------------------
 async def run_endpoint(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -136,7 +163,8 @@ async def run_endpoint(wrapped: Callable, instance: Any, args: Any, kwargs: Any)
     if current() is not None:
         with _guard("fasta2a endpoint"):
             request = args[0] if args else kwargs.get("request")
-            token = _REQUEST_HEADERS.set({str(k).lower(): str(v) for k, v in request.headers.items()})
+            card = {key: getattr(instance, key, None) for key in ("name", "description", "version")}
+            token = _REQUEST_HEADERS.set(({str(k).lower(): str(v) for k, v in request.headers.items()}, card))
     try:
         return await wrapped(*args, **kwargs)
     finally:
@@ -145,16 +173,16 @@ async def run_endpoint(wrapped: Callable, instance: Any, args: Any, kwargs: Any)
 
 
 def _shim(args: Any, kwargs: Any) -> tuple[Any, Any]:
-    """What the shared server wrappers read of an a2a-sdk handler call: the params'
-    task id and the call context's headers."""
+    """What the shared server wrappers read of an a2a-sdk handler call: the request's
+    params and a call context with the headers (and the app's card fields)."""
     request = args[0] if args else kwargs.get("request")
     params = (request or {}).get("params") or {}
-    call_context = SimpleNamespace(state={"headers": dict(_REQUEST_HEADERS.get() or {})})
-    return SimpleNamespace(id=params.get("id")), call_context
+    headers, card = _REQUEST_HEADERS.get() or ({}, None)
+    return params, SimpleNamespace(state={"headers": dict(headers)}, a2a_card=card)
 
 
-def task_manager_call(method: str) -> Callable:
-    inner = server.server_call(method)
+def task_manager_call(method: str, operation: str) -> Callable:
+    inner = server.server_call(method, operation, _DIALECT)
 
     async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         shim = None
@@ -168,8 +196,8 @@ def task_manager_call(method: str) -> Callable:
     return wrapper
 
 
-def task_manager_stream(method: str) -> Callable:
-    inner = server.server_stream(method)
+def task_manager_stream(method: str, operation: str) -> Callable:
+    inner = server.server_stream(method, operation, _DIALECT)
 
     def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         shim = None
@@ -300,9 +328,7 @@ async def handle_operation(wrapped: Callable, instance: Any, args: Any, kwargs: 
         is_run = op["operation"] == "run"
         if is_run:
             _resume_context(rt, context_id)
-            attrs = {names.ATTR_TASK_ID: task_id}
-            if context_id:
-                attrs[names.ATTR_CONTEXT_ID] = context_id
+            attrs = lifecycle.producer_attributes(rt, task_id, context_id)
             span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, context=handed.ctx, attributes=attrs)
             run_ctx = trace.set_span_in_context(span, handed.ctx)
             lifecycle._producer_started(rt, task_id, asyncio.current_task(), key="fasta2a:" + task_id)
@@ -334,7 +360,8 @@ def _operation_ended(rt: Any, handed: _Handed, span: Any, task_id: str, context_
             ending = _ending(names.END_TASK_ABANDONED, task_id, detail="the worker returned; the task never finished")
         _add(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
     outcome = names.OUTCOME_CANCELLED if cancelled else _OUTCOMES.get(state or "", names.OUTCOME_FAILED)
-    lifecycle._producer_finished(rt, span, outcome, key="fasta2a:" + task_id)
+    lifecycle._producer_finished(rt, span, outcome, key="fasta2a:" + task_id,
+                                 state=_state_name(state) if state else None)
     awaiting = names.AWAITING_STATES.get(_state_name(state)) if state else None
     if awaiting and context_id and not cancelled:
         _park_awaiting(rt, context_id, task_id, handed, awaiting)
@@ -359,22 +386,29 @@ async def end_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
     return await wrapped(*args, **kwargs)
 
 
+_DIALECT = Fasta2aDialect()
+
+
 def fasta2a_hooks() -> list[Hook]:
-    dialect = Fasta2aDialect()
+    dialect = _DIALECT
+    # the methods and the A2A operation each is (fasta2a's JSON-RPC names are 0.3's: message/send...)
     return [
         Hook(_APP, "FastA2A", "_agent_run_endpoint", run_endpoint),
-        Hook(_TM, "TaskManager", "send_message", task_manager_call("on_message_send")),
-        Hook(_TM, "TaskManager", "cancel_task", task_manager_call("on_cancel_task")),
-        Hook(_TM, "TaskManager", "stream_message", task_manager_stream("on_message_send_stream")),
-        Hook(_TM, "TaskManager", "resubscribe_task", task_manager_stream("on_resubscribe_to_task")),
+        Hook(_TM, "TaskManager", "send_message", task_manager_call("on_message_send", names.METHOD_SEND_MESSAGE)),
+        Hook(_TM, "TaskManager", "cancel_task", task_manager_call("on_cancel_task", names.METHOD_CANCEL_TASK)),
+        Hook(_TM, "TaskManager", "stream_message",
+             task_manager_stream("on_message_send_stream", names.METHOD_SEND_STREAMING_MESSAGE)),
+        Hook(_TM, "TaskManager", "resubscribe_task",
+             task_manager_stream("on_resubscribe_to_task", names.METHOD_SUBSCRIBE_TO_TASK)),
         Hook(_TM, "TaskManager", "__aenter__", task_manager_enter),
         Hook(_BROKER, "InMemoryBroker", "run_task", broker_op("run")),
         Hook(_BROKER, "InMemoryBroker", "cancel_task", broker_op("cancel")),
         Hook(_WORKER, "Worker", "_handle_task_operation", handle_operation),
         Hook(_WORKER, "Worker", "_end_stream", end_stream),
-        Hook(_CLIENT, "A2AClient", "send_message", client.client_call("send_message", dialect), optional=True),
-        Hook(_CLIENT, "A2AClient", "stream_message", client.client_stream("stream_message", dialect),
-             optional=True),
+        Hook(_CLIENT, "A2AClient", "send_message",
+             client.client_call("send_message", names.METHOD_SEND_MESSAGE, dialect), optional=True),
+        Hook(_CLIENT, "A2AClient", "stream_message",
+             client.client_stream("stream_message", names.METHOD_SEND_STREAMING_MESSAGE, dialect), optional=True),
     ]
 
 
