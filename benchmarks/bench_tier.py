@@ -5,7 +5,7 @@ figures (asserts nothing).
 
 For each tier size, fresh shard processes (`a2a-quiescence collector
 --shard-name ...`) receive the same workload over OTLP/gRPC, routed the way
-the load-balancing exporter routes it (v0.154.0 ring, one record per trace id,
+the load-balancing exporter routes it (the pinned v0.161.0 ring, one record per trace id,
 ``a2a_quiescence.ring``): every cascade is A -> B -> C, six snapshots (each hop
 active, then passive with its tallies), so every cascade settles. Sent from
 this process, one shard after another, in requests of 200 records.

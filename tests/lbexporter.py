@@ -1,8 +1,10 @@
 """A test double of the OpenTelemetry Collector's ``load_balancing`` exporter.
 
-A fake, because no OpenTelemetry Collector binary can be installed on these
-machines (docs/scale-out.md). It reproduces what the tier must survive, as
-contrib v0.154.0 behaves (exporter/loadbalancingexporter/log_exporter.go and
+Kept beside the real collector (tests/test_otelcol.py runs one built from the
+pinned release) for the faults the real exporter will not produce on demand: a
+lost batch, a replayed fan-out, batches dropped for a removed backend
+(docs/scale-out.md says which test covers what). It reproduces, as
+contrib v0.161.0 behaves (exporter/loadbalancingexporter/log_exporter.go and
 consistent_hashing.go of that release; the ring is ``a2a_quiescence.ring``,
 checked against an independent port in test_ring.py):
 

@@ -760,10 +760,10 @@ def test_otel_collector_routes_logs_by_trace_id_to_the_headless_service(values: 
     # the pinned image: the version whose ring a2a_quiescence/ring.py ports
     spec = pod_spec(one(docs, "Deployment", "otel-gateway" if values == MESH_TIER else "example-agent"))
     otel = _otel_container(spec)
-    assert otel["image"] == f"{OTEL_IMAGE}:0.154.0"
+    assert otel["image"] == f"{OTEL_IMAGE}:0.161.0"
     assert otel["image"].rsplit(":", 1)[1] == EXPORTER_VERSION.removeprefix("v")
     values_text = (CHART / "values.yaml").read_text()
-    assert 'tag: "0.154.0"' in values_text and "ring.py" in values_text
+    assert 'tag: "0.161.0"' in values_text and "ring.py" in values_text
     assert env_of(otel)[names.ENV_TOKEN]["valueFrom"]["secretKeyRef"]["key"] == "token"
     # the collector reads the ConfigMap rendered above
     mount = next(m for m in otel["volumeMounts"] if m["mountPath"] == "/conf")

@@ -2,10 +2,13 @@
 (a2a_quiescence.shards).
 
 The ring is checked against a second, deliberately naive port written here
-from the exporter's description (contrib v0.154.0 consistent_hashing.go: CRC-32
-IEEE of endpoint + uint32le(i), 100 points, 36,000 positions, linear probing of
-at most 10, first item at or after the key's position, wrapping; the logs key
-is the 32-character hex trace id), which shares no code with the product's.
+from the exporter's description (contrib v0.161.0 consistent_hashing.go: CRC-32
+IEEE of endpoint + uint32le(i), 200 candidate points, 131,071 positions,
+candidates placed in (position, hash, endpoint) order with linear probing of at
+most 10, first item at or after the key's position, wrapping; the logs key is
+the 32-character hex trace id), which shares no code with the product's. The
+real exporter, built from the pinned release, is checked against the ring in
+tests/test_otelcol.py.
 """
 
 from __future__ import annotations
@@ -23,18 +26,21 @@ from a2a_quiescence.shards import Membership, Shard, ShardSpec
 
 
 def naive_owner(endpoints: list[str], trace_id_hex: str) -> str:
-    used: dict[int, str] = {}
+    candidates = []
     for endpoint in endpoints:
-        for i in range(100):
-            pos = binascii.crc32(endpoint.encode() + struct.pack("<I", i)) % 36000
-            for _ in range(10):
-                if pos not in used:
-                    break
-                pos = (pos + 1) % 36000
-            else:
-                continue
-            used[pos] = endpoint
-    key = binascii.crc32(trace_id_hex.encode()) % 36000
+        for i in range(200):
+            h = binascii.crc32(endpoint.encode() + struct.pack("<I", i))
+            candidates.append((h % 131071, h, endpoint))
+    used: dict[int, str] = {}
+    for pos, _, endpoint in sorted(candidates):
+        probes = 0
+        while pos in used and probes < 10:
+            pos = (pos + 1) % 131071
+            probes += 1
+        if probes == 10:
+            continue
+        used[pos] = endpoint
+    key = binascii.crc32(trace_id_hex.encode()) % 131071
     at_or_after = [p for p in used if p >= key]
     return used[min(at_or_after) if at_or_after else min(used)]
 
@@ -62,17 +68,24 @@ def test_the_logs_key_is_the_hex_trace_id() -> None:
     assert ring.endpoint_for(trace_id) == ring.endpoint_for_key(trace_id.encode())
 
 
-def test_collisions_probe_forward_and_first_endpoint_keeps_the_point() -> None:
+def test_collisions_probe_forward_and_the_lower_hash_keeps_the_point() -> None:
     with pytest.raises(ValueError):
         Ring(["a:1", "a:1"])  # listed twice: every point would collide
-    # two endpoints that share a position: the first keeps it, the second's point moves on
-    pair = next((f"e{i}:1", f"e{j}:1") for i in range(50) for j in range(i + 1, 50)
+    # two endpoints that share a position: the lower (hash, endpoint) keeps it, whatever the
+    # order they are given in (PR #49585), and the other's point moves on
+    pair = next((f"e{i}:1", f"e{j}:1") for i in range(200) for j in range(i + 1, 200)
                 if set(positions_for(f"e{i}:1")) & set(positions_for(f"e{j}:1")))
     shared = sorted(set(positions_for(pair[0])) & set(positions_for(pair[1])))[0]
-    points = dict(zip(Ring(list(pair))._positions, Ring(list(pair))._owners))
-    assert points[shared] == pair[0]
-    assert pair[1] in [points.get((shared + k) % MAX_POSITIONS) for k in range(1, 11)]
-    assert len(points) == 200  # nothing dropped: a free position was near
+    hashes = {e: next(binascii.crc32(e.encode() + struct.pack("<I", i)) for i in range(200)
+                      if positions_for(e)[i] == shared) for e in pair}
+    keeper = min(pair, key=lambda e: (hashes[e], e))
+    other = pair[1] if keeper == pair[0] else pair[0]
+    for order in (list(pair), list(reversed(pair))):
+        points = dict(zip(Ring(order)._positions, Ring(order)._owners))
+        assert points[shared] == keeper
+        assert other in [points.get((shared + k) % MAX_POSITIONS) for k in range(1, 11)]
+        assert len(points) == 400  # nothing dropped: a free position was near
+    assert Ring(list(pair)) == Ring(list(reversed(pair)))
 
 
 def test_an_empty_ring_owns_nothing() -> None:
@@ -93,7 +106,8 @@ def test_about_a_quarter_moves_when_a_fourth_shard_joins() -> None:
 
 
 def test_pinned_version_is_stated() -> None:
-    assert ringmod.EXPORTER_VERSION == "v0.154.0"
+    assert ringmod.EXPORTER_VERSION == "v0.161.0"
+    assert (ringmod.MAX_POSITIONS, ringmod.WEIGHT, ringmod.LINEAR_PROBE_LIMIT) == (131_071, 200, 10)
 
 
 # --- the shard set ----------------------------------------------------------------------------

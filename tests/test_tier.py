@@ -1,7 +1,7 @@
 """A mesh tier on real parts: subprocess agents under opentelemetry-instrument
 report to a pod sidecar (our collector), which forwards to a test double of the
 OpenTelemetry Collector's load_balancing exporter (tests/lbexporter.py: the
-v0.154.0 ring, per-record routing by trace id, 10 unordered consumers,
+pinned exporter ring, per-record routing by trace id, 10 unordered consumers,
 replayed fan-outs, a lost batch), which delivers over OTLP/gRPC to shard
 collector processes. Mid-run one shard is killed (a node lost, with the
 batches queued for it) and later one is added.
@@ -54,14 +54,14 @@ class ShardProc:
         return f"{self.endpoint}={self.url}"
 
 
-def start_shard(shard: ShardProc, ring_file: Path, workdir: Path) -> None:
+def start_shard(shard: ShardProc, ring_file: Path, workdir: Path, *extra: str) -> None:
     log = workdir / f"shard-{shard.grpc_port}.log"
     shard.popen = subprocess.Popen(
         [_bin("a2a-quiescence"), "collector", "--otlp-listen", "off",
          "--otlp-grpc-listen", shard.endpoint, "--http-listen", f"127.0.0.1:{shard.http_port}",
          "--shards", f"@{ring_file}", "--shard-name", shard.endpoint, "--ring-refresh", "0.2",
          # short, so a cascade held here by mistake would show as stuck within the run
-         "--stuck-after", "2", "--log-level", "warning"],
+         "--stuck-after", "2", "--log-level", "warning", *extra],
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
     wait_http(f"{shard.url}/readyz", proc=shard.popen)
