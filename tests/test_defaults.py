@@ -50,7 +50,8 @@ def test_default_ports_need_no_settings(tmp_path: Path) -> None:
         def received() -> str | None:
             text = httpx.get(f"http://{names.DEFAULT_HTTP}/metrics", timeout=5).text
             got = [metric(text, names.M_RECEIVED, signal=s) for s in ("traces", "metrics")]
-            return text if all(got) else None
+            # the first metrics export may precede the request: wait for one that carries the producer
+            return text if all(got) and metric(text, names.M_PRODUCERS_STARTED, agent="solo") else None
 
         # spans and metrics over the default OTLP/gRPC port
         text = wait_until(received, "spans and metrics received", timeout=30, every=0.1, message=TIMED_OUT_LAST)
