@@ -12,12 +12,12 @@ from typing import Any, Callable
 import httpx
 
 from a2a_quiescence import names
-from a2a_quiescence.shards import Membership, ShardSpec
+from a2a_quiescence.shards import Membership, Shard, ShardSpec
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9464"
 ENV_SHARDS = names.ENV_SHARDS
 DEFAULT_GRACE = 0.05  # the collector's default --root-grace
-TIER_SLICE = 5.0  # a wait on a mesh tier reads the shard set again this often
+TIER_SLICE = 5.0  # a wait on a mesh tier reads the shard set again at least this often (at once on a lost shard)
 
 # exit codes of `a2a-quiescence wait`
 EXIT_COMPLETED = 0
@@ -54,6 +54,9 @@ def describe_endings(state: dict[str, Any]) -> str:
 
 def describe_holders(state: dict[str, Any]) -> str:
     status = state.get("status", "unknown")
+    if state.get("unreachable") and status == "unknown":
+        return "; ".join(f"its owner, shard {u['endpoint']} ({u['shard']}), cannot be asked: {u['error']}"
+                         for u in state["unreachable"])
     if status == "unknown":
         return "unknown to the collector (no hop has reported it)"
     if status == "moved" and state.get("owner_reported") is False:
@@ -161,7 +164,8 @@ class MeshNotQuiet(Exception):
 
 def describe_mesh(state: dict[str, Any]) -> str:
     """One clause per cascade of a mesh-wait answer that did not complete (empty when all did)."""
-    parts = [h["detail"] for h in state.get("unsupported") or [] if h.get("detail")]
+    parts = list(state.get("held_by") or [])
+    parts += [h["detail"] for h in state.get("unsupported") or [] if h.get("detail")]
     for c in state.get("cascades") or []:
         if c.get("status") != "settled":
             parts.append(f"cascade {c['trace_id']} {describe_holders(c)}")
@@ -218,48 +222,171 @@ def merge_window(membership: Membership, answers: list[tuple[str, dict[str, Any]
             "outcome": worst if waiting == 0 else None, "shards": [url for url, _ in answers]}
 
 
+RETRY_FIRST = 0.05  # after a shard could not be asked: first pause, doubled up to RETRY_MAX
+RETRY_MAX = 0.5
+# after a membership change the shards' views are incomplete until the agents have resent what
+# they hold: beyond the shard's --ring-settle and --ring-refresh (the pod sidecars use the same),
+# a heartbeat (2 s) for the agents to see the sidecar's new id, and a second for the resend to land
+RESEND_SLACK = 3.0
+
+
+class _Tier:
+    """What a wait on a mesh tier knows of it: the membership last read (kept when the shard
+    set cannot be read for a moment, e.g. a file being rewritten), whether any shard ever
+    answered, every shard seen during the wait, and when to ask again after a failure."""
+
+    def __init__(self, spec: ShardSpec, timeout: float) -> None:
+        self.spec = spec
+        self.deadline = time.monotonic() + timeout
+        self.membership: Membership | None = None
+        self.answered = False
+        self.seen: dict[str, str] = {}  # ring endpoint -> API URL of every shard listed during the wait
+        self.pause = RETRY_FIRST
+
+    def resolve(self) -> Membership:
+        try:
+            self.membership = self.spec.resolve()
+        except (OSError, ValueError, LookupError):
+            if self.membership is None:
+                raise  # never read at all: a usage error
+        for shard in self.membership.shards:
+            self.seen.setdefault(shard.endpoint, shard.url)
+        return self.membership
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def failed(self) -> None:
+        """Pause before asking again (not past the deadline), longer each time."""
+        time.sleep(max(0.0, min(self.pause, self.left())))
+        self.pause = min(self.pause * 2, RETRY_MAX)
+
+    def ok(self) -> None:
+        self.answered = True
+        self.pause = RETRY_FIRST
+
+
+def _transient(exc: httpx.HTTPError) -> bool:
+    """A shard that is gone, restarting or cut off mid-answer: ask again. A 4xx is the caller's."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+def _unreachable(shard: Shard, exc: Exception) -> dict[str, Any]:
+    return {"shard": shard.url, "endpoint": shard.endpoint, "error": str(exc) or type(exc).__name__}
+
+
+def _ask_mesh(client: httpx.Client, shard: Shard, query: dict[str, Any]) -> dict[str, Any]:
+    response = client.get(f"{shard.url}/v1/mesh/wait", params=query)
+    if response.status_code not in (200, 408):
+        response.raise_for_status()
+    return response.json()
+
+
+def tier_holds(tier: _Tier, membership: Membership, views: list[tuple[Shard, dict[str, Any]]],
+               unreachable: list[dict[str, Any]]) -> list[str]:
+    """Why a tier's merged window cannot be called settled yet, one clause each (empty: it can).
+    A shard that cannot be asked may hold cascades of the window; after a membership change
+    the shards hold only part of what moved until the agents' resends have landed."""
+    holds = [f"shard {u['endpoint']} ({u['shard']}) cannot be asked: {u['error']}" for u in unreachable]
+    gone = sorted(set(tier.seen) - set(membership.endpoints()))
+    for shard, view in views:
+        info = view.get("tier") or {}
+        epoch, stable_for = info.get("epoch"), info.get("stable_for")
+        if epoch is not None and epoch != membership.epoch:
+            holds.append(f"shard {shard.endpoint} has not read the shard set this wait reads yet")
+        elif stable_for is not None:
+            needed = float(info.get("ring_settle") or 0) + float(info.get("ring_refresh") or 0) + RESEND_SLACK
+            if stable_for < needed:
+                left = f" (shards {', '.join(gone)} left)" if gone else ""
+                holds.append(f"the tier's membership changed {stable_for:.1f} s ago{left}: waiting "
+                             f"{needed - stable_for:.1f} s more for the agents' resends")
+    return list(dict.fromkeys(holds))
+
+
 def _tier_mesh_sync(spec: ShardSpec, since: float, until: float | None, timeout: float, grace: float | None,
                     token: str | None) -> dict[str, Any]:
     until = time.time() if until is None else until
     grace = DEFAULT_GRACE if grace is None else grace
-    deadline = time.monotonic() + timeout
-    pause = 0.02
+    tier = _Tier(spec, timeout)
     query = {"since": f"{since:.6f}", "until": f"{until:.6f}", "grace": grace, "timeout": 0}
     with httpx.Client(headers=_headers(token), timeout=10.0) as client:
         while True:
-            membership = spec.resolve()
-            answers = []
+            membership = tier.resolve()
+            views: list[tuple[Shard, dict[str, Any]]] = []
+            unreachable: list[dict[str, Any]] = []
+            first_error: httpx.HTTPError | None = None
             for shard in membership.shards:
-                response = client.get(f"{shard.url}/v1/mesh/wait", params=query)
-                if response.status_code not in (200, 408):
-                    response.raise_for_status()
-                answers.append((shard.url, response.json()))
-            merged = merge_window(membership, answers, since, until)
+                try:
+                    views.append((shard, _ask_mesh(client, shard, query)))
+                except httpx.HTTPError as exc:
+                    if not _transient(exc):
+                        raise
+                    first_error = first_error or exc
+                    unreachable.append(_unreachable(shard, exc))
+            if views:
+                tier.answered = True
+            elif first_error is not None and not tier.answered:
+                raise first_error  # no shard of the set has ever answered: not a tier we can ask
+            merged = merge_window(membership, [(s.url, v) for s, v in views], since, until)
+            holds = tier_holds(tier, membership, views, unreachable)
+            if holds:
+                merged.update(settled=False, outcome=None, held_by=holds, unreachable=unreachable)
             if merged["settled"] and time.time() >= until + grace:
                 return merged
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if tier.left() <= 0:
                 raise MeshNotQuiet(merged)
-            # shards answer at once (timeout 0); ask again, less often the longer it takes
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.5)
+            # shards answer at once (timeout 0): ask again, less often the longer it takes
+            tier.failed()
 
 
 def _tier_wait_sync(spec: ShardSpec, trace_id: str, timeout: float, roots: int, token: str | None) -> dict[str, Any]:
     """Long-poll the shard the ring gives the cascade to, reading the shard set again
-    every ``TIER_SLICE`` seconds (the owner may change during the wait)."""
-    deadline = time.monotonic() + timeout
+    every ``TIER_SLICE`` seconds (the owner may change during the wait) and at once
+    when the owner cannot be asked (it may have been lost): then the new owner is asked,
+    until the timeout. A tier none of whose shards ever answered raises ``httpx.HTTPError``."""
+    tier = _Tier(spec, timeout)
+    last: dict[str, Any] = {"status": "unknown"}
     while True:
-        owner = spec.resolve().owner(trace_id)
+        membership = tier.resolve()
+        owner = membership.owner(trace_id)
         if owner is None:
-            raise httpx.HTTPError(f"the shard set {spec} is empty")
-        left = max(0.0, deadline - time.monotonic())
-        poll = _cascade_poll(trace_id, owner.url, min(left, TIER_SLICE), roots)
-        state = _poll_sync(poll, token)
-        if state is not None:
-            return {**state, "shard": owner.url}
-        if time.monotonic() >= deadline:
-            raise NotSettled(trace_id, {**poll.state, "shard": owner.url})
+            last = {"status": "unknown", "unreachable": [{"shard": str(spec), "endpoint": str(spec),
+                                                          "error": "the shard set is empty"}]}
+        else:
+            poll = _cascade_poll(trace_id, owner.url, max(0.0, min(tier.left(), TIER_SLICE)), roots)
+            try:
+                state = _poll_sync(poll, token)
+            except httpx.HTTPError as exc:
+                if not _transient(exc):
+                    raise
+                if not tier.answered and not _any_answers(membership, token):
+                    raise  # no shard of the set answers at all
+                tier.answered = True
+                last = {"status": "unknown", "shard": owner.url, "unreachable": [_unreachable(owner, exc)]}
+            else:
+                tier.ok()
+                if state is not None:
+                    return {**state, "shard": owner.url}
+                last = {**poll.state, "shard": owner.url}
+                if tier.left() > 0:
+                    continue  # a slice ran out: read the set again and ask its owner
+        if tier.left() <= 0:
+            raise NotSettled(trace_id, last)
+        tier.failed()
+
+
+def _any_answers(membership: Membership, token: str | None) -> bool:
+    """Whether any shard of the set answers at all (its health endpoint)."""
+    client = _sync_client(token)
+    for shard in membership.shards:
+        try:
+            client.get(f"{shard.url}/healthz", timeout=2.0)
+            return True
+        except httpx.HTTPError:
+            continue
+    return False
 
 
 def wait_mesh_sync(
@@ -321,7 +448,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Wait until the cascade TRACE_ID (the W3C trace id of its root request) has settled: "
             "every hop passive and every message accounted for, and say how it ended. Exit codes: "
             "0 settled and completed; 1 not settled in time (printing what still holds it, or the tasks "
-            "it waits on when it is awaiting a user's input); 2 usage or connection error; 3 settled, "
+            "it waits on when it is awaiting a user's input); 2 usage error, or no collector (no shard of a tier) ever answered (a tier wait asks the new owner when a shard is lost, until the timeout); 3 settled, "
             "failed (an agent reported a failure: an executor raised, a task ended failed, rejected or "
             "cancelled by a client, a call was answered with an error); 4 settled with lost work (work "
             "cancelled by a shutdown drain, a task destroyed while pending, a failed push delivery or "

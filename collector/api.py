@@ -244,6 +244,8 @@ class Api:
         reported_by = time.monotonic() + max(0.0, until + grace - now)
         while True:
             done, answer = self.mesh_window(since, until)
+            if self.tier is not None:
+                answer["tier"] = self.tier.describe()  # a client merging the shards' answers reads it
             left = deadline - time.monotonic()
             if done and time.monotonic() >= reported_by:
                 return JSONResponse(answer)

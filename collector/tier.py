@@ -10,10 +10,12 @@ Two roles, both given the shard set (``--shards``) and re-reading it every
   period (the owner answers for it). It ignores hop snapshots (they reach it at
   random) and aggregates ``/v1/mesh`` over every shard for the status page;
 - a **pod sidecar** forwarding to the tier puts the membership's epoch in the
-  collector id it answers agents with, once the new membership has been stable
-  for ``--ring-settle`` seconds (longer than the exporter takes to see it): an
-  agent that sees a new id resends every cascade it still holds, so the shard
-  that took a cascade over completes its view.
+  collector id it answers agents with: at once when it reads a new membership,
+  and again once that has held for ``--ring-settle`` seconds (longer than the
+  exporter takes to see it). An agent that sees a new id resends every cascade
+  it still holds, so the shard that took a cascade over completes its view:
+  the first resend reaches it when the exporter saw the change before this
+  sidecar did, the second in any case.
 """
 
 from __future__ import annotations
@@ -85,15 +87,20 @@ class Tier:
                 ring = membership.ring
                 self.collector.detector.owner_of = ring.endpoint_for
                 self.collector.detector.reassign()
-            if first:
-                self._adopt(membership)
-        if self.adopted != membership.epoch and now - self.changed_at >= self.config.ring_settle:
-            self._adopt(membership)
+            # at once: the exporter may route by the new ring already (its k8s resolver
+            # watches; the DNS this sidecar reads lags behind it), and then the moved
+            # cascades' new owners get the resends now
+            self._adopt(membership.epoch)
+        settled = f"{membership.epoch}s"
+        if self.changes and self.adopted != settled and now - self.changed_at >= self.config.ring_settle:
+            # and again once the membership has held for --ring-settle: an exporter slower
+            # than this sidecar routed the first resends by the old ring
+            self._adopt(settled)
 
-    def _adopt(self, membership: Membership) -> None:
-        self.adopted = membership.epoch
+    def _adopt(self, epoch: str) -> None:
+        self.adopted = epoch
         # agents resend what they hold when this id changes (instrumentation/reporter.py)
-        self.collector.ingest_.collector_id = f"{self.base_id}.{membership.epoch}"
+        self.collector.ingest_.collector_id = f"{self.base_id}.{epoch}"
 
     async def run(self) -> None:
         while True:
@@ -118,6 +125,10 @@ class Tier:
             "epoch": membership.epoch if membership else None,
             "shards": [{"endpoint": s.endpoint, "url": s.url} for s in (membership.shards if membership else ())],
             "changes": self.changes,
+            # what a client merging the shards' answers needs to know how long resends may take
+            "stable_for": round(time.monotonic() - self.changed_at, 3) if self.changes else None,
+            "ring_settle": self.config.ring_settle,
+            "ring_refresh": self.config.ring_refresh,
         }
 
     async def describe_at_owner(self, trace_id: str) -> dict[str, Any] | None:

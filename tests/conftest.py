@@ -29,7 +29,7 @@ TIERS = {
     # real processes: the collector, agents under opentelemetry-instrument, other SDKs' and frameworks' venvs
     "integration": ("test_chaos", "test_collector", "test_collector_fuzz", "test_compat", "test_defaults",
                     "test_fasta2a", "test_frameworks", "test_gate", "test_instrumentation_subprocess",
-                    "test_otelcol", "test_settlement_live", "test_tier", "test_verdicts_live", "test_wait_cli"),
+                    "test_otelcol", "test_settlement_live", "test_tier", "test_tier_clients", "test_verdicts_live", "test_wait_cli"),
     # with Prometheus, Alertmanager, promtool or Helm
     "e2e": ("test_collector_prometheus", "test_dashboard", "test_demo", "test_e2e_alerts", "test_helm", "test_rules"),
     "browser": ("test_status_page_browser",),

@@ -23,13 +23,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events, wait_http
+from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.shards import ShardSpec
@@ -39,45 +38,9 @@ from conftest import need_tool
 from lbexporter import LoadBalancerDouble
 from otelcol import RealCollector
 from support import metric, wait_until
+from tierkit import ShardProc, start_shard, write_ring
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@dataclass
-class ShardProc:
-    grpc_port: int
-    http_port: int
-    popen: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def line(self) -> str:
-        return f"{self.endpoint}={self.url}"
-
-
-def start_shard(shard: ShardProc, ring_file: Path, workdir: Path, *extra: str) -> None:
-    log = workdir / f"shard-{shard.grpc_port}.log"
-    shard.popen = subprocess.Popen(
-        [_bin("a2a-quiescence"), "collector", "--otlp-listen", "off",
-         "--otlp-grpc-listen", shard.endpoint, "--http-listen", f"127.0.0.1:{shard.http_port}",
-         "--shards", f"@{ring_file}", "--shard-name", shard.endpoint, "--ring-refresh", "0.2",
-         # short, so a cascade held here by mistake would show as stuck within the run
-         "--stuck-after", "2", "--log-level", "warning", *extra],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
-    )
-    wait_http(f"{shard.url}/readyz", proc=shard.popen)
-
-
-def write_ring(ring_file: Path, shards: list[ShardProc]) -> None:
-    tmp = ring_file.with_suffix(".tmp")
-    tmp.write_text("\n".join(s.line() for s in shards) + "\n", encoding="utf-8")
-    tmp.replace(ring_file)  # atomic, as a ConfigMap update is
 
 
 def run_cascades(mesh: Mesh, n: int) -> list[str]:

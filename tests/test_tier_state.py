@@ -141,7 +141,7 @@ def test_mesh_views_are_summed_and_an_unreachable_shard_is_not_quiet() -> None:
 
 
 # --- a pod sidecar's epoch ------------------------------------------------------------------------
-def test_a_sidecar_tells_agents_to_resend_only_once_a_new_membership_held(tmp_path) -> None:
+def test_a_sidecar_tells_agents_to_resend_at_a_change_and_again_once_it_held(tmp_path) -> None:
     ring = tmp_path / "shards"
     ring.write_text("http://s0:9464\n")
     ingest = SimpleNamespace(collector_id="base")
@@ -149,13 +149,20 @@ def test_a_sidecar_tells_agents_to_resend_only_once_a_new_membership_held(tmp_pa
     tier = Tier(Config(shards=f"@{ring}", ring_settle=15.0), collector)
     first = ingest.collector_id
     assert first.startswith("base.")
+    tier.apply(tier.spec.resolve(), now=50.0)
+    assert ingest.collector_id == first  # an unchanged membership never asks for a resend
     ring.write_text("http://s0:9464\nhttp://s1:9464\n")
     tier.apply(tier.spec.resolve(), now=100.0)
-    assert ingest.collector_id == first  # not yet: the exporter may not see it yet
+    at_change = ingest.collector_id
+    assert at_change != first and collector.state.ring_changes == 1  # at once: the exporter may route by it
     tier.apply(tier.spec.resolve(), now=114.0)
-    assert ingest.collector_id == first
+    assert ingest.collector_id == at_change  # not again before the membership held for --ring-settle
     tier.apply(tier.spec.resolve(), now=115.0)
-    assert ingest.collector_id != first and collector.state.ring_changes == 1
+    held = ingest.collector_id
+    assert held not in (first, at_change)  # again: for an exporter that saw it later than this sidecar
+    tier.apply(tier.spec.resolve(), now=200.0)
+    assert ingest.collector_id == held  # and never a third time
+    assert tier.describe()["stable_for"] is not None
 
 
 def test_a_shard_set_whose_name_does_not_resolve_yet_starts_empty() -> None:
