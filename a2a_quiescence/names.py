@@ -187,6 +187,7 @@ M_RECEIVED = "a2a_quiescence_received_total"
 M_REJECTED = "a2a_quiescence_rejected_total"
 M_FORWARDED = "a2a_quiescence_forwarded_total"
 M_DROPPED = "a2a_quiescence_dropped_total"
+M_FORWARD_WAITING = "a2a_quiescence_forward_waiting"
 M_EVICTED = "a2a_quiescence_evicted_total"
 M_SNAPSHOTS = "a2a_quiescence_snapshots_total"
 # a mesh tier (sharded by trace id behind the load-balancing exporter)
@@ -226,6 +227,7 @@ EXPORTED_METRICS = frozenset(
         M_REJECTED,
         M_FORWARDED,
         M_DROPPED,
+        M_FORWARD_WAITING,
         M_EVICTED,
         M_SNAPSHOTS,
     }
@@ -237,6 +239,12 @@ REJECT_TOO_LARGE = "too_large"
 REJECT_CONTENT_TYPE = "unsupported_media_type"
 REJECT_UNAUTHORIZED = "unauthorized"
 REJECT_NOT_FOUND = "not_found"
+
+# why a request was not forwarded (label `reason` on M_DROPPED; collector/forward.py)
+DROP_QUEUE_FULL = "queue_full"
+DROP_UPSTREAM_REFUSED = "upstream_refused"
+DROP_UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+DROP_REASONS = (DROP_QUEUE_FULL, DROP_UPSTREAM_REFUSED, DROP_UPSTREAM_UNAVAILABLE)
 
 # --- alerts ----------------------------------------------------------------
 ALERT_LEAKED = "A2AProducerLeakedAtShutdown"

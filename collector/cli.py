@@ -71,6 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bearer token sent upstream when forwarding (e.g. to a token-protected mesh collector)")
     p.add_argument("--forward-queue", type=int, default=_env("FORWARD_QUEUE", "1000"),
                    help="requests held for forwarding at most (beyond: dropped, counted)")
+    p.add_argument("--forward-concurrency", type=int, default=_env("FORWARD_CONCURRENCY", "4"),
+                   help="requests forwarded at a time (waiting ones of one signal travel together)")
     p.add_argument("--shards", default=os.environ.get(names.ENV_SHARDS),
                    help="the mesh tier's shard set, in the load-balancing exporter's order: comma-separated API URLs "
                         "(http://mesh-0.mesh:9464; ring endpoint HOST:RING_PORT), ENDPOINT=URL items, "
@@ -81,11 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="this shard's ring endpoint exactly as the exporter names it (e.g. mesh-0.mesh.ns:4317)")
     p.add_argument("--ring-port", type=int, default=_env("RING_PORT", "4317"),
                    help="the shards' OTLP/gRPC port: the ring endpoint of a shard given by URL is HOST:RING_PORT")
-    p.add_argument("--ring-refresh", type=float, default=_env("RING_REFRESH", "5"),
+    p.add_argument("--ring-refresh", type=float, default=_env("RING_REFRESH", "2"),
                    help="seconds between reads of the shard set")
-    p.add_argument("--ring-settle", type=float, default=_env("RING_SETTLE", "15"),
-                   help="a pod sidecar: seconds a new membership must hold before agents are told to resend "
-                        "(longer than the exporter takes to see it)")
+    p.add_argument("--ring-settle", type=float, default=_env("RING_SETTLE", "6"),
+                   help="seconds a new membership must hold before a pod sidecar tells its agents to resend "
+                        "a second time (the first is at once): longer than the exporter takes to see it "
+                        "(its dns/k8s resolver: 5 s). Shards publish it so clients know how long resends take")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -112,7 +115,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise ValueError(f"--token-file {args.token_file} is empty")
     if not 0 <= args.root_grace <= 60:
         raise ValueError(f"--root-grace must be 0..60 seconds, got {args.root_grace}")
-    for flag in ("max_body_bytes", "max_agents", "max_cascades", "stuck_after", "retention", "agent_timeout", "forward_queue"):
+    positive = ("max_body_bytes", "max_agents", "max_cascades", "stuck_after", "retention", "agent_timeout",
+                "forward_queue", "forward_concurrency")
+    for flag in positive:
         if getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be greater than 0, got {getattr(args, flag)}")
     if args.shard_name and not args.shards:
@@ -145,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         forward=args.forward,
         forward_token=args.forward_token or None,
         forward_queue=args.forward_queue,
+        forward_concurrency=args.forward_concurrency,
         shards=args.shards or None,
         shard_name=args.shard_name or None,
         ring_port=args.ring_port,

@@ -24,6 +24,7 @@ class Config:
     forward_token: str | None = None
     forward_queue: int = 1000
     forward_retries: int = 3
+    forward_concurrency: int = 4
     max_wait: float = 300.0
     # how long after a mesh wait's window ends a root request received in it may
     # still be on its way to the collector (agents report within milliseconds)
@@ -35,8 +36,8 @@ class Config:
     shards: str | None = None
     shard_name: str | None = None
     ring_port: int = 4317
-    ring_refresh: float = 5.0
-    ring_settle: float = 15.0
+    ring_refresh: float = 2.0
+    ring_settle: float = 6.0
 
 
 def split_hostport(value: str) -> tuple[str, int]:

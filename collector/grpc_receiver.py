@@ -1,11 +1,15 @@
 """OTLP/gRPC receiver: the Python distro's default protocol, so an agent
-started with `opentelemetry-instrument` and no OTLP settings reaches us."""
+started with `opentelemetry-instrument` and no OTLP settings reaches us.
+
+It is given what it calls (``Receiving``): it knows nothing of the collector."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -13,25 +17,34 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from a2a_quiescence import names
 
 
-def _authorize(collector: Any, context: grpc.aio.ServicerContext) -> bool:
-    metadata = dict(context.invocation_metadata() or ())
-    return collector.authorized(metadata.get("authorization"))
+@dataclass(frozen=True)
+class Receiving:
+    """What a received export request goes to: the bearer-token check, the count of
+    refused requests, the collector's own ingest and, when it forwards, the forwarder."""
+
+    authorized: Callable[[str | None], bool]
+    reject: Callable[[str], None]
+    ingest: Callable[[str, Message], Any]
+    forward: Callable[[str, bytes, dict[str, str]], None] | None
+    max_body_bytes: int
 
 
 class _Base:
     signal = ""
-    response: Any = None
+    response: type[Message]
 
-    def __init__(self, collector: Any) -> None:
-        self.collector = collector
+    def __init__(self, receiving: Receiving) -> None:
+        self.receiving = receiving
 
-    async def Export(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC name
-        if not _authorize(self.collector, context):
-            self.collector.state.reject(names.REJECT_UNAUTHORIZED)
+    async def Export(self, request: Message, context: grpc.aio.ServicerContext) -> Message:  # noqa: N802 - gRPC name
+        receiving = self.receiving
+        metadata = dict(context.invocation_metadata() or ())
+        if not receiving.authorized(metadata.get("authorization")):
+            receiving.reject(names.REJECT_UNAUTHORIZED)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        self.collector.ingest(self.signal, request)
-        if self.collector.forwarder is not None:  # serialise again only to forward
-            self.collector._forward(self.signal, request.SerializeToString(), {"content-type": "application/x-protobuf"})
+        receiving.ingest(self.signal, request)
+        if receiving.forward is not None:  # serialise again only to forward
+            receiving.forward(self.signal, request.SerializeToString(), {"content-type": "application/x-protobuf"})
         return self.response()
 
 
@@ -50,11 +63,11 @@ class _Metrics(_Base, metrics_service_pb2_grpc.MetricsServiceServicer):
     response = metrics_service_pb2.ExportMetricsServiceResponse
 
 
-async def start_grpc(collector: Any, listen: str) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", collector.config.max_body_bytes)])
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(collector), server)
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(collector), server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(collector), server)
+async def start_grpc(receiving: Receiving, listen: str) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", receiving.max_body_bytes)])
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(receiving), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(receiving), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(receiving), server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"could not bind OTLP/gRPC on {listen}")

@@ -21,10 +21,10 @@ logger = logging.getLogger("a2a_quiescence.collector")
 
 
 class Ingest:
-    """``forward(signal, raw, headers)`` passes what was accepted on (upstream, when configured)."""
+    """``forward(signal, raw, headers)`` passes what was accepted on (upstream; None: not forwarding)."""
 
     def __init__(self, config: Config, state: MeshState, collector_id: str,
-                 forward: Callable[[str, bytes, Any], None]) -> None:
+                 forward: Callable[[str, bytes, Any], None] | None) -> None:
         self.config = config
         self.state = state
         self.collector_id = collector_id
@@ -96,7 +96,8 @@ class Ingest:
             self.state.reject(exc.reason)
             return JSONResponse({"error": str(exc), "reason": exc.reason}, exc.status, headers=headers)
         bad = self.apply(signal, message)
-        self.forward(signal, raw, request.headers)
+        if self.forward is not None:
+            self.forward(signal, raw, request.headers)
         if bad:
             # OTLP partial success: accepted, with the count of records refused
             return JSONResponse(

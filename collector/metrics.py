@@ -143,9 +143,14 @@ class StateCollector(Collector):
             rejected.add_metric([reason], st.rejected.get(reason, 0))
         yield rejected
         yield CounterMetricFamily(_base(names.M_FORWARDED), "OTLP requests forwarded upstream", value=st.forwarded)
-        yield CounterMetricFamily(
-            _base(names.M_DROPPED), "OTLP requests dropped from the forward queue", value=st.dropped
+        dropped = CounterMetricFamily(
+            _base(names.M_DROPPED), "OTLP requests not forwarded upstream, by reason", labels=["reason"]
         )
+        for reason in names.DROP_REASONS:
+            dropped.add_metric([reason], st.dropped[reason])
+        yield dropped
+        yield GaugeMetricFamily(names.M_FORWARD_WAITING, "OTLP requests waiting to be forwarded upstream",
+                                value=st.forward_waiting)
         evicted = CounterMetricFamily(_base(names.M_EVICTED), "State evicted to bound memory", labels=["kind"])
         for kind, n in sorted(st.evicted.items()):
             evicted.add_metric([kind], n)

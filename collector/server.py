@@ -67,7 +67,7 @@ class Collector:
             registry=self.registry,
         )
         self.forwarder = Forwarder(config, self.state) if config.forward else None
-        self.ingest_ = Ingest(config, self.state, self.id, self._forward)
+        self.ingest_ = Ingest(config, self.state, self.id, self.forwarder.put if self.forwarder else None)
         self.api = Api(config, self.detector, self.state, self.registry, self.authorized, self._listening)
         self.tier = None
         if config.shards:
@@ -93,10 +93,6 @@ class Collector:
     def ingest(self, signal: str, message: Any) -> int:
         """Apply a decoded export request; returns how many snapshots were rejected."""
         return self.ingest_.apply(signal, message)
-
-    def _forward(self, signal: str, raw: bytes, headers: Any) -> None:
-        if self.forwarder is not None:
-            self.forwarder.put(signal, raw, headers)
 
     def describe(self, trace_id: str) -> dict[str, Any]:
         return self.api.describe(trace_id)
@@ -159,9 +155,16 @@ class Collector:
         stopping = asyncio.create_task(self._stop.wait(), name="stop")
         try:
             if self.config.grpc_listen:
-                from a2a_quiescence.collector.grpc_receiver import start_grpc
+                from a2a_quiescence.collector.grpc_receiver import Receiving, start_grpc
 
-                grpc_server, port = await start_grpc(self, self.config.grpc_listen)
+                receiving = Receiving(
+                    authorized=self.authorized,
+                    reject=self.state.reject,
+                    ingest=self.ingest,
+                    forward=self.forwarder.put if self.forwarder else None,
+                    max_body_bytes=self.config.max_body_bytes,
+                )
+                grpc_server, port = await start_grpc(receiving, self.config.grpc_listen)
                 self.bound["otlp_grpc"] = (split_hostport(self.config.grpc_listen)[0], port)
             self.ready = True  # connections wait in the sockets' backlog until the servers accept them
             logger.info("a2a-quiescence collector listening: %s", self.bound)

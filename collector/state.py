@@ -85,7 +85,8 @@ class MeshState:
         self.snapshots: dict[str, int] = {"hop": 0, "cascade": 0}
         self.evicted: dict[str, int] = {"agent": 0, "incarnation": 0, "cascade": 0}
         self.forwarded = 0
-        self.dropped = 0
+        self.dropped: dict[str, int] = {reason: 0 for reason in names.DROP_REASONS}
+        self.forward_waiting = 0  # requests waiting to be forwarded
         self.edges: dict[tuple[str, str], int] = {}
         # a shard of a mesh tier decides cascades only: hop snapshots reach it at random
         # (the exporter scatters records without a trace id), so it ignores them; the
@@ -97,6 +98,9 @@ class MeshState:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
 
     # -- hop snapshots ----------------------------------------------------------
     def _agent(self, name: str) -> Agent:

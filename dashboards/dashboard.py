@@ -349,7 +349,7 @@ def _row_collector() -> tuple[str, list[Any]]:
             .with_target(_q(f'count(up{{job="{COLLECTOR_JOB}"}})', "B", "targets", instant=True))
             .unit("short")
             .reduce_options(_last())
-            .span(6).height(8),
+            .span(4).height(8),
             timeseries.Panel()
             .title("Telemetry received and rejected")
             .description("OTLP payloads the collector accepted per second by signal, and rejected by reason.")
@@ -357,20 +357,31 @@ def _row_collector() -> tuple[str, list[Any]]:
             .with_target(_q(f"sum by (reason) (rate({n.M_REJECTED}[$__rate_interval]))", "B", "rejected {{reason}}"))
             .unit("ops")
             .legend(_legend())
-            .span(9).height(8),
+            .span(7).height(8),
             timeseries.Panel()
             .title("Forwarding, evictions and snapshots")
             .description(
-                "Payloads forwarded to the trace backend or dropped, state evicted by kind, and "
-                "snapshots taken by kind, per second."
+                "Payloads forwarded upstream (the trace backend, the mesh tier's gateway) or dropped by "
+                "reason (queue_full: the upstream did not keep up), state evicted by kind, and snapshots "
+                "taken by kind, per second."
             )
             .with_target(_q(f"sum(rate({n.M_FORWARDED}[$__rate_interval]))", "A", "forwarded"))
-            .with_target(_q(f"sum(rate({n.M_DROPPED}[$__rate_interval]))", "B", "dropped"))
+            .with_target(_q(f"sum by (reason) (rate({n.M_DROPPED}[$__rate_interval]))", "B", "dropped {{reason}}"))
             .with_target(_q(f"sum by (kind) (rate({n.M_EVICTED}[$__rate_interval]))", "C", "evicted {{kind}}"))
             .with_target(_q(f"sum by (kind) (rate({n.M_SNAPSHOTS}[$__rate_interval]))", "D", "snapshots {{kind}}"))
             .unit("ops")
             .legend(_legend())
-            .span(9).height(8),
+            .span(7).height(8),
+            timeseries.Panel()
+            .title("Forward queue")
+            .description(
+                "Requests waiting to be forwarded upstream, per collector: a forwarding sidecar whose queue "
+                "stays up is behind its agents, and settlement is late by as much."
+            )
+            .with_target(_q(f"max by (instance) ({n.M_FORWARD_WAITING})", "A", "{{instance}}"))
+            .unit("short")
+            .legend(_legend())
+            .span(6).height(8),
         ])
     )
 

@@ -23,7 +23,7 @@ TIERS = {
     "unit": ("test_backends", "test_collector_api", "test_reporter_encoding", "test_ring", "test_settlement_property",
              "test_tier_property", "test_tier_state", "test_wire"),
     # real a2a-sdk agents and servers on loopback, in the test's own process
-    "inprocess": ("test_coexistence", "test_destroyed_pending", "test_fork", "test_grpc_transport",
+    "inprocess": ("test_coexistence", "test_destroyed_pending", "test_fork", "test_forward", "test_grpc_transport",
                   "test_instrumentation", "test_issue1101", "test_reporter", "test_semconv", "test_verdicts",
                   "test_dashboards_push"),
     # real processes: the collector, agents under opentelemetry-instrument, other SDKs' and frameworks' venvs

@@ -516,7 +516,9 @@ def test_forwarding_with_forward_token(tmp_path: Path) -> None:
             assert headers["content-encoding"] == "gzip"
             assert gzip.decompress(body) == raw
             until("forwarded_total", lambda: c.value(names.M_FORWARDED) == 1)
-            assert c.value(names.M_DROPPED) == 0
+            for reason in names.DROP_REASONS:
+                assert c.value(names.M_DROPPED, reason=reason) == 0
+            assert c.value(names.M_FORWARD_WAITING) == 0
         finally:
             assert c.stop() == 0
     finally:
@@ -544,7 +546,8 @@ def test_forward_upstream_down_drops_after_bounded_retries(tmp_path: Path) -> No
     try:
         for i in range(3):
             assert c.post(hop_request("fwd", hop_body("f-1", i + 1, started=i))).status_code == 200
-        until("dropped_total == 3", lambda: c.value(names.M_DROPPED) == 3)
+        until("dropped_total == 3", lambda: c.value(names.M_DROPPED, reason=names.DROP_UPSTREAM_UNAVAILABLE) == 3)
+        assert c.value(names.M_DROPPED, reason=names.DROP_QUEUE_FULL) == 0
         assert c.value(names.M_FORWARDED) == 0
         assert c.value(names.M_PRODUCERS_STARTED, agent="fwd") == 2  # ingest unaffected
     finally:

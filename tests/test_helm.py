@@ -822,6 +822,10 @@ def test_pod_sidecar_forwards_to_the_gateway_and_watches_the_tier(monkeypatch: p
     assert (shards.scheme, shards.hostname, shards.port) == (
         "dns+http", f"{headless['metadata']['name']}.{NAMESPACE}.svc.cluster.local", 9464)
     assert "--shard-name" not in sidecar["args"]
+    # the shards publish how long the sidecars' resends take: they run with the sidecars' settle
+    (shard_container,) = pod_spec(by_kind(docs, "StatefulSet")[0])["containers"]
+    assert flag(shard_container, "--ring-settle") == flag(sidecar, "--ring-settle") == "6"
+    assert flag(shard_container, "--ring-refresh") == flag(sidecar, "--ring-refresh") == "2"
     _cluster_dns(monkeypatch, docs)
     config = _accepted_by_the_cli(sidecar)
     assert config.forward == flag(sidecar, "--forward") and config.shard_name is None
