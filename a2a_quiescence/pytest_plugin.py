@@ -251,11 +251,18 @@ class Quiescence:
         return state
 
     def mesh(self) -> dict[str, Any]:
-        """The collector's /v1/mesh (a mesh tier: any shard's, which covers every shard)."""
-        base = self.shards.resolve().shards[0].url if self.shards else self.endpoint
-        response = httpx.get(f"{base.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
-        response.raise_for_status()
-        return response.json()
+        """The collector's /v1/mesh (a mesh tier: the first shard that answers; each
+        shard's view covers every shard and names those that did not answer)."""
+        bases = [s.url for s in self.shards.resolve().shards] if self.shards else [self.endpoint]
+        for i, base in enumerate(bases):
+            try:
+                response = httpx.get(f"{base.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
+                response.raise_for_status()
+                return response.json()
+            except httpx.HTTPError:
+                if i == len(bases) - 1:
+                    raise
+        raise httpx.ConnectError("the shard set names no shard")
 
     def assert_no_leaked_producers(self) -> None:
         """No agent's last shutdown left producers running: asked of the collector at the

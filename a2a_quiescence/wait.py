@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -413,13 +414,18 @@ async def wait_for_quiescence(
     timeout: float = 30.0,
     roots: int = 1,
     token: str | None = None,
+    shards: str | ShardSpec | None = None,
 ) -> dict[str, Any]:
     """Wait until cascade ``trace_id`` has settled; returns the collector's view.
 
     Raises ``NotSettled`` when it has not settled within ``timeout`` seconds and
     ``httpx.HTTPError`` when the collector cannot be reached. Cancelling the
-    awaiting task ends the wait at once.
+    awaiting task ends the wait at once. ``shards``: ask the shard of a mesh tier
+    that owns the cascade, and its new owner when it is lost (as ``wait_sync``,
+    in a worker thread, which finishes its current long-poll slice after a cancel).
     """
+    if shards:
+        return await asyncio.to_thread(_tier_wait_sync, _spec(shards), trace_id, timeout, roots, token)
     poll = _cascade_poll(trace_id, endpoint, timeout, roots)
     state = await _poll_async(poll, token)
     if state is None:

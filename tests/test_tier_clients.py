@@ -24,7 +24,8 @@ import pytest
 from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.shards import ShardSpec
-from a2a_quiescence.wait import MeshNotQuiet, wait_mesh_sync
+from a2a_quiescence.pytest_plugin import Quiescence
+from a2a_quiescence.wait import MeshNotQuiet, wait_for_quiescence, wait_mesh_sync
 
 from otelcol import RealCollector
 from support import wait_until
@@ -69,6 +70,11 @@ def test_a_wait_answers_from_the_new_owner_when_the_owner_is_killed(tmp_path: Pa
                 [_bin("a2a-quiescence"), "wait", trace_id, "--shards", f"@{ring_file}", "--timeout", "60", "--json"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
+            # the async Python API waits beside the CLI, through the same owner loss
+            api_answer: dict = {}
+            api = threading.Thread(target=lambda: api_answer.update(asyncio.run(
+                wait_for_quiescence(trace_id, shards=f"@{ring_file}", timeout=60))))
+            api.start()
             try:
                 # the owner holds the cascade open, and the wait is long-polling it
                 wait_until(lambda: httpx.get(f"{owner.url}/v1/cascades/{trace_id}", params={"local": "1"},
@@ -89,10 +95,13 @@ def test_a_wait_answers_from_the_new_owner_when_the_owner_is_killed(tmp_path: Pa
                     waiter.kill()
                     waiter.wait(10)
                 sent.join(60)
+                api.join(90)
             assert waiter.returncode == 0, out + err
             state = json.loads(out)
             assert state["status"] == "settled" and state["outcome"] == "completed", state
             assert state["shard"] == survivor.url
+            assert (api_answer.get("status"), api_answer.get("outcome"), api_answer.get("shard")) == (
+                "settled", "completed", survivor.url), api_answer
             for name in ("A", "B", "C"):
                 mesh.agents[name].stop()
             last = max(e["t"] for e in read_events(tmp_path / "events.jsonl") if e.get("trace_id") == trace_id)
@@ -116,7 +125,8 @@ def test_a_mesh_wait_holds_on_a_shard_it_cannot_ask_and_on_a_fresh_membership(tm
         assert "quiet: 0 cascade(s)" in quiet.stdout
 
         # a listed shard that cannot be asked holds the answer: exit 1 at the timeout, naming it
-        lost = shards[1]
+        # (the one listed first: the fixture's view must come from the other)
+        lost, kept = sorted(shards[:2], key=lambda s: s.endpoint)
         assert lost.popen is not None
         lost.popen.kill()
         lost.popen.wait(10)
@@ -127,9 +137,12 @@ def test_a_mesh_wait_holds_on_a_shard_it_cannot_ask_and_on_a_fresh_membership(tm
         assert f"shard {lost.endpoint}" in held.stderr and "cannot be asked" in held.stderr, held.stderr
         with pytest.raises(MeshNotQuiet, match=lost.endpoint):  # the Python API the fixture and gate use
             wait_mesh_sync(since=float(since), shards=f"@{ring_file}", timeout=0.5)
+        view = Quiescence("http://127.0.0.1:9", 5, shards=f"@{ring_file}").mesh()  # the fixture's /v1/mesh
+        assert view["quiet"] is False
+        assert {s["endpoint"]: s["reachable"] for s in view["shards"]} == {lost.endpoint: False, kept.endpoint: True}
 
         # the set drops it and takes a new shard: held until the shards' resends can have landed
-        write_ring(ring_file, [shards[0], shards[2]])
+        write_ring(ring_file, [kept, shards[2]])
         with pytest.raises(MeshNotQuiet, match="membership changed|has not read the shard set"):
             wait_mesh_sync(since=float(since), shards=f"@{ring_file}", timeout=0.5)
         # and then answers: --ring-settle 1 + --ring-refresh 0.2 + the resend slack
