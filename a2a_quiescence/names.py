@@ -59,9 +59,8 @@ LEGACY_SPAN_CLIENT_PREFIX = "a2a.client."
 LEGACY_ATTR_METHOD = "a2a.method"
 LEGACY_ATTR_CONTEXT_ID = "a2a.context.id"
 
-# OTEL_SEMCONV_STABILITY_OPT_IN, read the way opentelemetry-python-contrib reads it
+# values of OTEL_SEMCONV_STABILITY_OPT_IN, read the way opentelemetry-python-contrib reads it
 # (opentelemetry.instrumentation._semconv: a comma-separated list; "<signal>/dup" wins over "<signal>")
-ENV_SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
 SEMCONV_OPT_A2A = "a2a"  # the conventions only (also the default)
 SEMCONV_OPT_A2A_DUP = "a2a/dup"  # the conventions and, beside them, the names before them
 
@@ -116,6 +115,7 @@ STATUS_OPEN = "open"
 STATUS_AWAITING_INPUT = "awaiting_input"
 STATUS_STUCK = "stuck"
 STATUS_SETTLED = "settled"
+STATUS_UNKNOWN = "unknown"  # no hop has reported it (the API's answer for a trace id it never saw)
 # a shard of a mesh tier: the ring gives this cascade to another shard (it is not
 # counted here as open or stuck; the owner answers for it)
 STATUS_MOVED = "moved"
@@ -260,28 +260,15 @@ ALERT_COLLECTOR_REJECTING = "A2AQuiescenceCollectorRejecting"
 
 # --- collector defaults ----------------------------------------------------
 DEFAULT_OTLP_HTTP = "127.0.0.1:4318"
-DEFAULT_OTLP_GRPC = "127.0.0.1:4317"
+OTLP_GRPC_PORT = 4317  # also the shards' ring port (the load-balancing exporter's default)
+DEFAULT_OTLP_GRPC = f"127.0.0.1:{OTLP_GRPC_PORT}"
 DEFAULT_HTTP = "127.0.0.1:9464"
 
-# --- environment variables -------------------------------------------------
-ENV_ENDPOINT = "A2A_QUIESCENCE_ENDPOINT"  # where snapshots go (OTLP/HTTP logs URL)
-ENV_STALL_SECONDS = "A2A_QUIESCENCE_STALL_SECONDS"
-ENV_HEARTBEAT_SECONDS = "A2A_QUIESCENCE_HEARTBEAT_SECONDS"
-# a mesh tier's shard set, for `a2a-quiescence wait`, the pytest plugin and the collector (--shards)
-ENV_SHARDS = "A2A_QUIESCENCE_SHARDS"
-ENV_FLUSH_MS = "A2A_QUIESCENCE_FLUSH_MS"  # coalescing delay after a change that can settle a cascade
-ENV_LAZY_MS = "A2A_QUIESCENCE_LAZY_MS"  # at most this late: every other change (activity, counters)
-# under load, prompt exports at least this far apart (the cap of the reporter's adaptive window)
-ENV_COALESCE_MS = "A2A_QUIESCENCE_COALESCE_MS"
-ENV_TOKEN = "A2A_QUIESCENCE_TOKEN"
-ENV_DISABLED = "A2A_QUIESCENCE_DISABLED"
-# "1": instrument a release newer than every tested one (the version guard otherwise refuses it)
-ENV_ALLOW_UNTESTED = "A2A_QUIESCENCE_ALLOW_UNTESTED"
-# a2a-sdk's own tracing; a2a-quiescence defaults it to "false" (an explicit "true" is honoured)
-ENV_A2A_SDK_TRACING = "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"
-# "false": make no A2A call spans (CLIENT/SERVER) and leave them to another A2A instrumentation;
-# receipts, sends, trace propagation, snapshots, settlement and the lifecycle spans stay
-ENV_CALL_SPANS = "A2A_QUIESCENCE_CALL_SPANS"
+# --- environment variables: a2a_quiescence.environment_variables defines every one ------------
+
+# the entry point (group opentelemetry_instrumentor) of this instrumentation: the name
+# OTEL_PYTHON_DISABLED_INSTRUMENTATIONS lists to switch it off
+ENTRY_POINT = "a2a_quiescence"
 # the entry point and module of other A2A instrumentations, which ours must never take
 # (loongsuite-instrumentation-a2a)
 PEER_ENTRY_POINT = "a2a"

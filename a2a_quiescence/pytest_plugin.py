@@ -36,7 +36,6 @@ the collector's root grace, and sees only what the agents report).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any, Generator, Iterable
@@ -44,12 +43,12 @@ from typing import Any, Generator, Iterable
 import httpx
 import pytest
 
+from a2a_quiescence import environment_variables as env
+from a2a_quiescence import names
 from a2a_quiescence.wait import (
-    DEFAULT_ENDPOINT,
-    ENV_SHARDS,
     MeshNotQuiet,
     NotSettled,
-    _headers,
+    auth_headers,
     describe_endings,
     describe_holders,
     describe_mesh,
@@ -58,7 +57,7 @@ from a2a_quiescence.wait import (
 )
 from a2a_quiescence.shards import ShardSpec
 
-OUTCOMES = ("completed", "failed", "lost")
+OUTCOMES = names.VERDICTS
 _GATE_START = pytest.StashKey[float]()
 _GATE_ALLOW = pytest.StashKey[frozenset]()
 _GATE_SECONDS: list[float] = []
@@ -70,13 +69,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--a2a-quiescence-endpoint",
         default=None,
-        help="a2a-quiescence collector API URL (default: env A2A_QUIESCENCE_API or http://127.0.0.1:9464)",
+        help=f"a2a-quiescence collector API URL (default: env {env.API.name} or {env.API.default})",
     )
     group.addoption(
         "--a2a-quiescence-shards",
         default=None,
         help="ask a mesh tier instead: its shard set (comma-separated shard API URLs in the load-balancing "
-             "exporter's order, ENDPOINT=URL items, dns+http://NAME:PORT or @FILE; default: env A2A_QUIESCENCE_SHARDS)",
+             f"exporter's order, ENDPOINT=URL items, dns+http://NAME:PORT or @FILE; default: env {env.SHARDS.name})",
     )
     group.addoption("--a2a-quiescence-timeout", type=float, default=30.0, help="seconds to wait for settlement")
     group.addoption(
@@ -100,7 +99,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--a2a-quiescence-otlp", default=None, metavar="URL",
         help="OTLP/HTTP logs URL the test process ships its cascades to "
-             "(default: as an agent's: A2A_QUIESCENCE_ENDPOINT, the OTLP variables, or 127.0.0.1:4318)",
+             f"(default: as an agent's: {env.ENDPOINT.name}, the OTLP variables, or {env.ENDPOINT.default})",
     )
 
 
@@ -123,7 +122,7 @@ def _instrument_client(config: pytest.Config) -> Any:
         return None
     inst = A2AQuiescenceInstrumentor()
     if not inst.is_instrumented_by_opentelemetry:  # else: already (opentelemetry-instrument pytest)
-        inst.instrument(service_name=os.environ.get("OTEL_SERVICE_NAME") or "pytest",
+        inst.instrument(service_name=env.OTEL_SERVICE_NAME.raw() or "pytest",
                         endpoint=config.getoption("--a2a-quiescence-otlp"), skip_dep_check=True)
         config.add_cleanup(inst.uninstrument)
     runtime = inst.runtime
@@ -147,15 +146,15 @@ def _allowed(value: Any) -> frozenset[str]:
     unknown = items - set(OUTCOMES)
     if unknown:
         raise pytest.UsageError(f"a2a-quiescence gate: unknown outcome(s) {sorted(unknown)}; use failed, lost")
-    return frozenset(items | {"completed"})
+    return frozenset(items | {names.VERDICT_COMPLETED})
 
 
 def _endpoint(config: pytest.Config) -> str:
-    return config.getoption("--a2a-quiescence-endpoint") or os.environ.get("A2A_QUIESCENCE_API") or DEFAULT_ENDPOINT
+    return config.getoption("--a2a-quiescence-endpoint") or env.API.get()
 
 
 def _shards(config: pytest.Config) -> str | None:
-    return config.getoption("--a2a-quiescence-shards") or os.environ.get(ENV_SHARDS) or None
+    return config.getoption("--a2a-quiescence-shards") or env.SHARDS.get()
 
 
 def _gated(item: pytest.Item) -> bool:
@@ -200,7 +199,7 @@ def _gate(item: pytest.Item) -> str | None:
         return f"a2a-quiescence gate: collector at {endpoint} unreachable: {exc}"
     finally:
         _GATE_SECONDS.append(time.monotonic() - began)
-    outcome = state.get("outcome") or "completed"
+    outcome = state.get("outcome") or names.VERDICT_COMPLETED
     if outcome not in allowed:
         return f"a2a-quiescence gate: this test's cascades settled {outcome}: {describe_mesh(state)}"
     return None
@@ -241,11 +240,11 @@ class Quiescence:
             pytest.fail(f"cascade {trace_id} did not settle: {describe_holders(exc.state)}", pytrace=False)
         except httpx.HTTPError as exc:
             pytest.fail(f"a2a-quiescence collector at {self.endpoint} unreachable: {exc}", pytrace=False)
-        outcome = state.get("outcome") or "completed"
-        unknown = set(allow) - {"completed", "failed", "lost"}
+        outcome = state.get("outcome") or names.VERDICT_COMPLETED
+        unknown = set(allow) - set(names.VERDICTS)
         if unknown:
             raise ValueError(f"allow takes 'failed' and 'lost', got {sorted(unknown)}")
-        if outcome != "completed" and outcome not in set(allow):
+        if outcome != names.VERDICT_COMPLETED and outcome not in set(allow):
             pytest.fail(f"cascade {trace_id} settled {outcome}: {describe_endings(state) or 'no details kept'}",
                         pytrace=False)
         return state
@@ -256,7 +255,7 @@ class Quiescence:
         bases = [s.url for s in self.shards.resolve().shards] if self.shards else [self.endpoint]
         for i, base in enumerate(bases):
             try:
-                response = httpx.get(f"{base.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
+                response = httpx.get(f"{base.rstrip('/')}/v1/mesh", headers=auth_headers(self.token), timeout=10)
                 response.raise_for_status()
                 return response.json()
             except httpx.HTTPError:
@@ -267,7 +266,7 @@ class Quiescence:
     def assert_no_leaked_producers(self) -> None:
         """No agent's last shutdown left producers running: asked of the collector at the
         endpoint (with a mesh tier, the pod sidecar's: the shards do not track agents)."""
-        response = httpx.get(f"{self.endpoint.rstrip('/')}/v1/mesh", headers=_headers(self.token), timeout=10)
+        response = httpx.get(f"{self.endpoint.rstrip('/')}/v1/mesh", headers=auth_headers(self.token), timeout=10)
         response.raise_for_status()
         agents = response.json()["agents"]
         leaks = {a["agent"]: a["shutdown_leaked_producers"] for a in agents if a.get("shutdown_leaked_producers")}

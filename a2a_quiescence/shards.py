@@ -27,9 +27,10 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from a2a_quiescence.names import OTLP_GRPC_PORT
 from a2a_quiescence.ring import Ring
 
-DEFAULT_RING_PORT = 4317
+DEFAULT_RING_PORT = OTLP_GRPC_PORT
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from typing import Any, Callable
 
 import httpx
 
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence import names
 from a2a_quiescence.shards import Membership, Shard, ShardSpec
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:9464"
-ENV_SHARDS = names.ENV_SHARDS
-DEFAULT_GRACE = 0.05  # the collector's default --root-grace
+DEFAULT_ENDPOINT = env.API.default
+DEFAULT_GRACE = env.ROOT_GRACE.default  # the collector's default --root-grace
 TIER_SLICE = 5.0  # a wait on a mesh tier reads the shard set again at least this often (at once on a lost shard)
 
 # exit codes of `a2a-quiescence wait`
@@ -26,7 +25,8 @@ EXIT_NOT_SETTLED = 1
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 EXIT_LOST = 4
-EXIT_BY_OUTCOME = {"completed": EXIT_COMPLETED, "failed": EXIT_FAILED, "lost": EXIT_LOST}
+EXIT_BY_OUTCOME = {names.VERDICT_COMPLETED: EXIT_COMPLETED, names.VERDICT_FAILED: EXIT_FAILED,
+                   names.VERDICT_LOST: EXIT_LOST}
 
 
 class NotSettled(Exception):
@@ -54,16 +54,16 @@ def describe_endings(state: dict[str, Any]) -> str:
 
 
 def describe_holders(state: dict[str, Any]) -> str:
-    status = state.get("status", "unknown")
-    if state.get("unreachable") and status == "unknown":
+    status = state.get("status", names.STATUS_UNKNOWN)
+    if state.get("unreachable") and status == names.STATUS_UNKNOWN:
         return "; ".join(f"its owner, shard {u['endpoint']} ({u['shard']}), cannot be asked: {u['error']}"
                          for u in state["unreachable"])
-    if status == "unknown":
+    if status == names.STATUS_UNKNOWN:
         return "unknown to the collector (no hop has reported it)"
-    if status == "moved" and state.get("owner_reported") is False:
+    if status == names.STATUS_MOVED and state.get("owner_reported") is False:
         return (f"moved to shard {state.get('owner')}, which has not reported it yet "
                 f"(its agents resend it once the membership change settles)")
-    if status == "awaiting_input":
+    if status == names.STATUS_AWAITING_INPUT:
         tasks = ", ".join(f"task {a['task_id']} on {a['hop']} ({a['state']})" for a in state.get("awaiting") or [])
         return f"awaiting_input; waiting for the user: {tasks}"
     parts = []
@@ -78,8 +78,8 @@ def describe_holders(state: dict[str, Any]) -> str:
     return f"{status}; " + ("; ".join(parts) if parts else "no holder reported")
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    token = token or os.environ.get("A2A_QUIESCENCE_TOKEN")
+def auth_headers(token: str | None) -> dict[str, str]:
+    token = token or env.TOKEN.get()
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
@@ -120,7 +120,7 @@ def _sync_client(token: str | None) -> httpx.Client:
     context), which a drain gate would otherwise pay after every test."""
     client = _SYNC_CLIENTS.get(token)
     if client is None or client.is_closed:
-        client = _SYNC_CLIENTS[token] = httpx.Client(headers=_headers(token))
+        client = _SYNC_CLIENTS[token] = httpx.Client(headers=auth_headers(token))
     return client
 
 
@@ -135,7 +135,7 @@ def _poll_sync(poll: _LongPoll, token: str | None) -> dict[str, Any] | None:
 
 async def _poll_async(poll: _LongPoll, token: str | None) -> dict[str, Any] | None:
     """``_poll_sync`` on the event loop: cancelling the awaiting task ends the wait at once."""
-    async with httpx.AsyncClient(headers=_headers(token), timeout=poll.request_timeout) as client:
+    async with httpx.AsyncClient(headers=auth_headers(token), timeout=poll.request_timeout) as client:
         while (params := poll.params()) is not None:
             if (state := poll.answer(await client.get(poll.url, params=params))) is not None:
                 return state
@@ -168,9 +168,9 @@ def describe_mesh(state: dict[str, Any]) -> str:
     parts = list(state.get("held_by") or [])
     parts += [h["detail"] for h in state.get("unsupported") or [] if h.get("detail")]
     for c in state.get("cascades") or []:
-        if c.get("status") != "settled":
+        if c.get("status") != names.STATUS_SETTLED:
             parts.append(f"cascade {c['trace_id']} {describe_holders(c)}")
-        elif c.get("outcome") not in (None, "completed"):
+        elif c.get("outcome") not in (None, names.VERDICT_COMPLETED):
             parts.append(f"cascade {c['trace_id']} settled {c['outcome']}: {describe_endings(c) or 'details forgotten'}")
     return "; ".join(parts)
 
@@ -180,7 +180,7 @@ def _spec(shards: str | ShardSpec) -> ShardSpec:
 
 
 def _settled_item(item: dict[str, Any]) -> bool:
-    return item.get("status") == "settled" and not item.get("pending_roots")
+    return item.get("status") == names.STATUS_SETTLED and not item.get("pending_roots")
 
 
 def merge_window(membership: Membership, answers: list[tuple[str, dict[str, Any]]],
@@ -216,7 +216,7 @@ def merge_window(membership: Membership, answers: list[tuple[str, dict[str, Any]
         url, item = (mine or entries)[0]
         item = {**item, "shard": url}
         if not mine and owner is not None:
-            item.update(status="moved", owner=owner.endpoint, owner_url=owner.url, owner_reported=False)
+            item.update(status=names.STATUS_MOVED, owner=owner.endpoint, owner_url=owner.url, owner_reported=False)
         items.append(item)
     items.sort(key=lambda i: i.get("started_at") or 0)
     return {"since": since, "until": until, "settled": waiting == 0, "cascades": items, "open": waiting,
@@ -312,7 +312,7 @@ def _tier_mesh_sync(spec: ShardSpec, since: float, until: float | None, timeout:
     grace = DEFAULT_GRACE if grace is None else grace
     tier = _Tier(spec, timeout)
     query = {"since": f"{since:.6f}", "until": f"{until:.6f}", "grace": grace, "timeout": 0}
-    with httpx.Client(headers=_headers(token), timeout=10.0) as client:
+    with httpx.Client(headers=auth_headers(token), timeout=10.0) as client:
         while True:
             membership = tier.resolve()
             views: list[tuple[Shard, dict[str, Any]]] = []
@@ -348,12 +348,12 @@ def _tier_wait_sync(spec: ShardSpec, trace_id: str, timeout: float, roots: int, 
     when the owner cannot be asked (it may have been lost): then the new owner is asked,
     until the timeout. A tier none of whose shards ever answered raises ``httpx.HTTPError``."""
     tier = _Tier(spec, timeout)
-    last: dict[str, Any] = {"status": "unknown"}
+    last: dict[str, Any] = {"status": names.STATUS_UNKNOWN}
     while True:
         membership = tier.resolve()
         owner = membership.owner(trace_id)
         if owner is None:
-            last = {"status": "unknown", "unreachable": [{"shard": str(spec), "endpoint": str(spec),
+            last = {"status": names.STATUS_UNKNOWN, "unreachable": [{"shard": str(spec), "endpoint": str(spec),
                                                           "error": "the shard set is empty"}]}
         else:
             poll = _cascade_poll(trace_id, owner.url, max(0.0, min(tier.left(), TIER_SLICE)), roots)
@@ -365,7 +365,7 @@ def _tier_wait_sync(spec: ShardSpec, trace_id: str, timeout: float, roots: int, 
                 if not tier.answered and not _any_answers(membership, token):
                     raise  # no shard of the set answers at all
                 tier.answered = True
-                last = {"status": "unknown", "shard": owner.url, "unreachable": [_unreachable(owner, exc)]}
+                last = {"status": names.STATUS_UNKNOWN, "shard": owner.url, "unreachable": [_unreachable(owner, exc)]}
             else:
                 tier.ok()
                 if state is not None:
@@ -471,19 +471,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float,
                    help="with --mesh: seconds after the window during which its root requests may still be "
                         "reported (default: the collector's --root-grace)")
-    p.add_argument("--endpoint", default=os.environ.get("A2A_QUIESCENCE_API", DEFAULT_ENDPOINT),
+    p.add_argument("--endpoint", default=env.API.get(),
                    help="collector HTTP API base URL (default %(default)s)")
-    p.add_argument("--shards", default=os.environ.get(ENV_SHARDS),
+    p.add_argument("--shards", default=env.SHARDS.get(),
                    help="ask a mesh tier instead of --endpoint: its shard set in the load-balancing exporter's order "
                         "(comma-separated API URLs, ENDPOINT=URL items, dns+http://NAME:PORT or @FILE; see "
-                        f"docs/scale-out.md; env {ENV_SHARDS}). A TRACE_ID is asked of the shard owning it; "
+                        f"docs/scale-out.md; env {env.SHARDS.name}). A TRACE_ID is asked of the shard owning it; "
                         "--mesh asks every shard")
-    p.add_argument("--ring-port", type=int, default=4317,
+    p.add_argument("--ring-port", type=int, default=env.RING_PORT.cli_default(),
                    help="with --shards: the shards' OTLP/gRPC port, which makes a URL's ring endpoint HOST:PORT "
-                        "(default %(default)s)")
+                        f"(default %(default)s; env {env.RING_PORT.name})")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default %(default)s)")
     p.add_argument("--roots", type=int, default=1, help="wait until at least this many root requests have settled")
-    p.add_argument("--token", default=None, help="bearer token (default: env A2A_QUIESCENCE_TOKEN)")
+    p.add_argument("--token", default=None, help=f"bearer token (default: env {env.TOKEN.name})")
     p.add_argument("--json", action="store_true", help="print the collector's JSON answer")
     p.set_defaults(func=run)
 
@@ -508,9 +508,9 @@ def _report(args: argparse.Namespace, wait: Callable[[], dict[str, Any]], not_do
     except (LookupError, ValueError, OSError) as exc:  # a shard set that can no longer be read
         print(f"a2a-quiescence wait: shard set {args.endpoint}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    outcome = state.get("outcome") or "completed"
+    outcome = state.get("outcome") or names.VERDICT_COMPLETED
     print(json.dumps(state, indent=2) if args.json else headline(state, outcome))
-    if outcome != "completed":
+    if outcome != names.VERDICT_COMPLETED:
         print(f"settled {outcome}: {describe_ended(state) or 'details forgotten by the collector'}", file=sys.stderr)
     return EXIT_BY_OUTCOME.get(outcome, EXIT_LOST)
 

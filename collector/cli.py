@@ -6,25 +6,17 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
-from a2a_quiescence import names
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence.collector.config import Config, split_hostport
 
 EXTRA_MISSING = (
     "a2a-quiescence collector: the sidecar's dependencies are not installed ({missing}); "
     "install them with: pip install 'a2a-quiescence[collector]'"
 )
-
-ENV = "A2A_QUIESCENCE_"
-
-
-def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(ENV + name, default)
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,62 +26,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Run the a2a-quiescence sidecar: receive agents' telemetry over OTLP (HTTP and gRPC), "
             "keep per-agent state (also after an agent exits), export it on /metrics, and answer "
             "whether cascades have settled (GET /v1/cascades/{trace_id}[/wait], GET /v1/mesh). "
-            "Every flag can also be set with an environment variable A2A_QUIESCENCE_<FLAG> "
-            "(upper case, dashes as underscores), e.g. A2A_QUIESCENCE_HTTP_LISTEN."
+            f"Every flag can also be set with an environment variable {env.PREFIX}<FLAG> "
+            f"(upper case, dashes as underscores), e.g. {env.HTTP_LISTEN.name} (docs/configuration.md)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--otlp-listen", default=_env("OTLP_LISTEN", names.DEFAULT_OTLP_HTTP),
+    p.add_argument("--otlp-listen", default=env.OTLP_LISTEN.cli_default(),
                    help="HOST:PORT for OTLP/HTTP (/v1/traces, /v1/metrics, /v1/logs); 'off' disables")
-    p.add_argument("--otlp-grpc-listen", default=_env("OTLP_GRPC_LISTEN", names.DEFAULT_OTLP_GRPC),
+    p.add_argument("--otlp-grpc-listen", default=env.OTLP_GRPC_LISTEN.cli_default(),
                    help="HOST:PORT for OTLP/gRPC; 'off' disables")
-    p.add_argument("--http-listen", default=_env("HTTP_LISTEN", names.DEFAULT_HTTP),
+    p.add_argument("--http-listen", default=env.HTTP_LISTEN.cli_default(),
                    help="HOST:PORT for /metrics, /healthz, /readyz, the settlement API and the status page")
-    p.add_argument("--allow-remote", action="store_true", default=_env("ALLOW_REMOTE", "") in ("1", "true"),
+    p.add_argument("--allow-remote", action="store_true", default=env.ALLOW_REMOTE.get(),
                    help="permit listening on non-loopback addresses (off: loopback only)")
-    p.add_argument("--token", default=os.environ.get(names.ENV_TOKEN),
-                   help=f"bearer token required on OTLP ingest and the /v1 API (env {names.ENV_TOKEN})")
-    p.add_argument("--token-file", default=_env("TOKEN_FILE", None), help="read the bearer token from this file")
-    p.add_argument("--max-body-bytes", type=int, default=_env("MAX_BODY_BYTES", str(4 * 1024 * 1024)),
+    p.add_argument("--token", default=env.TOKEN.cli_default(),
+                   help=f"bearer token required on OTLP ingest and the /v1 API (env {env.TOKEN.name})")
+    p.add_argument("--token-file", default=env.TOKEN_FILE.cli_default(), help="read the bearer token from this file")
+    p.add_argument("--max-body-bytes", type=int, default=env.MAX_BODY_BYTES.cli_default(),
                    help="largest accepted request body, before and after decompression (413 above)")
-    p.add_argument("--max-agents", type=int, default=_env("MAX_AGENTS", "1000"),
+    p.add_argument("--max-agents", type=int, default=env.MAX_AGENTS.cli_default(),
                    help="agents tracked at most (oldest evicted, counted)")
-    p.add_argument("--max-cascades", type=int, default=_env("MAX_CASCADES", "100000"),
+    p.add_argument("--max-cascades", type=int, default=env.MAX_CASCADES.cli_default(),
                    help="cascades tracked at most (oldest evicted, counted)")
-    p.add_argument("--stuck-after", type=float, default=_env("STUCK_AFTER", "30"),
+    p.add_argument("--stuck-after", type=float, default=env.STUCK_AFTER.cli_default(),
                    help="seconds without progress after which an open cascade is reported stuck")
-    p.add_argument("--root-grace", type=float, default=_env("ROOT_GRACE", "0.05"),
+    p.add_argument("--root-grace", type=float, default=env.ROOT_GRACE.cli_default(),
                    help="default of /v1/mesh/wait's grace: seconds after a window ends during which root requests "
                         "received in it may still be reported (agents report within milliseconds)")
-    p.add_argument("--retention", type=float, default=_env("RETENTION", "300"),
+    p.add_argument("--retention", type=float, default=env.RETENTION.cli_default(),
                    help="seconds a settled cascade stays queryable in detail")
-    p.add_argument("--agent-timeout", type=float, default=_env("AGENT_TIMEOUT", "10"),
+    p.add_argument("--agent-timeout", type=float, default=env.AGENT_TIMEOUT.cli_default(),
                    help="seconds of silence after which an agent process counts as gone (its in-flight producers as leaked)")
-    p.add_argument("--forward", default=_env("FORWARD", None),
+    p.add_argument("--forward", default=env.FORWARD.cli_default(),
                    help="base URL of an upstream OTLP/HTTP endpoint to forward everything to (Tempo, Jaeger, an OTel Collector)")
-    p.add_argument("--forward-token", default=_env("FORWARD_TOKEN", None),
+    p.add_argument("--forward-token", default=env.FORWARD_TOKEN.cli_default(),
                    help="bearer token sent upstream when forwarding (e.g. to a token-protected mesh collector)")
-    p.add_argument("--forward-queue", type=int, default=_env("FORWARD_QUEUE", "1000"),
+    p.add_argument("--forward-queue", type=int, default=env.FORWARD_QUEUE.cli_default(),
                    help="requests held for forwarding at most (beyond: dropped, counted)")
-    p.add_argument("--forward-concurrency", type=int, default=_env("FORWARD_CONCURRENCY", "4"),
+    p.add_argument("--forward-concurrency", type=int, default=env.FORWARD_CONCURRENCY.cli_default(),
                    help="requests forwarded at a time (waiting ones of one signal travel together)")
-    p.add_argument("--shards", default=os.environ.get(names.ENV_SHARDS),
+    p.add_argument("--shards", default=env.SHARDS.cli_default(),
                    help="the mesh tier's shard set, in the load-balancing exporter's order: comma-separated API URLs "
                         "(http://mesh-0.mesh:9464; ring endpoint HOST:RING_PORT), ENDPOINT=URL items, "
                         "dns+http://NAME:PORT, or @FILE (read again every --ring-refresh). With --shard-name this "
                         "collector is a shard; without, a pod sidecar forwarding to the tier that tells its agents "
                         "to resend what they hold when the membership changes")
-    p.add_argument("--shard-name", default=_env("SHARD_NAME", None),
+    p.add_argument("--shard-name", default=env.SHARD_NAME.cli_default(),
                    help="this shard's ring endpoint exactly as the exporter names it (e.g. mesh-0.mesh.ns:4317)")
-    p.add_argument("--ring-port", type=int, default=_env("RING_PORT", "4317"),
+    p.add_argument("--ring-port", type=int, default=env.RING_PORT.cli_default(),
                    help="the shards' OTLP/gRPC port: the ring endpoint of a shard given by URL is HOST:RING_PORT")
-    p.add_argument("--ring-refresh", type=float, default=_env("RING_REFRESH", "2"),
+    p.add_argument("--ring-refresh", type=float, default=env.RING_REFRESH.cli_default(),
                    help="seconds between reads of the shard set")
-    p.add_argument("--ring-settle", type=float, default=_env("RING_SETTLE", "6"),
+    p.add_argument("--ring-settle", type=float, default=env.RING_SETTLE.cli_default(),
                    help="seconds a new membership must hold before a pod sidecar tells its agents to resend "
                         "a second time (the first is at once): longer than the exporter takes to see it "
                         "(its dns/k8s resolver: 5 s). Shards publish it so clients know how long resends take")
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default=env.LOG_LEVEL.cli_default(), choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
 

@@ -5,39 +5,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from a2a_quiescence import names
+from a2a_quiescence import environment_variables as env
 
 
 @dataclass
 class Config:
-    otlp_listen: str | None = names.DEFAULT_OTLP_HTTP
-    grpc_listen: str | None = names.DEFAULT_OTLP_GRPC
-    http_listen: str = names.DEFAULT_HTTP
+    """Defaults: the variables' (a2a_quiescence.environment_variables), defined once there."""
+
+    otlp_listen: str | None = env.OTLP_LISTEN.default
+    grpc_listen: str | None = env.OTLP_GRPC_LISTEN.default
+    http_listen: str = env.HTTP_LISTEN.default
     token: str | None = None
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_agents: int = 1000
-    max_cascades: int = 100_000
-    stuck_after: float = 30.0
-    retention: float = 300.0
-    agent_timeout: float = 10.0
+    max_body_bytes: int = env.MAX_BODY_BYTES.default
+    max_agents: int = env.MAX_AGENTS.default
+    max_cascades: int = env.MAX_CASCADES.default
+    stuck_after: float = env.STUCK_AFTER.default
+    retention: float = env.RETENTION.default
+    agent_timeout: float = env.AGENT_TIMEOUT.default
     forward: str | None = None
     forward_token: str | None = None
-    forward_queue: int = 1000
+    forward_queue: int = env.FORWARD_QUEUE.default
     forward_retries: int = 3
-    forward_concurrency: int = 4
+    forward_concurrency: int = env.FORWARD_CONCURRENCY.default
     max_wait: float = 300.0
     # how long after a mesh wait's window ends a root request received in it may
     # still be on its way to the collector (agents report within milliseconds)
-    root_grace: float = 0.05
+    root_grace: float = env.ROOT_GRACE.default
     # a mesh tier (collector/tier.py): the shard set, this shard's ring endpoint (None:
     # not a shard; a pod sidecar forwarding to the tier), the shards' OTLP/gRPC port
     # (the ring endpoint of a shard given by URL), how often the set is read again,
     # and how long a new membership must hold before agents are told to resend
     shards: str | None = None
     shard_name: str | None = None
-    ring_port: int = 4317
-    ring_refresh: float = 2.0
-    ring_settle: float = 6.0
+    ring_port: int = env.RING_PORT.default
+    ring_refresh: float = env.RING_REFRESH.default
+    ring_settle: float = env.RING_SETTLE.default
 
 
 def split_hostport(value: str) -> tuple[str, int]:

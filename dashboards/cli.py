@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from typing import Any
 
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DEFAULT_FOLDER
 from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
 
-ENV_GRAFANA_TOKEN = "GRAFANA_TOKEN"
+ENV_GRAFANA_TOKEN = env.GRAFANA_TOKEN.name
 TIMEOUT_SECONDS = 10.0
 
 
@@ -55,7 +55,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
-    token = args.token or os.environ.get(ENV_GRAFANA_TOKEN)
+    token = args.token or env.GRAFANA_TOKEN.get()
     if not token:
         print(f"error: no Grafana token: pass --token or set {ENV_GRAFANA_TOKEN}", file=sys.stderr)
         return 2

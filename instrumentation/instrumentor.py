@@ -15,6 +15,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import unwrap
 
 from a2a_quiescence import __version__, names
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence.instrumentation import lifecycle, semconv
 from a2a_quiescence.instrumentation.backends import Hook, choose, generic_hooks
 from a2a_quiescence.instrumentation.loop import forget_inherited_units, remove_loop_hooks
@@ -53,7 +54,7 @@ def _service_name(tracer_provider: Any) -> str:
         name = resource.attributes.get("service.name")
         if name:
             return str(name)
-    return os.environ.get("OTEL_SERVICE_NAME") or "unknown_service"
+    return env.OTEL_SERVICE_NAME.get()
 
 
 class A2AQuiescenceInstrumentor(BaseInstrumentor):
@@ -104,7 +105,7 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
             logger.warning(refusal.line())
         for name in choice.untested:
             logger.warning("a2a-quiescence: %s is newer than every tested release; instrumenting it anyway (%s)",
-                           name, names.ENV_ALLOW_UNTESTED)
+                           name, env.ALLOW_UNTESTED.name)
         rt.tracker.set_unsupported([r.to_json() for r in choice.refused])
         rt.backends = [f"{backend.name} ({version})" for backend, version, _ in choice.chosen]
         if not choice.chosen:
@@ -122,19 +123,19 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
         atexit.register(lifecycle.at_exit)
 
     def _instrument(self, **kwargs: Any) -> None:
-        if os.environ.get(names.ENV_DISABLED, "").lower() in ("1", "true", "yes"):
+        if env.disabled():  # OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names us (or the deprecated switch)
             return
         # a2a-sdk's own tracing (about 60 spans of queue internals per hop and request)
         # is off unless asked for: read when a2a-sdk is first imported, so set before
         # anything here imports it. An explicit true is honoured.
-        os.environ.setdefault(names.ENV_A2A_SDK_TRACING, "false")
+        env.OTEL_INSTRUMENTATION_A2A_SDK_ENABLED.setdefault(env.OTEL_INSTRUMENTATION_A2A_SDK_ENABLED.default)
         tracer_provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
         meter_provider = kwargs.get("meter_provider") or metrics.get_meter_provider()
         tracer = trace.get_tracer(names.SCOPE, __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(names.SCOPE, __version__, meter_provider=meter_provider)
         stall = kwargs.get("stall_seconds")
         if stall is None:
-            stall = float(os.environ.get(names.ENV_STALL_SECONDS, "5"))
+            stall = env.STALL_SECONDS.get()
         service = kwargs.get("service_name") or _service_name(tracer_provider)
         tracker = HopTracker()
         call_spans = kwargs.get("call_spans")
@@ -146,7 +147,7 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
 
         reporter = None
         endpoint = kwargs.get("endpoint")
-        if kwargs.get("report", True) and (endpoint or os.environ.get(names.ENV_ENDPOINT)) != "none":
+        if kwargs.get("report", True) and (endpoint or env.ENDPOINT.raw()) != "none":
             try:
                 reporter = Reporter(
                     tracker,

@@ -11,60 +11,46 @@ request path: the agent only flips dirty bits and sets an event.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import urllib.parse
 
-from a2a_quiescence import names
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence.instrumentation.connection import Sender
 from a2a_quiescence.instrumentation.snapshot_encoding import encode  # noqa: F401 - also imported from here
 from a2a_quiescence.instrumentation.tracker import HopTracker
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = f"http://{names.DEFAULT_OTLP_HTTP}/v1/logs"
+DEFAULT_ENDPOINT = env.ENDPOINT.default
 # ~300 bytes each: far below the collector's default 4 MiB body limit
 MAX_SNAPSHOTS_PER_REQUEST = 1000
 
 
-def resolve_endpoint(env: dict[str, str] | None = None) -> str:
+def resolve_endpoint(environ: dict[str, str] | None = None) -> str:
     """Where snapshots go: our own variable, else the standard OTLP ones when
     they name an HTTP endpoint, else the sidecar's default OTLP/HTTP port."""
-    env = dict(os.environ) if env is None else env
-    if env.get(names.ENV_ENDPOINT):
-        return env[names.ENV_ENDPOINT]
-    protocol = env.get("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+    if own := env.ENDPOINT.raw(environ):
+        return own
+    protocol = env.OTEL_EXPORTER_OTLP_LOGS_PROTOCOL.raw(environ) or env.OTEL_EXPORTER_OTLP_PROTOCOL.raw(environ) or ""
     if protocol.startswith("http"):
-        if env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
-            return env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"]
-        if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            return env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/logs"
+        if logs := env.OTEL_EXPORTER_OTLP_LOGS_ENDPOINT.raw(environ):
+            return logs
+        if base := env.OTEL_EXPORTER_OTLP_ENDPOINT.raw(environ):
+            return base.rstrip("/") + "/v1/logs"
     return DEFAULT_ENDPOINT
 
 
-def resolve_headers(env: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ) if env is None else env
+def resolve_headers(environ: dict[str, str] | None = None) -> dict[str, str]:
     headers: dict[str, str] = {}
-    raw = env.get("OTEL_EXPORTER_OTLP_LOGS_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS") or ""
+    raw = env.OTEL_EXPORTER_OTLP_LOGS_HEADERS.raw(environ) or env.OTEL_EXPORTER_OTLP_HEADERS.raw(environ) or ""
     for part in raw.split(","):
         if "=" in part:
             key, value = part.split("=", 1)
             headers[urllib.parse.unquote(key.strip()).lower()] = urllib.parse.unquote(value.strip())
-    if env.get(names.ENV_TOKEN):
-        headers["authorization"] = "Bearer " + env[names.ENV_TOKEN]
+    if token := env.TOKEN.raw(environ):
+        headers["authorization"] = "Bearer " + token
     return headers
-
-
-# --- protobuf by hand -----------------------------------------------------------------
-# An ExportLogsServiceRequest written directly, byte for byte what the generated classes
-# serialise (fields in number order, defaults omitted; tests compare the two): the
-# resource and scope are the same in every request of an incarnation and the event-name
-# attribute in every record, so they are encoded once; per record only the clock, the
-# trace id and the JSON body are new. No message objects, no KeyValue per record.
-# coalescing of what can settle a cascade: at most this long (the cap of the load-adaptive window)
-ENV_COALESCE_MS = names.ENV_COALESCE_MS
-DEFAULT_COALESCE_MS = 20.0
 
 
 class Reporter:
@@ -88,14 +74,11 @@ class Reporter:
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"snapshot endpoint must be an http(s) URL, got {self.endpoint!r}")
         self.headers = {"content-type": "application/x-protobuf", **(headers if headers is not None else resolve_headers())}
-        ms = float(os.environ.get(names.ENV_FLUSH_MS, "5"))
-        self.flush_interval = flush_interval if flush_interval is not None else ms / 1000.0
-        self.heartbeat = heartbeat if heartbeat is not None else float(
-            os.environ.get(names.ENV_HEARTBEAT_SECONDS, "2")
-        )
-        self.lazy_interval = float(os.environ.get(names.ENV_LAZY_MS, "200")) / 1000.0
+        self.flush_interval = flush_interval if flush_interval is not None else env.FLUSH_MS.get() / 1000.0
+        self.heartbeat = heartbeat if heartbeat is not None else env.HEARTBEAT_SECONDS.get()
+        self.lazy_interval = env.LAZY_MS.get() / 1000.0
         # the load-adaptive coalescing window (see _run): from flush_interval up to this
-        self.max_window = max(self.flush_interval, float(os.environ.get(ENV_COALESCE_MS, DEFAULT_COALESCE_MS)) / 1000.0)
+        self.max_window = max(self.flush_interval, env.COALESCE_MS.get() / 1000.0)
         self._window = self.flush_interval
         self._last_prompt = 0.0
         self._wakes = 0

@@ -25,18 +25,18 @@ Migration follows opentelemetry-python-contrib (``opentelemetry.instrumentation.
 names used before the conventions (``a2a.method`` on call spans, ``a2a.context.id``
 on producer spans) beside the conventions' own; ``a2a`` (or nothing) emits the
 conventions only. The call spans can also be left to another A2A instrumentation
-(``names.ENV_CALL_SPANS``): then none are made here, and everything else stays.
+(``A2A_QUIESCENCE_CALL_SPANS``): then none are made here, and everything else stays.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence import names
 
 
@@ -44,15 +44,13 @@ from a2a_quiescence import names
 def dup_mode(environ: Any = None) -> bool:
     """``OTEL_SEMCONV_STABILITY_OPT_IN`` names ``a2a/dup``: also emit the names before the
     conventions. Parsed as contrib parses it: comma-separated, each item stripped."""
-    raw = (os.environ if environ is None else environ).get(names.ENV_SEMCONV_OPT_IN) or ""
-    return names.SEMCONV_OPT_A2A_DUP in [item.strip() for item in raw.split(",")]
+    return names.SEMCONV_OPT_A2A_DUP in env.OTEL_SEMCONV_STABILITY_OPT_IN.get(environ)
 
 
 def call_spans_enabled(environ: Any = None) -> bool:
     """``A2A_QUIESCENCE_CALL_SPANS`` (default true): false, 0, no or off leaves the A2A call
     spans to another instrumentation."""
-    raw = (os.environ if environ is None else environ).get(names.ENV_CALL_SPANS, "")
-    return raw.strip().lower() not in ("false", "0", "no", "off")
+    return env.CALL_SPANS.get(environ)
 
 
 # --- reading a library's objects (protobuf, pydantic, dicts) --------------------------

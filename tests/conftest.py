@@ -20,7 +20,7 @@ IN_CI = os.environ.get("A2A_QUIESCENCE_CI") == "1"
 # Every test module belongs to one tier (a marker of the same name), so a newcomer can run
 # one tier alone: `bash scripts/test.sh -m unit`. A module missing here fails collection.
 TIERS = {
-    "unit": ("test_backends", "test_collector_api", "test_reporter_encoding", "test_ring", "test_settlement_property",
+    "unit": ("test_backends", "test_collector_api", "test_configuration", "test_reporter_encoding", "test_ring", "test_settlement_property",
              "test_tier_property", "test_tier_state", "test_wire"),
     # real a2a-sdk agents and servers on loopback, in the test's own process
     "inprocess": ("test_coexistence", "test_destroyed_pending", "test_fork", "test_forward", "test_grpc_transport",

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from packaging.version import Version
 
-from a2a_quiescence import names
+from a2a_quiescence import environment_variables as variables
 from a2a_quiescence.instrumentation.backends import Backend, Hook, all_backends, choose
 from conftest import ROOT
 
@@ -61,17 +61,17 @@ def test_a_covered_release_is_chosen_with_its_hooks() -> None:
     ("not.a.version", "its version cannot be read"),
 ])
 def test_a_release_outside_the_tested_ranges_is_refused(version: str, why: str, monkeypatch) -> None:
-    monkeypatch.delenv(names.ENV_ALLOW_UNTESTED, raising=False)
+    monkeypatch.delenv(variables.ALLOW_UNTESTED.name, raising=False)
     choice = pick(version)
     assert choice.chosen == []
     (refusal,) = choice.refused
     assert refusal.library == "somelib" and refusal.version == version and refusal.reason == why
     assert refusal.supported == ">=1.0,<2 or >=0.9,<0.10"
-    assert names.ENV_ALLOW_UNTESTED in refusal.line() and "not supported" in refusal.line()
+    assert variables.ALLOW_UNTESTED.name in refusal.line() and "not supported" in refusal.line()
 
 
 def test_a_newer_release_only_when_allowed(monkeypatch) -> None:
-    monkeypatch.setenv(names.ENV_ALLOW_UNTESTED, "1")
+    monkeypatch.setenv(variables.ALLOW_UNTESTED.name, "1")
     choice = pick("2.1.0")
     assert [b.name for b, _, _ in choice.chosen] == ["somelib 1.x"] and choice.untested == ["somelib 2.1.0"]
     # allowed is for newer releases only: an older one is still refused

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from a2a_quiescence import environment_variables as variables
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import Proc, _bin, free_port, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
@@ -74,7 +75,7 @@ PROBE = (
         ({}, "True True"),
         ({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "a2a_quiescence"}, "False False"),  # the standard switch
         ({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx,a2a_quiescence"}, "False False"),
-        ({names.ENV_DISABLED: "true"}, "True False"),  # ours: loaded, patches nothing, reports nothing
+        ({variables.DISABLED.name: "true"}, "True False"),  # ours: loaded, patches nothing, reports nothing
     ],
 )
 def test_switching_the_instrumentation_off(env: dict[str, str], expected: str) -> None:
@@ -82,7 +83,7 @@ def test_switching_the_instrumentation_off(env: dict[str, str], expected: str) -
     r = subprocess.run(
         [_bin("opentelemetry-instrument"), sys.executable, "-c", PROBE],
         env={**clean, "OTEL_SERVICE_NAME": "probe", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
-             "OTEL_LOGS_EXPORTER": "none", names.ENV_ENDPOINT: "none", **env},
+             "OTEL_LOGS_EXPORTER": "none", variables.ENDPOINT.name: "none", **env},
         capture_output=True, text=True, timeout=120, cwd="/",
     )
     assert r.returncode == 0, r.stderr
@@ -125,9 +126,9 @@ def test_the_sdks_own_tracing_is_off_unless_asked_for(setting: str | None, sdk_s
     OTEL_INSTRUMENTATION_A2A_SDK_ENABLED=true is honoured. Ours are there either way."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
     env = {**clean, "OTEL_SERVICE_NAME": "lean", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
-           "OTEL_LOGS_EXPORTER": "none", names.ENV_ENDPOINT: "none"}
+           "OTEL_LOGS_EXPORTER": "none", variables.ENDPOINT.name: "none"}
     if setting is not None:
-        env[names.ENV_A2A_SDK_TRACING] = setting
+        env[variables.OTEL_INSTRUMENTATION_A2A_SDK_ENABLED.name] = setting
     r = subprocess.run([_bin("opentelemetry-instrument"), sys.executable, "-c", SDK_SPANS], env=env,
                        capture_output=True, text=True, timeout=120, cwd="/")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -141,7 +142,7 @@ def _relay_with_sdk_tracing(setting: str) -> dict:
     a2a-sdk's own tracing set to ``setting``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
     r = subprocess.run([sys.executable, str(Path(__file__).with_name("compat_smoke.py"))],
-                       env={**clean, names.ENV_A2A_SDK_TRACING: setting, names.ENV_ENDPOINT: "none"},
+                       env={**clean, variables.OTEL_INSTRUMENTATION_A2A_SDK_ENABLED.name: setting, variables.ENDPOINT.name: "none"},
                        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])

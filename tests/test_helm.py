@@ -27,6 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from a2a_quiescence import environment_variables as variables
 from a2a_quiescence import names
 from conftest import ROOT, need_tool
 
@@ -286,7 +287,7 @@ def test_sidecar_agent_and_scrape_target_agree(ports: tuple[str, ...], native: b
     env = env_of(agent)
     endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"])
     assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", otlp_host, otlp_port)
-    snapshots = urlsplit(env[names.ENV_ENDPOINT]["value"])
+    snapshots = urlsplit(env[variables.ENDPOINT.name]["value"])
     assert (snapshots.hostname, snapshots.port, snapshots.path) == (otlp_host, otlp_port, "/v1/logs")
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
 
@@ -350,7 +351,7 @@ def test_agent_environment(values: str) -> None:
     if values == "no-auth-values.yaml":
         assert not secrets
         for container in (agent, sidecar, mesh):
-            assert names.ENV_TOKEN not in env_of(container)
+            assert variables.TOKEN.name not in env_of(container)
         assert "OTEL_EXPORTER_OTLP_HEADERS" not in env
         return
     expected = (
@@ -363,11 +364,11 @@ def test_agent_environment(values: str) -> None:
     else:
         assert len(secrets) == 1 and set(secrets[0]["data"]) == {"token"}
     for container in (agent, sidecar, mesh):
-        assert env_of(container)[names.ENV_TOKEN]["valueFrom"]["secretKeyRef"] == expected
+        assert env_of(container)[variables.TOKEN.name]["valueFrom"]["secretKeyRef"] == expected
     # $(A2A_QUIESCENCE_TOKEN) expands only when that variable comes first.
     order = [e["name"] for e in agent["env"]]
-    assert order.index(names.ENV_TOKEN) < order.index("OTEL_EXPORTER_OTLP_HEADERS")
-    assert f"$({names.ENV_TOKEN})" in env["OTEL_EXPORTER_OTLP_HEADERS"]["value"]
+    assert order.index(variables.TOKEN.name) < order.index("OTEL_EXPORTER_OTLP_HEADERS")
+    assert f"$({variables.TOKEN.name})" in env["OTEL_EXPORTER_OTLP_HEADERS"]["value"]
     for monitor, key in ((one(docs, "ServiceMonitor"), "endpoints"), (one(docs, "PodMonitor"), "podMetricsEndpoints")):
         assert monitor["spec"][key][0]["authorization"]["credentials"] == expected
 
@@ -470,7 +471,7 @@ spec:
     # The token the agent reads is the Secret the dependency creates.
     (secret,) = by_kind(docs, "Secret")
     for container in (agent, sidecar):
-        assert env_of(container)[names.ENV_TOKEN]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+        assert env_of(container)[variables.TOKEN.name]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
     assert planner["spec"]["template"]["metadata"]["labels"]["a2a-quiescence/agent"] == "true"
 
 
@@ -764,7 +765,7 @@ def test_otel_collector_routes_logs_by_trace_id_to_the_headless_service(values: 
     assert otel["image"].rsplit(":", 1)[1] == EXPORTER_VERSION.removeprefix("v")
     values_text = (CHART / "values.yaml").read_text()
     assert 'tag: "0.161.0"' in values_text and "ring.py" in values_text
-    assert env_of(otel)[names.ENV_TOKEN]["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert env_of(otel)[variables.TOKEN.name]["valueFrom"]["secretKeyRef"]["key"] == "token"
     # the collector reads the ConfigMap rendered above
     mount = next(m for m in otel["volumeMounts"] if m["mountPath"] == "/conf")
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
@@ -815,7 +816,7 @@ def test_pod_sidecar_forwards_to_the_gateway_and_watches_the_tier(monkeypatch: p
     receiver = _otel_config(docs)["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
     assert host_port(receiver) == ("0.0.0.0", named[http_port["targetPort"]])
     env = env_of(sidecar)
-    assert env["A2A_QUIESCENCE_FORWARD_TOKEN"]["valueFrom"] == env[names.ENV_TOKEN]["valueFrom"]
+    assert env["A2A_QUIESCENCE_FORWARD_TOKEN"]["valueFrom"] == env[variables.TOKEN.name]["valueFrom"]
     # membership changes: every address of the headless Service
     headless = _headless(docs)
     shards = urlsplit(flag(sidecar, "--shards"))

@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from a2a_quiescence import environment_variables as variables
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.instrumentation import reporter as reporter_mod
@@ -106,7 +107,7 @@ def test_unreachable_collector_loses_nothing() -> None:
 
 def test_endpoint_resolution() -> None:
     assert resolve_endpoint({}) == "http://127.0.0.1:4318/v1/logs"
-    assert resolve_endpoint({names.ENV_ENDPOINT: "http://x:1/v1/logs"}) == "http://x:1/v1/logs"
+    assert resolve_endpoint({variables.ENDPOINT.name: "http://x:1/v1/logs"}) == "http://x:1/v1/logs"
     # the distro's default protocol is gRPC: its endpoint is not an OTLP/HTTP one
     assert resolve_endpoint({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317"}) == "http://127.0.0.1:4318/v1/logs"
     http = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318/"}

@@ -35,6 +35,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 import semconv_check as sc
+from a2a_quiescence import environment_variables as variables
 from a2a_quiescence import names
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, call_context, plan_text
@@ -62,13 +63,13 @@ def test_the_checker_lists_what_the_instrumentation_names() -> None:
     ("a2a,a2a/dup", True), ("gen_ai_latest_experimental,database", False),
 ])
 def test_the_opt_in_is_read_as_contrib_reads_it(raw: str | None, dup: bool) -> None:
-    assert semconv.dup_mode({} if raw is None else {names.ENV_SEMCONV_OPT_IN: raw}) is dup
+    assert semconv.dup_mode({} if raw is None else {variables.OTEL_SEMCONV_STABILITY_OPT_IN.name: raw}) is dup
 
 
 @pytest.mark.parametrize("raw, on", [(None, True), ("true", True), ("1", True), ("false", False), ("0", False),
                                      ("Off", False), ("no", False)])
 def test_the_call_span_switch(raw: str | None, on: bool) -> None:
-    assert semconv.call_spans_enabled({} if raw is None else {names.ENV_CALL_SPANS: raw}) is on
+    assert semconv.call_spans_enabled({} if raw is None else {variables.CALL_SPANS.name: raw}) is on
 
 
 # --- a three-hop cascade ------------------------------------------------------------
@@ -207,7 +208,7 @@ async def test_dup_mode_keeps_the_names_from_before(monkeypatch: pytest.MonkeyPa
     """OTEL_SEMCONV_STABILITY_OPT_IN=a2a/dup (contrib's dup mode): the conventions' names
     and, beside them, the ones used before: a2a.method (the wrapped method) on call spans,
     a2a.context.id on producer spans. Span names are the conventions' (a span has one)."""
-    monkeypatch.setenv(names.ENV_SEMCONV_OPT_IN, "http," + names.SEMCONV_OPT_A2A_DUP)
+    monkeypatch.setenv(variables.OTEL_SEMCONV_STABILITY_OPT_IN.name, "http," + names.SEMCONV_OPT_A2A_DUP)
     with instrumented(stall_seconds=30) as tel:
         _trace_id, m = await run_cascade(tel)
     spans = records(tel)
@@ -241,7 +242,7 @@ async def test_call_spans_switched_off(how: str, monkeypatch: pytest.MonkeyPatch
     """No CLIENT or SERVER span of ours, but the cascade settles as before and its trace
     context still travels: every hop's producer is on the caller's trace."""
     if how == "env":
-        monkeypatch.setenv(names.ENV_CALL_SPANS, "false")
+        monkeypatch.setenv(variables.CALL_SPANS.name, "false")
         ctx = instrumented(stall_seconds=30)
     else:
         ctx = _instrumented_with(call_spans=False)
@@ -317,7 +318,7 @@ async def test_another_instrumentation_owns_the_call_spans(monkeypatch: pytest.M
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    monkeypatch.setenv(names.ENV_CALL_SPANS, "false")
+    monkeypatch.setenv(variables.CALL_SPANS.name, "false")
     with instrumented(stall_seconds=30) as tel, stand_in(tel):
         httpx_inst = HTTPXClientInstrumentor()
         httpx_inst.instrument(tracer_provider=tel.tracer_provider)

@@ -43,6 +43,7 @@ import httpx
 from a2a.client import ClientConfig, create_client
 from a2a.types import a2a_pb2 as pb
 
+from a2a_quiescence import environment_variables as env
 from a2a_quiescence import names
 from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
 from a2a_quiescence.demo.harness import Mesh, Proc, read_events, wait_http
@@ -139,7 +140,7 @@ class Demo:
         self.receiver: Receiver | None = None
         self.monitoring: Monitoring | None = None
         self.summary = Summary(str(workdir))
-        self.agent_env = {"A2A_QUIESCENCE_STALL_SECONDS": str(STALL_SECONDS)}
+        self.agent_env = {env.STALL_SECONDS.name: str(STALL_SECONDS)}
         self.drains = {"A": True, "B": True, "C": False}  # whether each agent's lifespan calls aclose()
         self.replaced: list[Proc] = []  # agent processes a restart replaced (already stopped)
 

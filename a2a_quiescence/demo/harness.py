@@ -21,6 +21,8 @@ from typing import Any, Iterable
 
 import httpx
 
+from a2a_quiescence import environment_variables as env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -137,26 +139,26 @@ class Mesh:
         return self.collector
 
     def agent_env(self, name: str, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in list(env):
-            if key.startswith("OTEL_") or key.startswith("A2A_QUIESCENCE_"):
-                del env[key]
-        env.update(
+        environ = dict(os.environ)
+        for key in list(environ):
+            if key.startswith(("OTEL_", env.PREFIX)):
+                del environ[key]
+        environ.update(
             {
-                "OTEL_SERVICE_NAME": name,
-                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_port}",
+                env.OTEL_SERVICE_NAME.name: name,
+                env.OTEL_EXPORTER_OTLP_PROTOCOL.name: "http/protobuf",
+                env.OTEL_EXPORTER_OTLP_ENDPOINT.name: f"http://127.0.0.1:{self.otlp_port}",
                 "OTEL_TRACES_EXPORTER": "otlp",
                 "OTEL_METRICS_EXPORTER": "otlp",
                 "OTEL_LOGS_EXPORTER": "none",
                 "OTEL_BSP_SCHEDULE_DELAY": "200",
-                "OTEL_INSTRUMENTATION_A2A_SDK_ENABLED": "false",
-                "A2A_QUIESCENCE_HEARTBEAT_SECONDS": "1",
+                env.OTEL_INSTRUMENTATION_A2A_SDK_ENABLED.name: "false",
+                env.HEARTBEAT_SECONDS.name: "1",
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        env.update(extra)
-        return env
+        environ.update(extra)
+        return environ
 
     def start_agent(
         self,

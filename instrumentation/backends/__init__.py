@@ -20,14 +20,13 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from a2a_quiescence import names
+from a2a_quiescence import environment_variables as env
 
 logger = logging.getLogger("a2a_quiescence.instrumentation")
 
@@ -85,7 +84,7 @@ class Refusal:
     def line(self) -> str:
         return (f"a2a-quiescence: {self.library} {self.version} is not supported ({self.reason}; supported: "
                 f"{self.supported}); nothing of it is instrumented and this hop reports itself unsupported, so "
-                f"the collector holds every cascade through it. Set {names.ENV_ALLOW_UNTESTED}=1 to try an "
+                f"the collector holds every cascade through it. Set {env.ALLOW_UNTESTED.name}=1 to try an "
                 f"untested newer release.")
 
 
@@ -112,7 +111,7 @@ def installed_version(distribution: str) -> str | None:
 
 
 def _allow_untested() -> bool:
-    return os.environ.get(names.ENV_ALLOW_UNTESTED, "").strip().lower() in ("1", "true", "yes")
+    return env.ALLOW_UNTESTED.get()
 
 
 def _resolve(backend: Backend) -> tuple[list[tuple[Hook, type]], list[str]]:
