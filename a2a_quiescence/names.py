@@ -109,6 +109,15 @@ VERDICT_COMPLETED = "completed"  # nothing failed, nothing lost
 VERDICT_FAILED = "failed"  # the agents reported failure; nothing lost
 VERDICT_LOST = "lost"  # some work never got to finish
 VERDICTS = (VERDICT_COMPLETED, VERDICT_FAILED, VERDICT_LOST)
+# the verdicts from best to worst: a cascade's outcome only ever moves towards the end
+# (the collector and the `wait` client, merging shards' answers, rank them alike)
+VERDICT_ORDER = (VERDICT_COMPLETED, VERDICT_FAILED, VERDICT_LOST)
+
+
+def worse_verdict(a: str | None, b: str) -> str:
+    """The later of two verdicts in ``VERDICT_ORDER`` (``a`` None: none yet, so ``b``)."""
+    return b if a is None or VERDICT_ORDER.index(b) > VERDICT_ORDER.index(a) else a
+
 
 # cascade status
 STATUS_OPEN = "open"

@@ -189,7 +189,7 @@ def merge_window(membership: Membership, answers: list[tuple[str, dict[str, Any]
     settled it (a settle on any shard's view is sound: docs/settlement.md); otherwise
     its owner's view says what holds it, or, when the owner has not reported it yet,
     the shard it moved from does."""
-    from a2a_quiescence.collector.settlement import worse  # plain Python, no server dependency
+    from a2a_quiescence.names import worse_verdict as worse
 
     seen: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for url, answer in answers:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.config import Config
-from a2a_quiescence.collector.settlement import Cascade, Detector, worse
+from a2a_quiescence.collector.settlement import Cascade, Detector
 from a2a_quiescence.collector.state import MeshState
 
 STATUS_PAGE = Path(__file__).with_name("status_page.html")
@@ -213,7 +213,7 @@ class Api:
         outcomes = [i["outcome"] for i in items if i.get("outcome")]
         worst = None
         for outcome in outcomes:
-            worst = worse(worst, outcome)
+            worst = names.worse_verdict(worst, outcome)
         # a running hop that serves with a library we refused: its cascades are unseen
         unsupported = self.state.unsupported_hops()
         settled = waiting == 0 and not unsupported
