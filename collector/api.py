@@ -19,6 +19,7 @@ from a2a_quiescence import names
 from a2a_quiescence.collector.config import Config
 from a2a_quiescence.collector.settlement import Cascade, Detector
 from a2a_quiescence.collector.state import MeshState
+from a2a_quiescence.collector.views import cascade_view
 
 STATUS_PAGE = Path(__file__).with_name("status_page.html")
 MESH_LISTED = 100  # open, stuck and awaiting-input cascades described in /v1/mesh, each
@@ -64,8 +65,8 @@ class Api:
     def describe(self, trace_id: str, refresh: bool = True) -> dict[str, Any]:
         if refresh:
             self.state.refresh()
-        out = self.detector.describe(trace_id)
-        cascade = self.detector.cascades.get(trace_id)
+        out = cascade_view(self.detector, trace_id)
+        cascade = self.detector.get(trace_id)
         unsupported = None
         for holder in out.get("holders", []):
             if holder.get("kind") == "active_hop":
@@ -88,7 +89,8 @@ class Api:
         counts = dict.fromkeys(listed, 0)
         settled: list[tuple[float, str]] = []  # a min-heap of the most recently settled
         moved = 0
-        for trace_id, cascade in self.detector.cascades.items():
+        for cascade in self.detector.held():
+            trace_id = cascade.trace_id
             status = self.detector.status(cascade, now)
             if status == names.STATUS_SETTLED:
                 item = (cascade.settled_at or 0.0, trace_id)
@@ -106,7 +108,8 @@ class Api:
         described = {status: [self.describe(t, refresh=False) for t in ids] for status, ids in listed.items()}
         recent = []
         for _at, trace_id in sorted(settled, reverse=True):
-            cascade = self.detector.cascades[trace_id]
+            cascade = self.detector.get(trace_id)
+            assert cascade is not None
             recent.append({"trace_id": trace_id, "settled_at": cascade.settled_at, "outcome": cascade.outcome,
                            "detection_latency_seconds": cascade.detection_latency})
         unsupported = self.state.unsupported_hops()
@@ -167,11 +170,11 @@ class Api:
             )
         deadline = time.monotonic() + timeout
         while True:
-            cascade = self.detector.cascades.get(trace_id)
+            cascade = self.detector.get(trace_id)
             if cascade is not None and cascade.done(roots):
                 # a root wave reported after the settle (same trace id) must settle too
                 return JSONResponse(self.describe(trace_id))
-            if cascade is None and trace_id in self.detector.tombstones:
+            if cascade is None and self.detector.forgotten(trace_id) is not None:
                 return JSONResponse(self.describe(trace_id))
             remaining = deadline - time.monotonic()
             if remaining <= 0:

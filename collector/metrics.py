@@ -152,7 +152,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(names.M_FORWARD_WAITING, "OTLP requests waiting to be forwarded upstream",
                                 value=st.forward_waiting)
         evicted = CounterMetricFamily(_base(names.M_EVICTED), "State evicted to bound memory", labels=["kind"])
-        for kind, n in sorted(st.evicted.items()):
+        for kind, n in sorted(st.evicted_counts().items()):
             evicted.add_metric([kind], n)
         yield evicted
         snaps = CounterMetricFamily(_base(names.M_SNAPSHOTS), "Lifecycle snapshots ingested", labels=["kind"])

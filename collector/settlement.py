@@ -25,13 +25,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.rule import awaiting_input, evaluate, verdict
 from a2a_quiescence.wire import CascadeSnapshot
 
-__all__ = ["Cascade", "Detector", "awaiting_input", "evaluate", "verdict"]
+__all__ = ["Cascade", "Detector", "Tombstone", "awaiting_input", "evaluate", "verdict"]
 
 
 # how much earlier than its first snapshot arrived a cascade's last hop may have gone
@@ -82,6 +82,14 @@ class Cascade:
         return self.settled and self.settled_roots >= max(roots, self.roots_in_view())
 
 
+class Tombstone(NamedTuple):
+    """What is kept of a settled cascade once forgotten."""
+
+    forgotten_at: float
+    outcome: str | None
+    started: float  # when its first root request arrived (Cascade.started)
+
+
 class Detector:
     """Per-cascade settlement state with bounded memory.
 
@@ -109,8 +117,8 @@ class Detector:
         self.on_settle = on_settle
         self.on_change = on_change
         self.cascades: OrderedDict[str, Cascade] = OrderedDict()
-        # forgotten settled cascades: (when forgotten, outcome, when rooted)
-        self.tombstones: OrderedDict[str, tuple[float, str | None, float]] = OrderedDict()
+        # forgotten settled cascades, by trace id
+        self.tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         self.evicted_open = 0
         self.late_after_forget = 0
         self.settled_total = 0
@@ -203,11 +211,27 @@ class Detector:
                 self.evicted_open += 1
 
     def _tombstone(self, trace_id: str, cascade: Cascade) -> None:
-        self.tombstones[trace_id] = (self.clock(), cascade.outcome, cascade.started())
+        self.tombstones[trace_id] = Tombstone(self.clock(), cascade.outcome, cascade.started())
         while len(self.tombstones) > self.max_tombstones:
             self.tombstones.popitem(last=False)
 
     # -- queries --------------------------------------------------------------
+    def get(self, trace_id: str) -> Cascade | None:
+        """The cascade held for ``trace_id`` (None: never seen, evicted or forgotten)."""
+        return self.cascades.get(trace_id)
+
+    def held(self) -> Iterator[Cascade]:
+        """Every cascade held here, least recently created first."""
+        return iter(self.cascades.values())
+
+    def forgotten(self, trace_id: str) -> Tombstone | None:
+        """What is kept of ``trace_id`` once settled and forgotten (None: not forgotten)."""
+        return self.tombstones.get(trace_id)
+
+    def evicted_open_count(self) -> int:
+        """Open cascades dropped to keep within ``max_cascades``."""
+        return self.evicted_open
+
     def status(self, cascade: Cascade, now: float | None = None) -> str:
         if cascade.settled:
             return names.STATUS_SETTLED  # settled here is settled, whoever owns it now
@@ -239,66 +263,11 @@ class Detector:
         return len(gone) + len(moved)
 
     def describe(self, trace_id: str, now: float | None = None) -> dict[str, Any]:
-        now = self.clock() if now is None else now
-        cascade = self.cascades.get(trace_id)
-        if cascade is None:
-            if trace_id in self.tombstones:
-                return {"trace_id": trace_id, "status": "settled", "forgotten": True,
-                        "outcome": self.tombstones[trace_id][1]}
-            return {"trace_id": trace_id, "status": "unknown", "holders": []}
-        status = self.status(cascade, now)
-        snaps = sorted(cascade.view.values(), key=lambda s: (s.hop, s.incarnation))
-        ended = verdict(snaps)
-        hop_of = {alias: s.hop for s in snaps for alias in s.aliases}
-        edges: dict[tuple[str, str], list[int]] = {}
-        for s in snaps:
-            for dest, tally in s.sent.items():
-                edges.setdefault((s.hop, hop_of.get(dest, dest)), [0, 0])[0] += tally.count
-            for src, tally in s.received.items():
-                edges.setdefault((src, s.hop), [0, 0])[1] += tally.count
-        return {
-            "trace_id": trace_id,
-            "status": status,
-            # a shard of a mesh tier: the shard the ring gives this cascade to now (None: this one)
-            "owner": cascade.owner,
-            "settled": cascade.settled,
-            # final once settled; None while open (the losses and failures so far are listed)
-            "outcome": cascade.outcome,
-            "losses": ended["losses"],
-            "failures": ended["failures"],
-            "lost": ended["lost"],
-            "failed": ended["failed"],
-            "awaiting": cascade.awaiting or [],
-            # messages per edge as each side reported them (a destination no hop claims stays an address)
-            "edges": [{"from": a, "to": b, "sent": n[0], "received": n[1]} for (a, b), n in sorted(edges.items())],
-            "settled_at": cascade.settled_at,
-            "roots_received": cascade.roots_in_view(),
-            "settled_roots": cascade.settled_roots if cascade.settled else 0,
-            # root requests seen after the settle whose wave has not settled yet
-            "pending_roots": max(0, cascade.roots_in_view() - cascade.settled_roots) if cascade.settled else 0,
-            "detection_latency_seconds": cascade.detection_latency,
-            "activity_after_settle": cascade.activity_after_settle,
-            "first_seen": cascade.first_seen,
-            "started_at": cascade.started(),
-            "last_progress": cascade.last_progress,
-            "seconds_without_progress": round(now - cascade.last_progress, 3),
-            "holders": [] if cascade.settled else cascade.holders,
-            "hops": [
-                {
-                    "hop": s.hop,
-                    "incarnation": s.incarnation,
-                    "seq": s.seq,
-                    "active": s.active,
-                    "sent": s.sent_total().count,
-                    "received": sum(t.count for t in s.received.values()),
-                    "roots": s.roots.count,
-                    "awaiting_units": s.awaiting_units(),
-                    "failed": s.failed,
-                    "lost": s.lost,
-                }
-                for s in snaps
-            ],
-        }
+        """The API's JSON for ``trace_id`` (collector/views.py words it), for a caller
+        holding a detector alone."""
+        from a2a_quiescence.collector.views import cascade_view
+
+        return cascade_view(self, trace_id, now)
 
     def counts(self, now: float | None = None) -> tuple[int, int]:
         """(open including stuck and awaiting input, stuck)."""

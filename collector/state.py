@@ -83,7 +83,7 @@ class MeshState:
         self.received: dict[str, int] = {"traces": 0, "metrics": 0, "logs": 0}
         self.rejected: dict[str, int] = {}
         self.snapshots: dict[str, int] = {"hop": 0, "cascade": 0}
-        self.evicted: dict[str, int] = {"agent": 0, "incarnation": 0, "cascade": 0}
+        self.evicted: dict[str, int] = {"agent": 0, "incarnation": 0}  # and cascades: evicted_counts()
         self.forwarded = 0
         self.dropped: dict[str, int] = {reason: 0 for reason in names.DROP_REASONS}
         self.forward_waiting = 0  # requests waiting to be forwarded
@@ -95,6 +95,11 @@ class MeshState:
         self.ring_shards: int | None = None  # a mesh tier: shards in the ring (None: no tier)
         self.ring_changes = 0
         self._edge_seen: dict[tuple[str, str, str], int] = {}  # (incarnation, trace, src) -> count
+
+    def evicted_counts(self) -> dict[str, int]:
+        """State evicted to bound memory, by kind: agents and incarnations here, open
+        cascades by the detector."""
+        return {**self.evicted, "cascade": self.detector.evicted_open_count()}
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -152,7 +157,7 @@ class MeshState:
 
     def _open_cascades_with(self, agent_name: str) -> int:
         count = 0
-        for cascade in self.detector.cascades.values():
+        for cascade in self.detector.held():
             if cascade.settled:
                 continue
             if any(s.hop == agent_name for s in cascade.view.values()):
@@ -177,10 +182,7 @@ class MeshState:
                 self.edges[edge] = self.edges.get(edge, 0) + (tally.count - before)
         if len(self._edge_seen) > 200_000:
             self._edge_seen.clear()  # bounded; only the per-edge counter's fine detail is lost
-        before_evicted = self.detector.evicted_open
-        cascade = self.detector.ingest(snap)
-        self.evicted["cascade"] += self.detector.evicted_open - before_evicted
-        return cascade
+        return self.detector.ingest(snap)
 
     # -- liveness ------------------------------------------------------------------
     def refresh(self) -> None:
