@@ -19,9 +19,9 @@ from a2a_quiescence import names
 from a2a_quiescence.instrumentation import semconv
 from a2a_quiescence.instrumentation.loop import ensure_loop_hooks
 from a2a_quiescence.instrumentation.runtime import (
-    _BAGGAGE, _CALL_HEADERS, _PUSH_HEADERS, _TRACECONTEXT, Runtime, _add, _current_cascade, _end, _ending, _guard, _in_context,
-    _in_context_await, _record_error, _start_span, _stream_wrapper, _synthetic_span, _trace_hex, current,
-    record_ending,
+    BAGGAGE, CALL_HEADERS, PUSH_HEADERS, TRACECONTEXT, Runtime, add_metric, current, current_cascade, end_span, guard,
+    in_context, in_context_await, new_ending, record_ending, record_error, start_span, stream_wrapper, synthetic_span,
+    trace_hex,
 )
 from a2a_quiescence.instrumentation.tracker import WorkToken
 
@@ -37,8 +37,8 @@ def _authority(url: str) -> str:
 def _outbound_headers(rt: Runtime, message_id: str | None, context: Any = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
     ctx = baggage.set_baggage(names.BAGGAGE_SENDER, rt.service_name, context=context)
-    _TRACECONTEXT.inject(carrier, context=ctx)
-    _BAGGAGE.inject(carrier, context=ctx)
+    TRACECONTEXT.inject(carrier, context=ctx)
+    BAGGAGE.inject(carrier, context=ctx)
     carrier[names.HEADER_SENDER] = rt.service_name
     if message_id:
         carrier[names.HEADER_MESSAGE_ID] = message_id
@@ -91,7 +91,7 @@ class _ClientCall:
         self.destination = _authority(_transport_url(instance))
         self.message_id = uuid.uuid4().hex
         ensure_loop_hooks(rt)
-        cascade = _current_cascade()
+        cascade = current_cascade()
         starts_cascade = False
         parent = otel_context.get_current()
         if cascade is None:
@@ -100,14 +100,14 @@ class _ClientCall:
             if given is not None:
                 cascade, starts_cascade = given, True
         current = trace.get_current_span().get_span_context()
-        if cascade is not None and (not current.is_valid or _trace_hex(current) != cascade):
-            parent = trace.set_span_in_context(_synthetic_span(cascade))
+        if cascade is not None and (not current.is_valid or trace_hex(current) != cascade):
+            parent = trace.set_span_in_context(synthetic_span(cascade))
         span = None
         if rt.call_spans:
             attrs: dict[str, Any] = {names.ATTR_A2A_METHOD_NAME: operation}
-            with _guard("client span attributes " + method):  # never at the cost of the accounting
+            with guard("client span attributes " + method):  # never at the cost of the accounting
                 attrs = self._attributes(operation, args[0] if args else None)
-            span = _start_span(rt, operation, kind=SpanKind.CLIENT, context=parent, attributes=attrs)
+            span = start_span(rt, operation, kind=SpanKind.CLIENT, context=parent, attributes=attrs)
             self.call = semconv.CallSpan(span, dialect, attrs)
         try:
             # the span whose context the call carries: ours; else (switched off, no SDK tracer)
@@ -117,16 +117,16 @@ class _ClientCall:
             sc = carrier.get_span_context()
             if cascade is None:
                 # this process starts the cascade: it is the root hop
-                cascade = _trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
+                cascade = trace_hex(sc) if sc.is_valid else uuid.uuid4().hex
                 starts_cascade = True
             if not sc.is_valid:
-                carrier = _synthetic_span(cascade)
+                carrier = synthetic_span(cascade)
             self.ctx = trace.set_span_in_context(carrier)
             headers = _outbound_headers(rt, self.message_id, self.ctx)
             call_context = dialect.with_headers(kwargs.get("context"), headers)
             self.headers = headers
         except BaseException:
-            _end(span)
+            end_span(span)
             raise
         self.cascade = cascade
         if starts_cascade:
@@ -161,16 +161,16 @@ class _ClientCall:
     def fail(self, exc: BaseException) -> None:
         if self.call is not None:
             error_type = None
-            with _guard("client error type " + self.method):
+            with guard("client error type " + self.method):
                 error_type = self.dialect.client_error_type(exc, self.instance)
-            _record_error(self.call.span, exc, error_type)
+            record_error(self.call.span, exc, error_type)
         if self.work is None:
             return
         if _provably_not_sent(exc):
             self.rt.tracker.withdraw(self.work, self.destination, self.message_id)
         if isinstance(exc, Exception):  # a cancelled caller is recorded where the cancel came from
             kind = names.END_CALL_REJECTED if self._peer_answered(exc) else names.END_CALL_FAILED
-            record_ending(self.rt, self.cascade, _ending(kind, detail=f"{self.method} to {self.destination}",
+            record_ending(self.rt, self.cascade, new_ending(kind, detail=f"{self.method} to {self.destination}",
                                                          **{names.ATTR_ERROR_TYPE: type(exc).__name__}))
 
     def _peer_answered(self, exc: BaseException) -> bool:
@@ -187,15 +187,15 @@ class _ClientCall:
         if self.root is not None:
             self.rt.tracker.release(self.root)
         if self.call is not None:
-            with _guard("client span " + self.method):
+            with guard("client span " + self.method):
                 self.call.finish()
-            _end(self.call.span)
+            end_span(self.call.span)
 
 
 def _call_failed(call: _ClientCall | None, method: str, exc: BaseException) -> None:
     """The call raised ``exc``: recorded on ``call`` (None: it went out uninstrumented)."""
     if call is not None:
-        with _guard("client fail " + method):
+        with guard("client fail " + method):
             call.fail(exc)
 
 
@@ -206,25 +206,25 @@ def client_call(method: str, operation: str, dialect: Any) -> Callable:
         rt = current()
         call = None
         if rt is not None:
-            with _guard("client " + method):
+            with guard("client " + method):
                 call = _ClientCall(rt, method, operation, instance, args, kwargs, dialect)
         try:
             if call is None:
                 return await wrapped(*args, **kwargs)
             # our client span stays current during the call, so an HTTP-level
             # instrumentation (httpx) nests its span under it in the same trace
-            token = _CALL_HEADERS.set(call.headers)
+            token = CALL_HEADERS.set(call.headers)
             try:
-                result = await _in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
+                result = await in_context_await(call.ctx, call.cascade, lambda: wrapped(*args, **kwargs))
             finally:
-                _CALL_HEADERS.reset(token)
-            with _guard("client result " + method):
+                CALL_HEADERS.reset(token)
+            with guard("client result " + method):
                 call.observe(result)
             rejected = getattr(dialect, "rejected", None)
             if rejected is not None:
-                with _guard("client result " + method):
+                with guard("client result " + method):
                     if rejected(result):  # the peer's error, answered as a value
-                        record_ending(rt, call.cascade, _ending(names.END_CALL_REJECTED,
+                        record_ending(rt, call.cascade, new_ending(names.END_CALL_REJECTED,
                                                                 detail=f"{method} to {call.destination}"))
             return result
         except BaseException as exc:
@@ -232,22 +232,22 @@ def client_call(method: str, operation: str, dialect: Any) -> Callable:
             raise
         finally:
             if call is not None:
-                with _guard("client end " + method):
+                with guard("client end " + method):
                     call.end()
 
     return wrapper
 
 
 def client_stream(method: str, operation: str, dialect: Any) -> Callable:
-    return _stream_wrapper(functools.partial(_client_stream, operation=operation, dialect=dialect), method)
+    return stream_wrapper(functools.partial(_client_stream, operation=operation, dialect=dialect), method)
 
 
 async def _next_with_headers(call: _ClientCall, fn: Callable) -> Any:
-    token = _CALL_HEADERS.set(call.headers)
+    token = CALL_HEADERS.set(call.headers)
     try:
-        return await _in_context_await(call.ctx, call.cascade, fn)
+        return await in_context_await(call.ctx, call.cascade, fn)
     finally:
-        _CALL_HEADERS.reset(token)
+        CALL_HEADERS.reset(token)
 
 
 async def _client_stream(
@@ -255,14 +255,14 @@ async def _client_stream(
     dialect: Any,
 ) -> Any:
     call = None
-    with _guard("client " + method):
+    with guard("client " + method):
         call = _ClientCall(rt, method, operation, instance, args, kwargs, dialect)
     ctx = call.ctx if call is not None else None  # None: the call goes out as if uninstrumented
     cascade = call.cascade if call is not None else None
     if ctx is None:
         agen = wrapped(*args, **kwargs)
     else:
-        agen = _in_context(ctx, cascade, lambda: wrapped(*args, **kwargs))
+        agen = in_context(ctx, cascade, lambda: wrapped(*args, **kwargs))
     try:
         while True:
             try:
@@ -273,7 +273,7 @@ async def _client_stream(
             except StopAsyncIteration:
                 break
             if call is not None:
-                with _guard("client event " + method):
+                with guard("client event " + method):
                     call.observe(item)
             yield item
     except BaseException as exc:
@@ -284,10 +284,10 @@ async def _client_stream(
             if ctx is None:
                 await agen.aclose()
             else:
-                await _in_context_await(ctx, cascade, agen.aclose)
+                await in_context_await(ctx, cascade, agen.aclose)
         finally:
             if call is not None:
-                with _guard("client end " + method):
+                with guard("client end " + method):
                     call.end()
 
 
@@ -307,18 +307,18 @@ async def _push_dispatch(dialect: Any, wrapped: Callable, args: Any, kwargs: Any
     failed: str | None = None
     url = task_id = ""
     if rt is not None:
-        with _guard("push"):
+        with guard("push"):
             push_info, task_id = dialect.push_target(args, kwargs)
             url = str(getattr(push_info, "url", "") or "")
-            span = _start_span(
+            span = start_span(
                 rt, names.SPAN_PUSH_SEND, kind=SpanKind.CLIENT,
                 attributes={names.ATTR_URL_FULL: url, **semconv.server_attributes(_authority(url)),
                             **_push_attributes(dialect, task_id, args, kwargs)},
             )
             headers = _outbound_headers(rt, None, trace.set_span_in_context(span))
-            cascade = _current_cascade()
+            cascade = current_cascade()
             # nothing above is held: the unit and the headers are taken last, together
-            token = _PUSH_HEADERS.set(headers)
+            token = PUSH_HEADERS.set(headers)
             if cascade:
                 # in flight on the sender until the POST completes (the webhook is outside the mesh)
                 work = rt.tracker.acquire(cascade)
@@ -327,24 +327,24 @@ async def _push_dispatch(dialect: Any, wrapped: Callable, args: Any, kwargs: Any
         if result is False:
             failed = "delivery failed"  # the SDK logged and swallowed it
             if span is not None:
-                with _guard("push result"):
+                with guard("push result"):
                     span.set_status(Status(StatusCode.ERROR, "push delivery failed"))
         return result
     except Exception as exc:
         failed = type(exc).__name__
-        _record_error(span, exc)
+        record_error(span, exc)
         raise
     finally:
-        with _guard("push end"):
+        with guard("push end"):
             if token is not None:
-                _PUSH_HEADERS.reset(token)
+                PUSH_HEADERS.reset(token)
             if work is not None and rt is not None:
                 ending = None
                 if failed is not None:
-                    ending = _ending(names.END_PUSH_FAILED, task_id, detail=f"push to {_authority(url)}: {failed}")
-                    _add(rt.ended, 1, {names.ATTR_ENDING: names.END_PUSH_FAILED})
+                    ending = new_ending(names.END_PUSH_FAILED, task_id, detail=f"push to {_authority(url)}: {failed}")
+                    add_metric(rt.ended, 1, {names.ATTR_ENDING: names.END_PUSH_FAILED})
                 rt.tracker.release(work, ending)  # the loss and the release, atomically
-        _end(span)
+        end_span(span)
 
 
 def _push_attributes(dialect: Any, task_id: str, args: Any, kwargs: Any) -> dict[str, Any]:
@@ -364,9 +364,9 @@ def _push_attributes(dialect: Any, task_id: str, args: Any, kwargs: Any) -> dict
 def _add_headers(kwargs: dict[str, Any]) -> None:
     """The headers of the push delivery or A2A call in progress, on an httpx request
     (a header the caller set is left as it is)."""
-    extra = _PUSH_HEADERS.get() or _CALL_HEADERS.get()
+    extra = PUSH_HEADERS.get() or CALL_HEADERS.get()
     if extra:
-        with _guard("httpx headers"):
+        with guard("httpx headers"):
             given = kwargs.get("headers")
             headers = list(given.items() if hasattr(given, "items") else given or ())
             present = {str(k).lower() for k, _ in headers}
@@ -390,9 +390,9 @@ def grpc_metadata(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> A
     """a2a-sdk 0.3's ``GrpcTransport._get_grpc_metadata``: the call's headers as metadata
     (that transport takes none from its call context)."""
     result = wrapped(*args, **kwargs)
-    extra = _CALL_HEADERS.get()
+    extra = CALL_HEADERS.get()
     if extra:
-        with _guard("grpc metadata"):
+        with guard("grpc metadata"):
             present = {str(k).lower() for k, _ in result or ()}
             result = [*(result or ()), *((k, v) for k, v in extra.items() if k.lower() not in present)]
     return result

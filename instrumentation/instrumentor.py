@@ -19,9 +19,9 @@ from a2a_quiescence import environment_variables as env
 from a2a_quiescence.instrumentation import lifecycle, semconv
 from a2a_quiescence.instrumentation.backends import Hook, choose, generic_hooks
 from a2a_quiescence.instrumentation.loop import forget_inherited_units, remove_loop_hooks
-from a2a_quiescence.instrumentation.package import _instruments_any
+from a2a_quiescence.instrumentation.package import INSTRUMENTS_ANY
 from a2a_quiescence.instrumentation.reporter import Reporter
-from a2a_quiescence.instrumentation.runtime import Runtime, _report_internal_error, install
+from a2a_quiescence.instrumentation.runtime import Runtime, install, report_internal_error
 from a2a_quiescence.instrumentation.tracker import HopTracker
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def _after_fork_in_child() -> None:
         if inst.reporter is not None:
             inst.reporter.after_fork()
     except Exception as exc:  # noqa: BLE001 - fail-open: the child serves on without us
-        _report_internal_error("after fork", exc)
+        report_internal_error("after fork", exc)
 
 
 if hasattr(os, "register_at_fork"):
@@ -85,10 +85,10 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """Any one of these (see ``package``); versions are the guard's to check."""
-        return _instruments_any
+        return INSTRUMENTS_ANY
 
     def _check_dependency_conflicts(self) -> DependencyConflict | None:
-        return get_dependency_conflicts((), _instruments_any)
+        return get_dependency_conflicts((), INSTRUMENTS_ANY)
 
     # -- patching helpers -------------------------------------------------------
     def _wrap(self, hook: Hook, cls: type) -> None:
@@ -171,7 +171,7 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
                     try:
                         force(2000)
                     except Exception as exc:  # noqa: BLE001
-                        _report_internal_error("force_flush", exc)
+                        report_internal_error("force_flush", exc)
 
         rt.flush = flush
         install(rt)

@@ -13,10 +13,10 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from a2a_quiescence import names
-from a2a_quiescence.instrumentation.loop import _innermost, _Watch, _where, ensure_loop_hooks
+from a2a_quiescence.instrumentation.loop import StallWatch, ensure_loop_hooks, innermost_location, task_location
 from a2a_quiescence.instrumentation.runtime import (
-    CASCADE, _OWNER, Runtime, _add, _client_cancel_requested, _current_cascade, _end, _ending, _guard,
-    _run_executor, _start_span, current, note_task_state, record_ending,
+    CASCADE, OWNER, Runtime, add_metric, client_cancel_requested, current, current_cascade, end_span, guard,
+    new_ending, note_task_state, record_ending, run_executor, start_span,
 )
 
 
@@ -43,12 +43,12 @@ class _ExecutorProxy:
             coro = self._a2aq_executor.execute(*args, **kwargs)
             task_id = None
             if rt is not None:
-                with _guard("execute"):
+                with guard("execute"):
                     request = args[0] if args else kwargs.get("context")
                     task_id = str(getattr(request, "task_id", "") or state.get("task_id", ""))
             if task_id is None:
                 return await coro
-            return await _run_executor(rt, task_id, state, coro)
+            return await run_executor(rt, task_id, state, coro)
         except asyncio.CancelledError:
             state.setdefault("outcome", names.OUTCOME_CANCELLED)
             raise
@@ -70,16 +70,16 @@ def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
     rt = current()
     state = owner_token = None
     if rt is not None:
-        with _guard("ActiveTask.__init__/owner"):
+        with guard("ActiveTask.__init__/owner"):
             state = _owner_state(args, kwargs)
-            owner_token = _OWNER.set(state)  # its queues' dispatcher tasks are its plumbing
+            owner_token = OWNER.set(state)  # its queues' dispatcher tasks are its plumbing
     try:
         result = wrapped(*args, **kwargs)
     finally:
         if owner_token is not None:
-            _OWNER.reset(owner_token)
+            OWNER.reset(owner_token)
     if rt is not None and state is not None:
-        with _guard("ActiveTask.__init__"):
+        with guard("ActiveTask.__init__"):
             _TASK_STATE[instance] = state
             _TASK_MANAGER_STATE[instance._task_manager] = state
             task_id = str(getattr(instance, "task_id", "") or "")
@@ -94,30 +94,30 @@ async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs:
     span = None
     token = owner_token = None
     if rt is not None and (state := _TASK_STATE.get(instance)) is not None:
-        with _guard("ActiveTask.start/owner"):
-            owner_token = _OWNER.set(state)  # producer and consumer are its plumbing
+        with guard("ActiveTask.start/owner"):
+            owner_token = OWNER.set(state)  # producer and consumer are its plumbing
     if rt is not None and getattr(instance, "_producer_task", None) is None:
-        with _guard("ActiveTask.start"):
+        with guard("ActiveTask.start"):
             ensure_loop_hooks(rt)
             tm = getattr(instance, "_task_manager", None)
             attrs = producer_attributes(rt, str(instance.task_id), getattr(tm, "context_id", None))
-            span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
+            span = start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
             # spawned tasks copy this context: the producer's own spans nest under it
             token = otel_context.attach(trace.set_span_in_context(span))
     try:
         return await wrapped(*args, **kwargs)
     finally:
         if owner_token is not None:
-            with _guard("ActiveTask.start/owner"):
-                _OWNER.reset(owner_token)
+            with guard("ActiveTask.start/owner"):
+                OWNER.reset(owner_token)
         if token is not None:
-            with _guard("ActiveTask.start/detach"):
+            with guard("ActiveTask.start/detach"):
                 otel_context.detach(token)
         if rt is not None:
-            with _guard("ActiveTask.start/unstarted"):
+            with guard("ActiveTask.start/unstarted"):
                 _release_unstarted(rt, instance)
         if rt is not None and span is not None:
-            with _guard("ActiveTask.start/after"):
+            with guard("ActiveTask.start/after"):
                 producer = getattr(instance, "_producer_task", None)
                 if producer is not None and not _TASK_STATE.get(instance, {}).get("tracked"):
                     _track_producer(rt, instance, producer, span)
@@ -154,51 +154,51 @@ def _release_unstarted(rt: Runtime, instance: Any) -> None:
 def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:
     state = _TASK_STATE.setdefault(instance, {})
     state["tracked"] = True
-    _producer_started(rt, str(instance.task_id), producer)
+    producer_started(rt, str(instance.task_id), producer)
 
     def finished(task: asyncio.Task) -> None:
-        with _guard("producer done"):
+        with guard("producer done"):
             outcome = state.get("outcome")
             if task.cancelled():
                 outcome = names.OUTCOME_CANCELLED
             elif outcome is None:
                 exc = task.exception()
                 outcome = names.OUTCOME_FAILED if exc is not None else names.OUTCOME_COMPLETED
-            _producer_finished(rt, span, outcome, state=rt.task_states.get(str(instance.task_id)))
+            producer_finished(rt, span, outcome, state=rt.task_states.get(str(instance.task_id)))
 
     producer.add_done_callback(finished)
 
 
-def _producer_started(rt: Runtime, task_id: str, producer: asyncio.Task, key: str | None = None) -> None:
+def producer_started(rt: Runtime, task_id: str, producer: asyncio.Task, key: str | None = None) -> None:
     """A producer (the task running the agent for task ``task_id``) was spawned.
     ``key``: the producer runs in a longer-lived task (a fasta2a worker's loop) and
-    is listed under this name until ``_producer_finished`` is given it."""
-    cascade = _current_cascade()
+    is listed under this name until ``producer_finished`` is given it."""
+    cascade = current_cascade()
     if cascade:
         rt.task_trace[task_id] = cascade
         if len(rt.task_trace) > 10_000:
             rt.task_trace.pop(next(iter(rt.task_trace)))
     rt.producers[key or producer.get_name()] = producer
     rt.tracker.producer_started()
-    _add(rt.started, 1)
-    _add(rt.in_flight, 1)
+    add_metric(rt.started, 1)
+    add_metric(rt.in_flight, 1)
 
 
-def _producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: str | None = None,
+def producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: str | None = None,
                        state: str | None = None) -> None:
     """``state``: the last state its task reached (``a2a.task.state`` on the span)."""
     if key is not None:
         rt.producers.pop(key, None)
     rt.tracker.producer_finished(outcome)
-    _add(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
-    _add(rt.in_flight, -1)
-    with _guard("producer span"):
+    add_metric(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
+    add_metric(rt.in_flight, -1)
+    with guard("producer span"):
         span.set_attribute(names.ATTR_OUTCOME, outcome)
         if state:
             span.set_attribute(names.ATTR_TASK_STATE, state)
         if outcome == names.OUTCOME_FAILED:
             span.set_status(Status(StatusCode.ERROR, "agent executor failed"))
-    _end(span)
+    end_span(span)
 
 
 def _producer_working(instance: Any, state: dict[str, Any]) -> bool:
@@ -217,18 +217,18 @@ def _parked_where(instance: Any, state: dict[str, Any]) -> str:
     task = ref() if ref is not None else None
     if task is None or task.done():
         task = getattr(instance, "_producer_task", None)
-    return _innermost(task) if task is not None else "unknown"
+    return innermost_location(task) if task is not None else "unknown"
 
 
 async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
     rt = current()
-    with _guard("ActiveTask.cancel"):
+    with guard("ActiveTask.cancel"):
         state = _TASK_STATE.get(instance)
         if state is not None and rt is not None:
             if _producer_working(instance, state):
                 # recorded now, while the producer still holds its unit
-                _client_cancel_requested(rt, state["task_id"])
-                record_ending(rt, state["cascade"], _ending(names.END_TASK_CANCELLED, state["task_id"]))
+                client_cancel_requested(rt, state["task_id"])
+                record_ending(rt, state["cascade"], new_ending(names.END_TASK_CANCELLED, state["task_id"]))
             state.setdefault("outcome", names.OUTCOME_CANCELLED)
     return await wrapped(*args, **kwargs)
 
@@ -238,21 +238,21 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
         rt = current()
         span = watch = token = None
         if rt is not None:
-            with _guard(span_name):
+            with guard(span_name):
                 task_id = str(getattr(instance, "task_id", "") or "")
                 attrs = {names.ATTR_TASK_ID: task_id} if task_id else {}
                 if span_name == names.SPAN_HANDLER_ACLOSE:
                     rt.shutting_down = True
                 if span_name == names.SPAN_TASK_ACLOSE:
                     _drain_task(rt, instance)
-                span = _start_span(rt, span_name, attributes=attrs)
+                span = start_span(rt, span_name, attributes=attrs)
                 token = otel_context.attach(trace.set_span_in_context(span))
-                watch = _Watch(rt, span, span_name, task_id)
+                watch = StallWatch(rt, span, span_name, task_id)
         try:
             return await wrapped(*args, **kwargs)
         finally:
             if rt is not None and span is not None:
-                with _guard(span_name + "/end"):
+                with guard(span_name + "/end"):
                     if watch is not None:
                         watch.done()
                     if token is not None:
@@ -260,9 +260,9 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
                     task_id = str(getattr(instance, "task_id", "") or "")
                     if task_id and rt.task_states.get(task_id):
                         span.set_attribute(names.ATTR_TASK_STATE, rt.task_states[task_id])
-                _end(span)  # before on_end: its flush must include this span
+                end_span(span)  # before on_end: its flush must include this span
                 if on_end is not None:
-                    with _guard(span_name + "/on_end"):
+                    with guard(span_name + "/on_end"):
                         on_end(rt)
 
     return wrapper
@@ -283,7 +283,7 @@ def _drain_task(rt: Runtime, instance: Any) -> None:
         detail = "waiting for its user's input" if state.get("awaiting") and not state.get("executing") else "executing"
         record_ending(
             rt, state["cascade"],
-            _ending(names.END_CANCELLED_BY_SHUTDOWN, state["task_id"], detail=detail, parked_at=state["parked_at"]),
+            new_ending(names.END_CANCELLED_BY_SHUTDOWN, state["task_id"], detail=detail, parked_at=state["parked_at"]),
         )
         rt.tracker.shutdown_cancelled()
 
@@ -301,7 +301,7 @@ def record_shutdown(rt: Runtime, reason: str) -> int:
         if not task.done():
             # taken now: once the loop is gone, a leaked coroutine may be closed
             # before its task is reported destroyed, and its frames with it
-            parked[name] = rt.parked[name] = _where(task)
+            parked[name] = rt.parked[name] = task_location(task)
     while len(rt.parked) > 1000:
         rt.parked.pop(next(iter(rt.parked)))
     leaked = rt.tracker.shutdown_completed(reason, parked)
@@ -318,12 +318,12 @@ async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) 
     rt = current()
     span = watch = None
     if rt is not None:
-        with _guard("EventQueue.close"):
+        with guard("EventQueue.close"):
             owner = _QUEUE_ROLES.get(instance)
             if owner is not None and not getattr(instance, "_is_closed", False):
                 role, task_id = owner
                 immediate = bool(kwargs.get("immediate", args[0] if args else False))
-                span = _start_span(
+                span = start_span(
                     rt,
                     names.SPAN_QUEUE_CLOSE,
                     attributes={
@@ -332,12 +332,12 @@ async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) 
                         names.ATTR_TASK_ID: task_id,
                     },
                 )
-                watch = _Watch(rt, span, "event_queue.close", task_id)
+                watch = StallWatch(rt, span, "event_queue.close", task_id)
     try:
         return await wrapped(*args, **kwargs)
     finally:
         if span is not None:
-            with _guard("EventQueue.close/end"):
+            with guard("EventQueue.close/end"):
                 if watch is not None:
                     watch.done()
                 span.end()
@@ -359,7 +359,7 @@ def task_saved(state_name: Callable[[Any], str]) -> Callable:
         result = await wrapped(*args, **kwargs)
         rt = current()
         if rt is not None:
-            with _guard("TaskManager._save_task"):
+            with guard("TaskManager._save_task"):
                 task = args[0] if args else kwargs.get("task")
                 _task_state_seen(rt, instance, str(task.id), state_name(task.status.state))
         return result
@@ -384,7 +384,7 @@ def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -
     rt.tracker.task_state(cascade, task_id, awaiting)
     kind = _TERMINAL_ENDINGS.get(state_name)
     if kind is not None:
-        record_ending(rt, cascade, _ending(kind, task_id))
+        record_ending(rt, cascade, new_ending(kind, task_id))
 
 
 async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -397,20 +397,20 @@ async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwa
     span = token = None
     task_id = ""
     state: dict[str, Any] = {"tokens": []}
-    with _guard("_run_event_stream"):
+    with guard("_run_event_stream"):
         request = args[0] if args else kwargs.get("request")
         queue = args[1] if len(args) > 1 else kwargs.get("queue")
         task_id = str(getattr(request, "task_id", "") or "")
-        state.update(task_id=task_id, cascade=_current_cascade())
+        state.update(task_id=task_id, cascade=current_cascade())
         if queue is not None:
             _QUEUE_ROLES[queue] = (names.ROLE_AGENT, task_id)
         attrs = producer_attributes(rt, task_id, getattr(request, "context_id", None))
-        span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
+        span = start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, attributes=attrs)
         token = otel_context.attach(trace.set_span_in_context(span))
-        _producer_started(rt, task_id, asyncio.current_task())
+        producer_started(rt, task_id, asyncio.current_task())
     outcome = names.OUTCOME_COMPLETED
     try:
-        return await _run_executor(rt, task_id, state, wrapped(*args, **kwargs))
+        return await run_executor(rt, task_id, state, wrapped(*args, **kwargs))
     except asyncio.CancelledError:
         outcome = names.OUTCOME_CANCELLED
         raise
@@ -419,11 +419,11 @@ async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwa
         raise
     finally:
         if token is not None:
-            with _guard("_run_event_stream/detach"):
+            with guard("_run_event_stream/detach"):
                 otel_context.detach(token)
         if span is not None:
-            with _guard("_run_event_stream/end"):
-                _producer_finished(rt, span, outcome, state=rt.task_states.get(task_id))
+            with guard("_run_event_stream/end"):
+                producer_finished(rt, span, outcome, state=rt.task_states.get(task_id))
 
 
 # --- server shutdown -------------------------------------------------------------
@@ -436,7 +436,7 @@ async def uvicorn_shutdown(wrapped: Callable, instance: Any, args: Any, kwargs: 
     finally:
         rt = current()
         if rt is not None:
-            with _guard("uvicorn shutdown"):
+            with guard("uvicorn shutdown"):
                 # uvicorn re-raises SIGTERM right after this: atexit will not run
                 record_shutdown(rt, "server_shutdown")
 
@@ -444,6 +444,6 @@ async def uvicorn_shutdown(wrapped: Callable, instance: Any, args: Any, kwargs: 
 def at_exit() -> None:
     rt = current()
     if rt is not None:
-        with _guard("atexit"):
+        with guard("atexit"):
             if rt.tracker.shutdown is None or rt.tracker.producers_in_flight:
                 record_shutdown(rt, "interpreter_exit")

@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation.runtime import (
-    CASCADE, _OWNER, Runtime, _add, _end, _ending, _guard, _report_internal_error, _start_span, current,
+    CASCADE, OWNER, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
 )
 from a2a_quiescence.instrumentation.tracker import HopTracker, WorkToken
 
@@ -58,7 +58,7 @@ def _task_collected(ref: _TaskRef) -> None:
         del _COLLECTED[next(iter(_COLLECTED))]
     if not token.released:
         ref.tracker.release_later(
-            token, _ending(names.END_DESTROYED_PENDING, token.owner, detail=token.what)
+            token, new_ending(names.END_DESTROYED_PENDING, token.owner, detail=token.what)
         )
 
 
@@ -97,21 +97,21 @@ def ensure_loop_hooks(rt: Runtime) -> None:
             task = asyncio.Task(coro, loop=loop_, **kwargs)
         runtime = current()
         if runtime is not None:
-            # hot path (every task the agent creates): a plain try, not _guard
+            # hot path (every task the agent creates): a plain try, not guard
             try:
                 ctx = kwargs.get("context")
                 cascade = ctx.get(CASCADE) if ctx is not None else CASCADE.get()
                 if cascade:
-                    _hold(runtime.tracker, task, cascade, ctx.get(_OWNER) if ctx is not None else _OWNER.get(), coro,
+                    _hold(runtime.tracker, task, cascade, ctx.get(OWNER) if ctx is not None else OWNER.get(), coro,
                           done_context)
             except Exception as exc:  # noqa: BLE001 - fail-open
-                _report_internal_error("task_factory", exc)
+                report_internal_error("task_factory", exc)
         return task
 
     def handler(loop_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         runtime = current()
         if runtime is not None:
-            with _guard("exception_handler"):
+            with guard("exception_handler"):
                 _maybe_destroyed_pending(runtime, context, loop_)
         # chain: never swallow what the loop reports
         if previous_handler is not None:
@@ -125,14 +125,14 @@ def ensure_loop_hooks(rt: Runtime) -> None:
 
 def remove_loop_hooks(rt: Runtime) -> None:
     for loop, (factory, handler) in list(rt.loops.items()):
-        with _guard("remove_loop_hooks"):
+        with guard("remove_loop_hooks"):
             if not loop.is_closed():
                 loop.set_task_factory(factory)
                 loop.set_exception_handler(handler)
     rt.loops.clear()
 
 
-def _where(task: asyncio.Task) -> str:
+def task_location(task: asyncio.Task) -> str:
     try:
         frames = task.get_stack()
     except Exception:  # noqa: BLE001
@@ -143,7 +143,7 @@ def _where(task: asyncio.Task) -> str:
     return f"{f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}"
 
 
-def _innermost(task: asyncio.Task) -> str:
+def innermost_location(task: asyncio.Task) -> str:
     """Where a task's work waits: the innermost frame of its await chain outside
     asyncio itself (``Task.get_stack`` stops at the task's own coroutine)."""
     try:
@@ -183,16 +183,16 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio
         names.ATTR_ASYNCIO_TASK: name,
         names.ATTR_TASK_ID: task_id,
         names.ATTR_DESTROYED_TRACE_ID: trace_id,
-        names.ATTR_PARKED_AT: where if (where := _where(task)) != "unknown" else rt.parked.get(name, where),
+        names.ATTR_PARKED_AT: where if (where := task_location(task)) != "unknown" else rt.parked.get(name, where),
     }
     if plumbing:
         detail[names.ATTR_SDK_PLUMBING] = True
     rt.tracker.destroyed_pending_seen(detail)
-    _add(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0], names.ATTR_SDK_PLUMBING: plumbing})
-    span = _start_span(rt, names.SPAN_DESTROYED_PENDING, attributes={k: v for k, v in detail.items() if v})
-    with _guard("destroyed_pending span"):
+    add_metric(rt.destroyed, 1, {names.ATTR_ASYNCIO_TASK: name.split(":", 1)[0], names.ATTR_SDK_PLUMBING: plumbing})
+    span = start_span(rt, names.SPAN_DESTROYED_PENDING, attributes={k: v for k, v in detail.items() if v})
+    with guard("destroyed_pending span"):
         span.set_status(Status(StatusCode.ERROR, message))
-    _end(span)
+    end_span(span)
     if loop.is_closed() or not loop.is_running():
         # the loop is gone (shutdown): this may be the last chance to report.
         # While it runs, the reporter thread sends it; never block the agent here.
@@ -200,7 +200,7 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio
 
 
 # --- stall watchdog ------------------------------------------------------------
-class _Watch:
+class StallWatch:
     """Reports a close/aclose that has not returned after the stall threshold."""
 
     def __init__(self, rt: Runtime, span: trace.Span, what: str, task_id: str) -> None:
@@ -215,20 +215,20 @@ class _Watch:
             self.handle = asyncio.get_running_loop().call_later(rt.stall_seconds, self._fire)
 
     def _fire(self) -> None:
-        with _guard("watchdog"):
+        with guard("watchdog"):
             self.stalled = True
-            parked = _where(self.waiter) if self.waiter is not None else "unknown"
+            parked = task_location(self.waiter) if self.waiter is not None else "unknown"
             attrs = {names.ATTR_TASK_ID: self.task_id, names.ATTR_PARKED_AT: parked, "a2a.stall.operation": self.what}
             self.rt.tracker.stall_began(attrs | {"threshold_seconds": self.rt.stall_seconds})
-            _add(self.rt.stalled, 1)
+            add_metric(self.rt.stalled, 1)
             self.span.add_event(names.EVENT_STALL, attrs)
             self.span.set_attribute(names.ATTR_STALLED, True)
 
     def done(self) -> None:
-        with _guard("watchdog"):
+        with guard("watchdog"):
             if self.handle is not None:
                 self.handle.cancel()
             if self.stalled:
                 self.rt.tracker.stall_ended()
-                _add(self.rt.stalled, -1)
+                add_metric(self.rt.stalled, -1)
                 self.span.add_event(names.EVENT_STALL_RESOLVED)

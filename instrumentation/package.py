@@ -9,5 +9,8 @@ refuses an untested release loudly and the hop reports itself unsupported, so
 its cascades are held rather than unseen.
 """
 
+INSTRUMENTS_ANY = ("a2a-sdk", "fasta2a")
+
+# the names a contrib instrumentation's package.py gives them
 _instruments: tuple[str, ...] = ()
-_instruments_any = ("a2a-sdk", "fasta2a")
+_instruments_any = INSTRUMENTS_ANY

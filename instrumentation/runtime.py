@@ -1,6 +1,6 @@
 """What every wrapper the instrumentor puts around a2a-sdk (and uvicorn, httpx) shares.
 
-Every wrapper is fail-open: our own code runs inside ``_guard`` blocks that log
+Every wrapper is fail-open: our own code runs inside ``guard`` blocks that log
 an error once per site and swallow it; the wrapped call itself is always made
 exactly once, and its result, exception or cancellation reaches the caller
 unchanged.
@@ -29,36 +29,36 @@ from a2a_quiescence.instrumentation.tracker import HopTracker
 
 logger = logging.getLogger("a2a_quiescence.instrumentation")
 
-_TRACECONTEXT = TraceContextTextMapPropagator()
-_BAGGAGE = W3CBaggagePropagator()
+TRACECONTEXT = TraceContextTextMapPropagator()
+BAGGAGE = W3CBaggagePropagator()
 
 # the cascade (trace id, 32 hex) whose work the current code runs on behalf of
 CASCADE: contextvars.ContextVar[str | None] = contextvars.ContextVar("a2a_quiescence_cascade", default=None)
 # headers to add to the push delivery made by the current task
-_PUSH_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+PUSH_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "a2a_quiescence_push_headers", default=None
 )
 
 # headers of the outbound A2A call the current task makes (for transports that
 # take them from somewhere other than the call context: a2a-sdk 0.3's gRPC)
-_CALL_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+CALL_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "a2a_quiescence_call_headers", default=None
 )
 
 # the ActiveTask (its state dict) being built or started: the tasks it spawns
 # then are its plumbing (producer, consumer, queue dispatchers), owned by it
-_OWNER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("a2a_quiescence_owner", default=None)
+OWNER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("a2a_quiescence_owner", default=None)
 
 _warned: set[str] = set()
 
 
-def _report_internal_error(site: str, exc: BaseException) -> None:
+def report_internal_error(site: str, exc: BaseException) -> None:
     if site not in _warned:
         _warned.add(site)
         logger.error("a2a-quiescence: internal error in %s (further errors here are silent): %r", site, exc, exc_info=exc)
 
 
-class _guard:  # noqa: N801 - used like a function: `with _guard("site"):`
+class guard:  # noqa: N801 - used like a function: `with guard("site"):`
     """Run instrumentation code; never let its failure reach the agent.
 
     A class rather than @contextmanager: it runs dozens of times per request."""
@@ -73,41 +73,41 @@ class _guard:  # noqa: N801 - used like a function: `with _guard("site"):`
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         if exc_type is not None and issubclass(exc_type, Exception):
-            _report_internal_error(self.site, exc)
+            report_internal_error(self.site, exc)
             return True  # fail-open by design
         return False
 
 
-def _start_span(rt: "Runtime", name: str, **kwargs: Any) -> trace.Span:
+def start_span(rt: "Runtime", name: str, **kwargs: Any) -> trace.Span:
     """Start a span; a broken tracer/processor gives a non-recording span instead."""
     try:
         return rt.tracer.start_span(name, **kwargs)
     except Exception as exc:  # noqa: BLE001 - fail-open
-        _report_internal_error("start_span " + name, exc)
+        report_internal_error("start_span " + name, exc)
         return trace.INVALID_SPAN
 
 
-def _end(span: trace.Span | None) -> None:
+def end_span(span: trace.Span | None) -> None:
     """End a span; a broken span processor must not skip what follows."""
     if span is not None:
         try:  # a plain try (no guard object): once per span
             span.end()
         except Exception as exc:  # noqa: BLE001 - fail-open
-            _report_internal_error("span.end", exc)
+            report_internal_error("span.end", exc)
 
 
-def _record_error(span: trace.Span | None, exc: BaseException, error_type: str | None = None) -> None:
+def record_error(span: trace.Span | None, exc: BaseException, error_type: str | None = None) -> None:
     """Mark a span failed with the exception the agent saw (which still propagates);
     ``error.type`` is ``error_type`` (a JSON-RPC code or status answered) or the
     exception's name."""
     if span is not None:
-        with _guard("span error"):
+        with guard("span error"):
             span.record_exception(exc)
             span.set_attribute(names.ATTR_ERROR_TYPE, error_type or type(exc).__qualname__)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
-def _synthetic_span(cascade: str) -> trace.Span:
+def synthetic_span(cascade: str) -> trace.Span:
     """A stand-in parent carrying the cascade's trace id when no real span has it."""
     return trace.NonRecordingSpan(
         trace.SpanContext(
@@ -119,12 +119,12 @@ def _synthetic_span(cascade: str) -> trace.Span:
     )
 
 
-def _add(instrument: Any, value: int, attributes: dict[str, Any] | None = None) -> None:
+def add_metric(instrument: Any, value: int, attributes: dict[str, Any] | None = None) -> None:
     """Update a metric; a broken meter must not skip what follows."""
     try:  # a plain try (no guard object): several times per request
         instrument.add(value, attributes)
     except Exception as exc:  # noqa: BLE001 - fail-open
-        _report_internal_error("metric", exc)
+        report_internal_error("metric", exc)
 
 
 class Runtime:
@@ -208,11 +208,11 @@ def install(rt: Runtime | None) -> None:
 
 
 # --- helpers -------------------------------------------------------------------
-def _trace_hex(span_context: trace.SpanContext) -> str:
+def trace_hex(span_context: trace.SpanContext) -> str:
     return format(span_context.trace_id, "032x")
 
 
-def _current_cascade() -> str | None:
+def current_cascade() -> str | None:
     cascade = CASCADE.get()
     if cascade:
         return cascade
@@ -229,7 +229,7 @@ def note_task_state(rt: Runtime, task_id: str, state: str) -> None:
 
 
 # --- how work ended -----------------------------------------------------------
-def _ending(kind: str, task_id: str | None = None, **extra: Any) -> dict[str, Any]:
+def new_ending(kind: str, task_id: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"kind": kind, "task_id": task_id or None, **extra}
 
 
@@ -237,26 +237,26 @@ def record_ending(rt: Runtime, cascade: str | None, ending: dict[str, Any]) -> N
     """Record a failure or loss on ``cascade``; the caller holds a unit of it."""
     if cascade:
         rt.tracker.record_ending(cascade, ending)
-        _add(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
+        add_metric(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
 
 
 def _cancel_ending(rt: Runtime, task_id: str, state: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
     """How a cancellation of task ``task_id``'s work ended it: a client's cancel is
     a failure the agents report; a shutdown's, or one of unknown cause, a loss."""
     if task_id in rt.client_cancels:
-        return _ending(names.END_TASK_CANCELLED, task_id, **extra)
+        return new_ending(names.END_TASK_CANCELLED, task_id, **extra)
     if (state is not None and state.get("cause") == "shutdown") or rt.shutting_down:
-        return _ending(names.END_CANCELLED_BY_SHUTDOWN, task_id, **extra)
-    return _ending(names.END_CANCELLED, task_id, **extra)
+        return new_ending(names.END_CANCELLED_BY_SHUTDOWN, task_id, **extra)
+    return new_ending(names.END_CANCELLED, task_id, **extra)
 
 
-def _client_cancel_requested(rt: Runtime, task_id: str) -> None:
+def client_cancel_requested(rt: Runtime, task_id: str) -> None:
     rt.client_cancels[task_id] = None
     while len(rt.client_cancels) > 10_000:
         del rt.client_cancels[next(iter(rt.client_cancels))]
 
 
-async def _run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None, coro: Any) -> Any:
+async def run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None, coro: Any) -> Any:
     """Await the agent's ``execute``; record on the current cascade how it ended
     when it did not complete (inside the executor's task, so while its unit is held)."""
     if state is not None:
@@ -266,12 +266,12 @@ async def _run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None,
     try:
         return await coro
     except asyncio.CancelledError:
-        with _guard("execute cancelled"):
+        with guard("execute cancelled"):
             record_ending(rt, CASCADE.get(), _cancel_ending(rt, task_id, state, parked_at=(state or {}).get("parked_at")))
         raise
     except BaseException as exc:
-        with _guard("execute failed"):
-            record_ending(rt, CASCADE.get(), _ending(names.END_EXECUTOR_FAILED, task_id, **{"error.type": type(exc).__name__}))
+        with guard("execute failed"):
+            record_ending(rt, CASCADE.get(), new_ending(names.END_EXECUTOR_FAILED, task_id, **{"error.type": type(exc).__name__}))
         raise
     finally:
         if state is not None:
@@ -279,7 +279,7 @@ async def _run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None,
 
 
 # --- shared by the server and client wrappers -----------------------------------
-def _stream_wrapper(driver: Callable, method: str) -> Callable:
+def stream_wrapper(driver: Callable, method: str) -> Callable:
     """A wrapper for an async-generator method: still a plain call that returns
     an async generator, like the method it wraps."""
 
@@ -292,7 +292,7 @@ def _stream_wrapper(driver: Callable, method: str) -> Callable:
     return wrapper
 
 
-def _in_context(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
+def in_context(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
     token = otel_context.attach(ctx)
     ctoken = CASCADE.set(trace_id)
     try:
@@ -302,7 +302,7 @@ def _in_context(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
         otel_context.detach(token)
 
 
-async def _in_context_await(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
+async def in_context_await(ctx: Any, trace_id: str | None, fn: Callable) -> Any:
     token = otel_context.attach(ctx)
     ctoken = CASCADE.set(trace_id)
     try:

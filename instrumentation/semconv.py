@@ -59,7 +59,7 @@ def _camel(key: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _get(obj: Any, key: str) -> Any:
+def read_field(obj: Any, key: str) -> Any:
     """``obj.key`` or ``obj[key]`` (or its camelCase spelling, as JSON carries it); None
     when absent or empty (protobuf's unset fields read as "" or [])."""
     if obj is None:
@@ -102,18 +102,18 @@ def facts(obj: Any, dialect: Any) -> tuple[str | None, str | None, str | None]:
     obj = _payload(obj)
     if obj is None:
         return None, None, None
-    status = _get(obj, "status")
-    task_id = _get(obj, "task_id")
+    status = read_field(obj, "status")
+    task_id = read_field(obj, "task_id")
     if task_id is None and status is not None:
-        task_id = _get(obj, "id")  # a Task
+        task_id = read_field(obj, "id")  # a Task
     state = None
     if status is not None:
-        raw = _get(status, "state")
+        raw = read_field(status, "state")
         if raw is not None:
             state = dialect.state_name(raw)
             if state == "TASK_STATE_UNSPECIFIED":
                 state = None
-    context_id = _get(obj, "context_id")
+    context_id = read_field(obj, "context_id")
     return (str(task_id) if task_id else None, str(context_id) if context_id else None, state)
 
 
@@ -123,23 +123,23 @@ def request_attributes(params: Any) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     if params is None:
         return attrs
-    message = _get(params, "message")
-    if message is None and _get(params, "message_id") is not None and _get(params, "parts") is not None:
+    message = read_field(params, "message")
+    if message is None and read_field(params, "message_id") is not None and read_field(params, "parts") is not None:
         message = params  # fasta2a's client takes the message itself
-    task_id = _get(params, "id") if message is None else _get(message, "task_id")
+    task_id = read_field(params, "id") if message is None else read_field(message, "task_id")
     if message is not None:
-        message_id = _get(message, "message_id")
+        message_id = read_field(message, "message_id")
         if message_id:
             attrs[names.ATTR_A2A_MESSAGE_ID] = str(message_id)
-        context_id = _get(message, "context_id")
+        context_id = read_field(message, "context_id")
         if context_id:
             attrs[names.ATTR_CONVERSATION_ID] = str(context_id)
-        refs = _get(message, "reference_task_ids")
+        refs = read_field(message, "reference_task_ids")
         if refs:
             attrs[names.ATTR_REFERENCE_TASK_IDS] = [str(r) for r in refs]
     if task_id:
         attrs[names.ATTR_TASK_ID] = str(task_id)
-    tenant = _get(params, "tenant")
+    tenant = read_field(params, "tenant")
     if isinstance(tenant, str) and tenant:
         attrs[names.ATTR_TENANT] = tenant
     return attrs
@@ -150,7 +150,7 @@ def card_attributes(card: Any) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for key, attr in (("name", names.ATTR_AGENT_NAME), ("description", names.ATTR_AGENT_DESCRIPTION),
                       ("version", names.ATTR_AGENT_VERSION)):
-        value = _get(card, key)
+        value = read_field(card, key)
         if isinstance(value, str) and value:
             attrs[attr] = value
     return attrs

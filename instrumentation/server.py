@@ -16,9 +16,8 @@ from a2a_quiescence import names
 from a2a_quiescence.instrumentation import semconv
 from a2a_quiescence.instrumentation.loop import ensure_loop_hooks
 from a2a_quiescence.instrumentation.runtime import (
-    _BAGGAGE, _TRACECONTEXT, CASCADE, Runtime, _client_cancel_requested, _end, _ending, _guard, _in_context,
-    _in_context_await, _record_error, _start_span, _stream_wrapper, _synthetic_span, _trace_hex, current,
-    record_ending,
+    BAGGAGE, CASCADE, TRACECONTEXT, Runtime, client_cancel_requested, current, end_span, guard, in_context,
+    in_context_await, new_ending, record_ending, record_error, start_span, stream_wrapper, synthetic_span, trace_hex,
 )
 from a2a_quiescence.instrumentation.tracker import WorkToken
 
@@ -57,7 +56,7 @@ def _server_begin(
         for key, value in state["grpc_context"].invocation_metadata() or ():
             if not str(key).endswith("-bin"):
                 headers[str(key).lower()] = value if isinstance(value, str) else value.decode("utf-8", "replace")
-    incoming = _BAGGAGE.extract(headers, context=_TRACECONTEXT.extract(headers))
+    incoming = BAGGAGE.extract(headers, context=TRACECONTEXT.extract(headers))
     incoming_sc = trace.get_current_span(incoming).get_span_context()
     current_sc = trace.get_current_span().get_span_context()
     if current_sc.is_valid and (not incoming_sc.is_valid or current_sc.trace_id == incoming_sc.trace_id):
@@ -70,9 +69,9 @@ def _server_begin(
     sc = trace.INVALID_SPAN_CONTEXT
     if rt.call_spans:
         attrs: dict[str, Any] = {names.ATTR_A2A_METHOD_NAME: operation}
-        with _guard("server span attributes " + method):  # never at the cost of the receipt
+        with guard("server span attributes " + method):  # never at the cost of the receipt
             attrs = _server_span_attributes(rt, method, operation, dialect, instance, params, call_context, headers)
-        span = _start_span(rt, operation, kind=SpanKind.SERVER, context=parent, attributes=attrs)
+        span = start_span(rt, operation, kind=SpanKind.SERVER, context=parent, attributes=attrs)
         call = semconv.CallSpan(span, dialect, attrs)
         sc = span.get_span_context()
     if not sc.is_valid:
@@ -80,10 +79,10 @@ def _server_begin(
         # of the parent, or a new one is made, which everything below is then on
         sc = trace.get_current_span(parent).get_span_context()
     if sc.is_valid:
-        trace_id = _trace_hex(sc)
+        trace_id = trace_hex(sc)
     else:
         trace_id = uuid.uuid4().hex
-        parent = trace.set_span_in_context(_synthetic_span(trace_id), parent)
+        parent = trace.set_span_in_context(synthetic_span(trace_id), parent)
     sender = headers.get(names.HEADER_SENDER) or baggage.get_baggage(names.BAGGAGE_SENDER, incoming)
     message_id = headers.get(names.HEADER_MESSAGE_ID)
     if not (sender and message_id):
@@ -101,13 +100,13 @@ def server_call(method: str, operation: str, dialect: Any) -> Callable:
         if rt is None:
             return await wrapped(*args, **kwargs)
         work = call = otel_token = cascade_token = None
-        with _guard("server " + method):
+        with guard("server " + method):
             ctx, trace_id, work, call = _server_begin(rt, method, operation, dialect, instance, args, kwargs)
             otel_token = otel_context.attach(ctx)
             cascade_token = CASCADE.set(trace_id)
             if operation == names.METHOD_CANCEL_TASK:
                 params = args[0] if args else kwargs.get("params")
-                _client_cancel_requested(rt, str(semconv._get(params, "id") or ""))
+                client_cancel_requested(rt, str(semconv.read_field(params, "id") or ""))
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
@@ -115,7 +114,7 @@ def server_call(method: str, operation: str, dialect: Any) -> Callable:
             raise
         else:
             if call is not None:
-                with _guard("server result " + method):
+                with guard("server result " + method):
                     call.observe(result)
             return result
         finally:
@@ -125,7 +124,7 @@ def server_call(method: str, operation: str, dialect: Any) -> Callable:
 
 
 def server_stream(method: str, operation: str, dialect: Any) -> Callable:
-    return _stream_wrapper(functools.partial(_server_stream, operation=operation, dialect=dialect), method)
+    return stream_wrapper(functools.partial(_server_stream, operation=operation, dialect=dialect), method)
 
 
 async def _server_stream(rt: Runtime, method: str, wrapped: Callable, instance: Any, args: Any, kwargs: Any, *,
@@ -133,7 +132,7 @@ async def _server_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
     work = call = None
     trace_id = None
     ctx = None
-    with _guard("server " + method):
+    with guard("server " + method):
         ctx, trace_id, work, call = _server_begin(rt, method, operation, dialect, instance, args, kwargs)
     try:
         if ctx is None:
@@ -141,19 +140,19 @@ async def _server_stream(rt: Runtime, method: str, wrapped: Callable, instance: 
                 yield item
             return
         # create and drive the generator inside our context, item by item
-        agen = _in_context(ctx, trace_id, lambda: wrapped(*args, **kwargs))
+        agen = in_context(ctx, trace_id, lambda: wrapped(*args, **kwargs))
         try:
             while True:
                 try:
-                    item = await _in_context_await(ctx, trace_id, agen.__anext__)
+                    item = await in_context_await(ctx, trace_id, agen.__anext__)
                 except StopAsyncIteration:
                     break
                 if call is not None:
-                    with _guard("server event " + method):
+                    with guard("server event " + method):
                         call.observe(item)
                 yield item
         finally:
-            await _in_context_await(ctx, trace_id, agen.aclose)
+            await in_context_await(ctx, trace_id, agen.aclose)
     except BaseException as exc:
         _request_failed(rt, work, call, method, exc, args, kwargs)
         raise
@@ -169,13 +168,13 @@ def _request_failed(
     with an error (not a client going away) is recorded as failed on its cascade."""
     if call is not None:
         error_type = None
-        with _guard("server error type " + method):
+        with guard("server error type " + method):
             call_context = kwargs.get("context", args[1] if len(args) > 1 else None)
             error_type = call.dialect.server_error_type(exc, call_context)
-        _record_error(call.span, exc, error_type)
+        record_error(call.span, exc, error_type)
     if work is not None and isinstance(exc, Exception):
-        with _guard("server failure " + method):
-            record_ending(rt, work.trace_id, _ending(names.END_REQUEST_FAILED, detail=method,
+        with guard("server failure " + method):
+            record_ending(rt, work.trace_id, new_ending(names.END_REQUEST_FAILED, detail=method,
                                                      **{names.ATTR_ERROR_TYPE: type(exc).__name__}))
 
 
@@ -185,7 +184,7 @@ def _request_ended(
 ) -> None:
     """The request is answered: its context is left (when it was entered here), its
     unit released and its span ended."""
-    with _guard("server end " + method):
+    with guard("server end " + method):
         if cascade_token is not None:
             CASCADE.reset(cascade_token)
         if otel_token is not None:
@@ -193,6 +192,6 @@ def _request_ended(
         if work is not None:
             rt.tracker.release(work)
     if call is not None:
-        with _guard("server span " + method):
+        with guard("server span " + method):
             call.finish()
-        _end(call.span)
+        end_span(call.span)

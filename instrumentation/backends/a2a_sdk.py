@@ -21,7 +21,7 @@ from opentelemetry import trace
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation import client, lifecycle, server
 from a2a_quiescence.instrumentation.backends import Backend, Hook
-from a2a_quiescence.instrumentation.runtime import _TRACECONTEXT, _guard, _trace_hex
+from a2a_quiescence.instrumentation.runtime import TRACECONTEXT, guard, trace_hex
 
 _AT = "a2a.server.agent_execution.active_task"
 _REG = "a2a.server.agent_execution.active_task_registry"
@@ -66,9 +66,9 @@ def _major_minor(version: Any) -> str | None:
 def _traceparent_in(headers: Any) -> str | None:
     for key, value in (headers or {}).items():
         if str(key).lower() == names.HEADER_TRACEPARENT:
-            sc = trace.get_current_span(_TRACECONTEXT.extract({"traceparent": str(value)})).get_span_context()
+            sc = trace.get_current_span(TRACECONTEXT.extract({"traceparent": str(value)})).get_span_context()
             if sc.is_valid:
-                return _trace_hex(sc)
+                return trace_hex(sc)
     return None
 
 
@@ -224,7 +224,7 @@ def remember_card(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> A
     """0.3's ``JSONRPCHandler`` / ``RESTHandler`` / ``GrpcHandler.__init__(agent_card,
     request_handler, ...)``: the local card of that request handler's SERVER spans."""
     result = wrapped(*args, **kwargs)
-    with _guard("0.3 agent card"):
+    with guard("0.3 agent card"):
         handler = getattr(instance, "request_handler", None)
         if handler is not None:
             _CARDS[handler] = getattr(instance, "agent_card", None)

@@ -47,7 +47,7 @@ from a2a_quiescence import names
 from a2a_quiescence.instrumentation import client, lifecycle, semconv, server
 from a2a_quiescence.instrumentation.backends import Backend, Hook, Refusal
 from a2a_quiescence.instrumentation.runtime import (
-    CASCADE, _add, _current_cascade, _ending, _guard, _in_context_await, _start_span, current, record_ending,
+    CASCADE, add_metric, current, current_cascade, guard, in_context_await, new_ending, record_ending, start_span,
 )
 
 logger = logging.getLogger("a2a_quiescence.instrumentation")
@@ -102,8 +102,8 @@ _OUTCOMES = {
 }
 
 
-def _state_name(state: Any) -> str:
-    raw = str(state)
+def _state_name(task_state: object) -> str:
+    raw = str(task_state)
     if raw.startswith("TASK_STATE_"):  # an A2A 1.0 answer's enum
         return raw
     return "TASK_STATE_" + raw.upper().replace("-", "_")
@@ -161,7 +161,7 @@ async def run_endpoint(wrapped: Callable, instance: Any, args: Any, kwargs: Any)
     """``FastA2A._agent_run_endpoint(request)``: its headers, for the task manager's calls."""
     token = None
     if current() is not None:
-        with _guard("fasta2a endpoint"):
+        with guard("fasta2a endpoint"):
             request = args[0] if args else kwargs.get("request")
             card = {key: getattr(instance, key, None) for key in ("name", "description", "version")}
             token = _REQUEST_HEADERS.set(({str(k).lower(): str(v) for k, v in request.headers.items()}, card))
@@ -187,7 +187,7 @@ def task_manager_call(method: str, operation: str) -> Callable:
     async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         shim = None
         if current() is not None:
-            with _guard("fasta2a " + method):
+            with guard("fasta2a " + method):
                 shim = _shim(args, kwargs)
         if shim is None:
             return await wrapped(*args, **kwargs)
@@ -202,7 +202,7 @@ def task_manager_stream(method: str, operation: str) -> Callable:
     def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         shim = None
         if current() is not None:
-            with _guard("fasta2a " + method):
+            with guard("fasta2a " + method):
                 shim = _shim(args, kwargs)  # now: the stream is read after the endpoint returned
         if shim is None:
             return wrapped(*args, **kwargs)
@@ -216,7 +216,7 @@ async def task_manager_enter(wrapped: Callable, instance: Any, args: Any, kwargs
     workers this process may not run, so this hop cannot say when its work is done."""
     rt = current()
     if rt is not None:
-        with _guard("fasta2a broker check"):
+        with guard("fasta2a broker check"):
             from fasta2a.broker import InMemoryBroker
 
             broker = getattr(instance, "broker", None)
@@ -244,8 +244,8 @@ def broker_op(operation: str) -> Callable:
         rt = current()
         handed = key = None
         if rt is not None:
-            with _guard("fasta2a broker " + operation):
-                cascade = _current_cascade()
+            with guard("fasta2a broker " + operation):
+                cascade = current_cascade()
                 params = args[0] if args else kwargs.get("params")
                 if cascade and params is not None:
                     task_id = str(params.get("id") or "")
@@ -257,7 +257,7 @@ def broker_op(operation: str) -> Callable:
             return await wrapped(*args, **kwargs)
         except BaseException:
             if handed is not None and rt is not None:
-                with _guard("fasta2a broker " + operation + "/undo"):
+                with guard("fasta2a broker " + operation + "/undo"):
                     # not handed over: the request's own failure (or cancel) is recorded by it
                     if _take(key, handed) is not None:
                         rt.tracker.release(handed.token)
@@ -293,7 +293,7 @@ def _park_awaiting(rt: Any, context_id: str, task_id: str, handed: _Handed, awai
     while len(_AWAITING) > MAX_AWAITING:
         _, (old_task, old_token) = _AWAITING.popitem(last=False)
         # forgotten at the bound: said, never read as completed
-        rt.tracker.release(old_token, _ending(names.END_TASK_ABANDONED, old_task,
+        rt.tracker.release(old_token, new_ending(names.END_TASK_ABANDONED, old_task,
                                               detail="waiting for its user's input; forgotten at the bound"))
 
 
@@ -311,7 +311,7 @@ async def handle_operation(wrapped: Callable, instance: Any, args: Any, kwargs: 
     handed = None
     op: Any = None
     if rt is not None:
-        with _guard("fasta2a worker"):
+        with guard("fasta2a worker"):
             op = args[0] if args else kwargs.get("task_operation")
             handed = _take((str(op["operation"]), str(op["params"].get("id") or "")))
     if rt is None or handed is None:
@@ -321,7 +321,7 @@ async def handle_operation(wrapped: Callable, instance: Any, args: Any, kwargs: 
     run_ctx = handed.ctx
     task_id = context_id = ""
     is_run = False
-    with _guard("fasta2a worker/start"):
+    with guard("fasta2a worker/start"):
         params = op["params"]
         task_id = str(params.get("id") or "")
         context_id = str(params.get("context_id") or "")
@@ -329,19 +329,19 @@ async def handle_operation(wrapped: Callable, instance: Any, args: Any, kwargs: 
         if is_run:
             _resume_context(rt, context_id)
             attrs = lifecycle.producer_attributes(rt, task_id, context_id)
-            span = _start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, context=handed.ctx, attributes=attrs)
+            span = start_span(rt, names.SPAN_PRODUCER, kind=SpanKind.INTERNAL, context=handed.ctx, attributes=attrs)
             run_ctx = trace.set_span_in_context(span, handed.ctx)
-            lifecycle._producer_started(rt, task_id, asyncio.current_task(), key="fasta2a:" + task_id)
+            lifecycle.producer_started(rt, task_id, asyncio.current_task(), key="fasta2a:" + task_id)
     token = _OPERATION.set(seen)
     cancelled = False
     try:
-        return await _in_context_await(run_ctx, handed.cascade, lambda: wrapped(*args, **kwargs))
+        return await in_context_await(run_ctx, handed.cascade, lambda: wrapped(*args, **kwargs))
     except asyncio.CancelledError:
         cancelled = True
         raise
     finally:
         _OPERATION.reset(token)
-        with _guard("fasta2a worker/end"):
+        with guard("fasta2a worker/end"):
             _operation_ended(rt, handed, span, task_id, context_id, is_run, seen.get("state"), cancelled)
 
 
@@ -354,13 +354,13 @@ def _operation_ended(rt: Any, handed: _Handed, span: Any, task_id: str, context_
     if state is None:
         if cancelled:
             kind = names.END_CANCELLED_BY_SHUTDOWN if rt.shutting_down else names.END_CANCELLED
-            ending = _ending(kind, task_id, detail="fasta2a worker")
+            ending = new_ending(kind, task_id, detail="fasta2a worker")
         else:
             # returned without the task reaching a state that ends its stream
-            ending = _ending(names.END_TASK_ABANDONED, task_id, detail="the worker returned; the task never finished")
-        _add(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
+            ending = new_ending(names.END_TASK_ABANDONED, task_id, detail="the worker returned; the task never finished")
+        add_metric(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
     outcome = names.OUTCOME_CANCELLED if cancelled else _OUTCOMES.get(state or "", names.OUTCOME_FAILED)
-    lifecycle._producer_finished(rt, span, outcome, key="fasta2a:" + task_id,
+    lifecycle.producer_finished(rt, span, outcome, key="fasta2a:" + task_id,
                                  state=_state_name(state) if state else None)
     awaiting = names.AWAITING_STATES.get(_state_name(state)) if state else None
     if awaiting and context_id and not cancelled:
@@ -373,7 +373,7 @@ async def end_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
     """``Worker._end_stream(task_id, context_id, state)``: the state the task ends its stream with."""
     rt = current()
     if rt is not None:
-        with _guard("fasta2a end stream"):
+        with guard("fasta2a end stream"):
             task_id = str(kwargs.get("task_id", args[0] if args else ""))
             state = str(kwargs.get("state", args[2] if len(args) > 2 else ""))
             seen = _OPERATION.get()
@@ -382,7 +382,7 @@ async def end_stream(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -
             cascade = CASCADE.get()
             kind = _ENDING_STATES.get(state)
             if cascade and kind is not None:
-                record_ending(rt, cascade, _ending(kind, task_id))
+                record_ending(rt, cascade, new_ending(kind, task_id))
     return await wrapped(*args, **kwargs)
 
 
