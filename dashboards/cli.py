@@ -10,11 +10,14 @@ import argparse
 import json
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a2a_quiescence import environment_variables as env
 from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DEFAULT_FOLDER
 from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
+
+if TYPE_CHECKING:
+    from grafana_client import GrafanaApi
 
 ENV_GRAFANA_TOKEN = env.GRAFANA_TOKEN.name
 TIMEOUT_SECONDS = 10.0
@@ -113,7 +116,7 @@ def push(grafana_url: str, token: str, folder: str) -> str:
     return str((response or {}).get("url", "")) or str((response or {}).get("uid", ""))
 
 
-def _ensure_folder(api: Any, title: str) -> str:
+def _ensure_folder(api: GrafanaApi, title: str) -> str:
     for existing in api.folder.get_all_folders() or []:
         if existing.get("title") == title:
             return str(existing["uid"])

@@ -23,8 +23,8 @@ from a2a_quiescence.dashboards import rules
 from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, DASHBOARD_TITLE, DASHBOARD_UID
 from a2a_quiescence.dashboards.panels import (
     AGENT_MATCH, GREEN_RED, NO_TIER, OUTCOME_COLORS, PROM, TRACE_BACKENDS, VAR_AGENT, VAR_PROMETHEUS, VAR_TRACES,
-    _agent_data_link, _fixed_color, _last, _legend, _panel_link, _q, _shutdown_gauge, _thresholds, _trace_query,
-    explore_url, node_graph_queries,
+    agent_data_link, explore_url, fixed_color, last_value, legend_options, node_graph_queries, panel_link, prom_query,
+    shutdown_gauge, thresholds, trace_query,
 )
 # also read from here: what reads a dashboard back
 from a2a_quiescence.dashboards.reading import iter_panels, promql_expressions, substitute_variables  # noqa: F401
@@ -41,15 +41,15 @@ def _settled_by_outcome() -> timeseries.Panel:
             "drain, destroyed while pending, a failed push or call). Any lost fires "
             "A2ACascadeSettledWithLostWork; GET /v1/cascades/{trace_id} lists the losses."
         )
-        .with_target(_q(
+        .with_target(prom_query(
             f"sum by (outcome) (rate({rules.over_collectors(n.M_CASCADES_SETTLED)}[$__rate_interval]))",
             "A", "{{outcome}}"))
         .unit("ops")
-        .legend(_legend())
+        .legend(legend_options())
         .span(12).height(7)
     )
     for outcome, color in OUTCOME_COLORS.items():
-        panel = panel.override_by_name(outcome, _fixed_color(color))
+        panel = panel.override_by_name(outcome, fixed_color(color))
     return panel
 
 
@@ -57,7 +57,7 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
     """The "Quiescence" row."""
     latency_p50 = rules.R_DETECTION_LATENCY_P50
     latency_p99 = rules.R_DETECTION_LATENCY_P99
-    stuck_link = _panel_link(tb, "Open cascades in traces")
+    stuck_link = panel_link(tb, "Open cascades in traces")
     settled_by_outcome = _settled_by_outcome()
 
     return (
@@ -70,13 +70,13 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "is settled only when every one of them says so and every one can be scraped: a "
                 "shard that cannot be asked may hold open cascades."
             )
-            .with_target(_q(rules.MESH_SETTLED, instant=True))
+            .with_target(prom_query(rules.MESH_SETTLED, instant=True))
             .unit("bool_yes_no")
             .mappings([dm.ValueMap(options={
                 "0": dm.ValueMappingResult(text="Not settled", color="orange"),
                 "1": dm.ValueMappingResult(text="Settled", color="green"),
             })])
-            .reduce_options(_last())
+            .reduce_options(last_value())
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .span(3).height(6),
             stat.Panel()
@@ -86,10 +86,10 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "and those awaiting their user's input. Summed over the collectors that decide settlement "
                 "(every shard of a mesh tier counts the cascades it owns)."
             )
-            .with_target(_q(rules.CASCADES_OPEN, instant=True))
+            .with_target(prom_query(rules.CASCADES_OPEN, instant=True))
             .unit("short")
-            .reduce_options(_last())
-            .thresholds(_thresholds((None, "green"), (1, "blue")))
+            .reduce_options(last_value())
+            .thresholds(thresholds((None, "green"), (1, "blue")))
             .span(3).height(6),
             stat.Panel()
             .title("Stuck cascades")
@@ -97,9 +97,9 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "Open cascades with no progress for longer than the collector's --stuck-after. Cascades "
                 "only awaiting their user's input are not stuck. Anything above 0 fires A2ACascadeStuck."
             )
-            .with_target(_q(rules.CASCADES_STUCK, instant=True))
+            .with_target(prom_query(rules.CASCADES_STUCK, instant=True))
             .unit("short")
-            .reduce_options(_last())
+            .reduce_options(last_value())
             .thresholds(GREEN_RED)
             .color_mode(cm.BigValueColorMode.BACKGROUND)
             .links([stuck_link])
@@ -111,10 +111,10 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "INPUT_REQUIRED or AUTH_REQUIRED). They are not stuck, however long the user takes, and "
                 "continue when the user answers."
             )
-            .with_target(_q(rules.CASCADES_AWAITING, instant=True))
+            .with_target(prom_query(rules.CASCADES_AWAITING, instant=True))
             .unit("short")
-            .reduce_options(_last())
-            .thresholds(_thresholds((None, "green"), (1, "blue")))
+            .reduce_options(last_value())
+            .thresholds(thresholds((None, "green"), (1, "blue")))
             .span(3).height(6),
             timeseries.Panel()
             .title("Settlement detection latency")
@@ -122,23 +122,23 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "Time from a cascade's last hop finishing to the collector declaring it settled, "
                 "p50 and p99 over 5 minutes (recording rules), and the mean."
             )
-            .with_target(_q(latency_p50, "A", "p50"))
-            .with_target(_q(latency_p99, "B", "p99"))
-            .with_target(_q(
+            .with_target(prom_query(latency_p50, "A", "p50"))
+            .with_target(prom_query(latency_p99, "B", "p99"))
+            .with_target(prom_query(
                 f"sum(rate({rules.over_collectors(n.M_DETECTION_LATENCY + '_sum')}[$__rate_interval]))"
                 f" / sum(rate({rules.over_collectors(n.M_DETECTION_LATENCY + '_count')}[$__rate_interval]))",
                 "C", "mean"))
             .unit("s")
-            .legend(_legend())
+            .legend(legend_options())
             .span(12).height(6),
             timeseries.Panel()
             .title("Cascades over time")
             .description("Open cascades, the stuck ones, and those awaiting their user's input (not stuck).")
-            .with_target(_q(rules.CASCADES_OPEN, "A", "open"))
-            .with_target(_q(rules.CASCADES_STUCK, "B", "stuck"))
-            .with_target(_q(rules.CASCADES_AWAITING, "C", "awaiting input"))
+            .with_target(prom_query(rules.CASCADES_OPEN, "A", "open"))
+            .with_target(prom_query(rules.CASCADES_STUCK, "B", "stuck"))
+            .with_target(prom_query(rules.CASCADES_AWAITING, "C", "awaiting input"))
             .unit("short")
-            .legend(_legend())
+            .legend(legend_options())
             .span(12).height(7),
             settled_by_outcome,
         ])
@@ -155,23 +155,23 @@ def _row_producers(tb: str) -> tuple[str, list[Any]]:
                 "AgentExecutor producers running now on each hop (agent = OTEL_SERVICE_NAME). "
                 "A line that never returns to 0 is a producer that never ends."
             )
-            .with_target(_q(f"{rules.R_PRODUCERS_IN_FLIGHT}{{{AGENT_MATCH}}}", "A", "{{agent}}"))
+            .with_target(prom_query(f"{rules.R_PRODUCERS_IN_FLIGHT}{{{AGENT_MATCH}}}", "A", "{{agent}}"))
             .unit("short")
-            .legend(_legend())
-            .links([_panel_link(tb, "Producer spans of $agent", n.SPAN_PRODUCER)])
-            .data_links([_agent_data_link(tb, n.SPAN_PRODUCER)])
+            .legend(legend_options())
+            .links([panel_link(tb, "Producer spans of $agent", n.SPAN_PRODUCER)])
+            .data_links([agent_data_link(tb, n.SPAN_PRODUCER)])
             .span(12).height(8),
             timeseries.Panel()
             .title("Producers started and finished")
             .description("Producers started per second, and finished per second by outcome (completed, failed, cancelled).")
-            .with_target(_q(
+            .with_target(prom_query(
                 f"sum by (agent) (rate({n.M_PRODUCERS_STARTED}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "A", "{{agent}} started"))
-            .with_target(_q(
+            .with_target(prom_query(
                 f"sum by (agent, outcome) (rate({n.M_PRODUCERS_FINISHED}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "B", "{{agent}} {{outcome}}"))
             .unit("ops")
-            .legend(_legend())
+            .legend(legend_options())
             .span(12).height(8),
         ])
     )
@@ -181,24 +181,24 @@ def _row_shutdown(tb: str) -> tuple[str, list[Any]]:
     """The "Shutdown" row."""
     return (
         ("Shutdown", [
-            _shutdown_gauge(
+            shutdown_gauge(
                 "Producers leaked at last shutdown",
                 "Producers still in flight when each agent's last shutdown completed. 0 is a clean "
                 "shutdown; agents that never shut down show 0. Above 0 fires A2AProducerLeakedAtShutdown.",
-                n.M_SHUTDOWN_LEAKED, _agent_data_link(tb, n.SPAN_PRODUCER),
+                n.M_SHUTDOWN_LEAKED, agent_data_link(tb, n.SPAN_PRODUCER),
             ),
-            _shutdown_gauge(
+            shutdown_gauge(
                 "Producers cancelled at last shutdown",
                 "Producers each agent's last shutdown drain (aclose()) cancelled while they still worked: "
                 "nothing leaked, but their work was lost. 0 is a drain with nothing left to do; agents that "
                 "never shut down show 0. Above 0 fires A2AWorkCancelledAtShutdown.",
-                n.M_SHUTDOWN_CANCELLED, _agent_data_link(tb, n.SPAN_PRODUCER),
+                n.M_SHUTDOWN_CANCELLED, agent_data_link(tb, n.SPAN_PRODUCER),
             ),
-            _shutdown_gauge(
+            shutdown_gauge(
                 "Cascades open at last shutdown",
                 "Cascades each agent took part in that were still open elsewhere in the mesh when its "
                 "last shutdown completed. Above 0 fires A2AShutdownWithCascadeInFlight.",
-                n.M_SHUTDOWN_CASCADES_OPEN, _agent_data_link(tb),
+                n.M_SHUTDOWN_CASCADES_OPEN, agent_data_link(tb),
             ),
             timeseries.Panel()
             .title("Agents up and restarts")
@@ -206,15 +206,15 @@ def _row_shutdown(tb: str) -> tuple[str, list[Any]]:
                 "1 while an agent's latest incarnation is heard from and not shut down; "
                 "restarts counts new incarnations in the interval."
             )
-            .with_target(_q(f"max by (agent) ({n.M_AGENT_UP}{{{AGENT_MATCH}}})", "A", "{{agent}} up"))
-            .with_target(_q(
+            .with_target(prom_query(f"max by (agent) ({n.M_AGENT_UP}{{{AGENT_MATCH}}})", "A", "{{agent}} up"))
+            .with_target(prom_query(
                 f"sum by (agent) (increase({n.M_AGENT_RESTARTS}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "B", "{{agent}} restarts"))
-            .with_target(_q(
+            .with_target(prom_query(
                 f"time() - max by (agent) ({n.M_AGENT_LAST_SEEN}{{{AGENT_MATCH}}})",
                 "C", "{{agent}} seconds since last heard")).unit("short")
             .override_by_query("C", [dm.DynamicConfigValue(id_val="unit", value="s")])
-            .legend(_legend())
+            .legend(legend_options())
             .span(6).height(8),
         ])
     )
@@ -230,14 +230,14 @@ def _row_event_queues_tasks_and_push_deliveries(tb: str) -> tuple[str, list[Any]
                 "EventQueue.close(immediate=False) / aclose calls stalled past the watchdog threshold "
                 "right now: the a2a-sdk #1101 hang while it happens. Above 0 fires A2AEventQueueCloseStalled."
             )
-            .with_target(_q(f"sum by (agent) ({n.M_STALLED_CLOSES}{{{AGENT_MATCH}}})", "A", "{{agent}} stalled now"))
-            .with_target(_q(
+            .with_target(prom_query(f"sum by (agent) ({n.M_STALLED_CLOSES}{{{AGENT_MATCH}}})", "A", "{{agent}} stalled now"))
+            .with_target(prom_query(
                 f"sum by (agent) (increase({n.M_STALLS}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "B", "{{agent}} new stalls"))
             .unit("short")
-            .legend(_legend())
-            .links([_panel_link(tb, "Stalled close spans of $agent", n.SPAN_QUEUE_CLOSE, stalled=True)])
-            .data_links([_agent_data_link(tb, n.SPAN_QUEUE_CLOSE, stalled=True)])
+            .legend(legend_options())
+            .links([panel_link(tb, "Stalled close spans of $agent", n.SPAN_QUEUE_CLOSE, stalled=True)])
+            .data_links([agent_data_link(tb, n.SPAN_QUEUE_CLOSE, stalled=True)])
             .span(8).height(8),
             timeseries.Panel()
             .title("Tasks destroyed while pending")
@@ -245,12 +245,12 @@ def _row_event_queues_tasks_and_push_deliveries(tb: str) -> tuple[str, list[Any]
                 "asyncio tasks garbage-collected while still pending (\"Task was destroyed but it is "
                 "pending!\"), per interval. Any fires A2ATaskDestroyedPending."
             )
-            .with_target(_q(
+            .with_target(prom_query(
                 f"sum by (agent) (increase({n.M_DESTROYED_PENDING}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "A", "{{agent}}"))
             .unit("short")
-            .legend(_legend())
-            .data_links([_agent_data_link(tb)])
+            .legend(legend_options())
+            .data_links([agent_data_link(tb)])
             .span(8).height(8),
             timeseries.Panel()
             .title("Push deliveries failed")
@@ -259,13 +259,13 @@ def _row_event_queues_tasks_and_push_deliveries(tb: str) -> tuple[str, list[Any]
                 "answered with an error). a2a-sdk logs and drops them: the webhook never gets that update, "
                 "and the cascade settles lost. Any fires A2APushDeliveriesFailing."
             )
-            .with_target(_q(
+            .with_target(prom_query(
                 f"sum by (agent) (increase({n.M_PUSH_FAILED}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "A", "{{agent}}"))
             .unit("short")
-            .legend(_legend())
-            .links([_panel_link(tb, "Push delivery spans of $agent", n.SPAN_PUSH_SEND)])
-            .data_links([_agent_data_link(tb, n.SPAN_PUSH_SEND)])
+            .legend(legend_options())
+            .links([panel_link(tb, "Push delivery spans of $agent", n.SPAN_PUSH_SEND)])
+            .data_links([agent_data_link(tb, n.SPAN_PUSH_SEND)])
             .span(8).height(8),
         ])
     )
@@ -282,8 +282,8 @@ def _row_mesh_topology() -> tuple[str, list[Any]]:
                 "Every hop (node, main stat = producers in flight) and the A2A messages sent along each "
                 "edge over the dashboard's time range."
             )
-            .with_target(_q(nodes_expr, "nodes", instant=True, table=True))
-            .with_target(_q(edges_expr, "edges", instant=True, table=True))
+            .with_target(prom_query(nodes_expr, "nodes", instant=True, table=True))
+            .with_target(prom_query(edges_expr, "edges", instant=True, table=True))
             .with_transformation(dm.DataTransformerConfig(id_val="organize", options={
                 "excludeByName": {"Time": True, "from": True, "to": True},
                 "renameByName": {"Value #nodes": "mainstat", "Value #edges": "mainstat"},
@@ -310,11 +310,11 @@ def _row_mesh_tier() -> tuple[str, list[Any]]:
                 "appear after a membership change and are forgotten after the retention period. A single "
                 "mesh collector shows one line and no moved cascades."
             )
-            .with_target(_q(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_OPEN)})", "A", "{{instance}} open"))
-            .with_target(_q(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_MOVED)})", "B", "{{instance}} moved"))
-            .with_target(_q(rules.CASCADES_MOVED, "C", "moved, all shards"))
+            .with_target(prom_query(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_OPEN)})", "A", "{{instance}} open"))
+            .with_target(prom_query(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_MOVED)})", "B", "{{instance}} moved"))
+            .with_target(prom_query(rules.CASCADES_MOVED, "C", "moved, all shards"))
             .unit("short")
-            .legend(_legend())
+            .legend(legend_options())
             .span(14).height(8),
             timeseries.Panel()
             .title("Ring membership")
@@ -326,13 +326,13 @@ def _row_mesh_tier() -> tuple[str, list[Any]]:
                 "new membership has held for --ring-settle. 0 shards: no mesh tier (no collector was "
                 "given a shard set)."
             )
-            .with_target(_q(f"min({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "A", "shards (fewest seen)"))
-            .with_target(_q(f"max({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "B", "shards (most seen)"))
-            .with_target(_q(
+            .with_target(prom_query(f"min({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "A", "shards (fewest seen)"))
+            .with_target(prom_query(f"max({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "B", "shards (most seen)"))
+            .with_target(prom_query(
                 f"max(increase({rules.over_collectors(n.M_RING_CHANGES)}[$__rate_interval])){NO_TIER}",
                 "C", "membership changes"))
             .unit("short")
-            .legend(_legend())
+            .legend(legend_options())
             .span(10).height(8),
         ])
     )
@@ -345,18 +345,18 @@ def _row_collector() -> tuple[str, list[Any]]:
             stat.Panel()
             .title("Collectors up")
             .description(f"Collector targets Prometheus scrapes successfully (job {COLLECTOR_JOB}) out of all of them.")
-            .with_target(_q(f'sum(up{{job="{COLLECTOR_JOB}"}})', "A", "up", instant=True))
-            .with_target(_q(f'count(up{{job="{COLLECTOR_JOB}"}})', "B", "targets", instant=True))
+            .with_target(prom_query(f'sum(up{{job="{COLLECTOR_JOB}"}})', "A", "up", instant=True))
+            .with_target(prom_query(f'count(up{{job="{COLLECTOR_JOB}"}})', "B", "targets", instant=True))
             .unit("short")
-            .reduce_options(_last())
+            .reduce_options(last_value())
             .span(4).height(8),
             timeseries.Panel()
             .title("Telemetry received and rejected")
             .description("OTLP payloads the collector accepted per second by signal, and rejected by reason.")
-            .with_target(_q(f"sum by (signal) (rate({n.M_RECEIVED}[$__rate_interval]))", "A", "received {{signal}}"))
-            .with_target(_q(f"sum by (reason) (rate({n.M_REJECTED}[$__rate_interval]))", "B", "rejected {{reason}}"))
+            .with_target(prom_query(f"sum by (signal) (rate({n.M_RECEIVED}[$__rate_interval]))", "A", "received {{signal}}"))
+            .with_target(prom_query(f"sum by (reason) (rate({n.M_REJECTED}[$__rate_interval]))", "B", "rejected {{reason}}"))
             .unit("ops")
-            .legend(_legend())
+            .legend(legend_options())
             .span(7).height(8),
             timeseries.Panel()
             .title("Forwarding, evictions and snapshots")
@@ -365,12 +365,12 @@ def _row_collector() -> tuple[str, list[Any]]:
                 "reason (queue_full: the upstream did not keep up), state evicted by kind, and snapshots "
                 "taken by kind, per second."
             )
-            .with_target(_q(f"sum(rate({n.M_FORWARDED}[$__rate_interval]))", "A", "forwarded"))
-            .with_target(_q(f"sum by (reason) (rate({n.M_DROPPED}[$__rate_interval]))", "B", "dropped {{reason}}"))
-            .with_target(_q(f"sum by (kind) (rate({n.M_EVICTED}[$__rate_interval]))", "C", "evicted {{kind}}"))
-            .with_target(_q(f"sum by (kind) (rate({n.M_SNAPSHOTS}[$__rate_interval]))", "D", "snapshots {{kind}}"))
+            .with_target(prom_query(f"sum(rate({n.M_FORWARDED}[$__rate_interval]))", "A", "forwarded"))
+            .with_target(prom_query(f"sum by (reason) (rate({n.M_DROPPED}[$__rate_interval]))", "B", "dropped {{reason}}"))
+            .with_target(prom_query(f"sum by (kind) (rate({n.M_EVICTED}[$__rate_interval]))", "C", "evicted {{kind}}"))
+            .with_target(prom_query(f"sum by (kind) (rate({n.M_SNAPSHOTS}[$__rate_interval]))", "D", "snapshots {{kind}}"))
             .unit("ops")
-            .legend(_legend())
+            .legend(legend_options())
             .span(7).height(8),
             timeseries.Panel()
             .title("Forward queue")
@@ -378,9 +378,9 @@ def _row_collector() -> tuple[str, list[Any]]:
                 "Requests waiting to be forwarded upstream, per collector: a forwarding sidecar whose queue "
                 "stays up is behind its agents, and settlement is late by as much."
             )
-            .with_target(_q(f"max by (instance) ({n.M_FORWARD_WAITING})", "A", "{{instance}}"))
+            .with_target(prom_query(f"max by (instance) ({n.M_FORWARD_WAITING})", "A", "{{instance}}"))
             .unit("short")
-            .legend(_legend())
+            .legend(legend_options())
             .span(6).height(8),
         ])
     )
@@ -425,7 +425,7 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
         )
         .link(
             gd.DashboardLink("Traces of the selected agents")
-            .url(explore_url(tb, _trace_query(
+            .url(explore_url(tb, trace_query(
                 tb, f"${{{VAR_AGENT}:regex}}" if tb == "tempo" else f"${{{VAR_AGENT}}}")))
             .target_blank(True)
         )

@@ -35,7 +35,7 @@ GRAFANA_BUILTINS = {
 }
 
 
-def _q(expr: str, ref: str = "A", legend: str | None = None, *, instant: bool = False,
+def prom_query(expr: str, ref: str = "A", legend: str | None = None, *, instant: bool = False,
        table: bool = False) -> prometheus.Dataquery:
     query = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(PROM)
     if legend is not None:
@@ -47,7 +47,7 @@ def _q(expr: str, ref: str = "A", legend: str | None = None, *, instant: bool = 
     return query
 
 
-def _thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
+def thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
     return (
         gd.ThresholdsConfig()
         .mode(dm.ThresholdsMode.ABSOLUTE)
@@ -55,22 +55,22 @@ def _thresholds(*steps: tuple[float | None, str]) -> gd.ThresholdsConfig:
     )
 
 
-GREEN_RED = _thresholds((None, "green"), (1, "red"))
+GREEN_RED = thresholds((None, "green"), (1, "red"))
 # the ring series exist only where collectors were given a shard set: 0 elsewhere
 NO_TIER = " or on() vector(0)"
 # how each settled outcome is drawn (names.VERDICTS)
 OUTCOME_COLORS = {n.VERDICT_COMPLETED: "green", n.VERDICT_FAILED: "orange", n.VERDICT_LOST: "red"}
 
 
-def _fixed_color(color: str) -> list[dm.DynamicConfigValue]:
+def fixed_color(color: str) -> list[dm.DynamicConfigValue]:
     return [dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})]
 
 
-def _last() -> common.ReduceDataOptions:
+def last_value() -> common.ReduceDataOptions:
     return common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
 
 
-def _legend() -> common.VizLegendOptions:
+def legend_options() -> common.VizLegendOptions:
     return (
         common.VizLegendOptions()
         .display_mode(cm.LegendDisplayMode.TABLE)
@@ -81,7 +81,7 @@ def _legend() -> common.VizLegendOptions:
 
 
 # --- trace links -----------------------------------------------------------
-def _trace_query(backend: str, service: str, span: str | None = None,
+def trace_query(backend: str, service: str, span: str | None = None,
                  stalled: bool = False) -> dict[str, object]:
     """One Explore query for the trace backend (Tempo TraceQL or Jaeger search)."""
     if backend == "tempo":
@@ -117,37 +117,37 @@ def explore_url(backend: str, query: dict[str, object]) -> str:
     return f"/explore?schemaVersion=1&panes={encoded}"
 
 
-def _panel_link(backend: str, title: str, span: str | None = None,
+def panel_link(backend: str, title: str, span: str | None = None,
                 stalled: bool = False) -> gd.DashboardLink:
     service = f"${{{VAR_AGENT}:regex}}" if backend == "tempo" else f"${{{VAR_AGENT}}}"
     return (
         gd.DashboardLink(title)
-        .url(explore_url(backend, _trace_query(backend, service, span, stalled)))
+        .url(explore_url(backend, trace_query(backend, service, span, stalled)))
         .target_blank(True)
         .tooltip("Opens the matching traces in Explore on the $traces datasource")
     )
 
 
-def _agent_data_link(backend: str, span: str | None = None,
+def agent_data_link(backend: str, span: str | None = None,
                      stalled: bool = False) -> gd.DashboardLink:
     service = "${__field.labels.agent}"
     return (
         gd.DashboardLink("Traces of ${__field.labels.agent}")
-        .url(explore_url(backend, _trace_query(backend, service, span, stalled)))
+        .url(explore_url(backend, trace_query(backend, service, span, stalled)))
         .target_blank(True)
     )
 
 
-def _shutdown_gauge(title: str, description: str, metric: str, link: gd.DashboardLink) -> bargauge.Panel:
+def shutdown_gauge(title: str, description: str, metric: str, link: gd.DashboardLink) -> bargauge.Panel:
     """A per-agent bar gauge of a value the agent's last shutdown left behind (red above 0)."""
     return (
         bargauge.Panel()
         .title(title)
         .description(description)
-        .with_target(_q(f"max by (agent) ({metric}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
+        .with_target(prom_query(f"max by (agent) ({metric}{{{AGENT_MATCH}}})", "A", "{{agent}}", instant=True))
         .unit("short")
         .thresholds(GREEN_RED)
-        .reduce_options(_last())
+        .reduce_options(last_value())
         .orientation(cm.VizOrientation.HORIZONTAL)
         .data_links([link])
         .span(6).height(8)
