@@ -20,16 +20,15 @@ the ring gives to another shard.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
-from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.shards import ShardSpec
 from a2a_quiescence.wait import DEFAULT_ENDPOINT, wait_sync
@@ -38,25 +37,9 @@ from conftest import need_tool
 from lbexporter import LoadBalancerDouble
 from otelcol import RealCollector
 from support import metric, wait_until
-from tierkit import ShardProc, start_shard, write_ring
+from tierkit import ShardProc, Takeover, describe_takeover, measure_takeover, run_cascades, start_shard, write_ring
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def run_cascades(mesh: Mesh, n: int) -> list[str]:
-    """n cascades through A -> B -> C: blocking relays and non-blocking ones whose C pushes."""
-    async def one(i: int) -> str:
-        trace_id = new_trace_id()
-        c_call = {"to": "C", "plan": {"work_ms": 30}}
-        if i % 2:
-            c_call = {"to": "C", "blocking": False, "push": True, "plan": {"work_ms": 80}}
-        await send_plan(mesh.agents["A"].url, {"calls": [{"to": "B", "plan": {"calls": [c_call]}}]}, trace_id=trace_id)
-        return trace_id
-
-    async def all_() -> list[str]:
-        return list(await asyncio.gather(*(one(i) for i in range(n))))
-
-    return asyncio.run(all_())
 
 
 def stuck_not_owned(shards: list[ShardProc], spec: ShardSpec) -> list[tuple[str, str]]:
@@ -73,7 +56,7 @@ def stuck_not_owned(shards: list[ShardProc], spec: ShardSpec) -> list[tuple[str,
 
 
 @pytest.mark.parametrize("router", ["otelcol", "double"])
-def test_tier_survives_a_lost_shard_and_a_new_one(router: str, tmp_path: Path) -> None:
+def test_tier_survives_a_lost_shard_and_a_new_one(router: str, tmp_path: Path, record_property) -> None:
     ring_file = tmp_path / "shards"
     shards = [ShardProc(free_port(), free_port()) for _ in range(4)]
     live = shards[:3]
@@ -102,23 +85,41 @@ def test_tier_survives_a_lost_shard_and_a_new_one(router: str, tmp_path: Path) -
             for trace_id in before[:4]:
                 settles[trace_id] = wait_sync(trace_id, shards=spec, timeout=60)["settled_at"]
 
-            # a node lost: the shard dies, then the resolver drops it; a batch goes missing
+            # a node lost: the shard dies, then the resolver drops it; a batch goes missing.
+            # Meanwhile every cascade so far is waited on from the change on (takeover: the
+            # moved ones settle on their new owner once the agents' resends reach it)
             lost = live.pop(1)
             assert lost.popen is not None
             lost.popen.kill()
             lost.popen.wait(10)
             if isinstance(double, LoadBalancerDouble):
                 double.lose_next = 1
-            double.set_endpoints([s.endpoint for s in live])
-            write_ring(ring_file, live)
-            during = run_cascades(mesh, 12)
+            takeovers: dict[str, list[Takeover]] = {}
+            with ThreadPoolExecutor(1) as pool:
+                old, changed = spec.resolve(), time.monotonic()
+                double.set_endpoints([s.endpoint for s in live])
+                write_ring(ring_file, live)
+                kill = pool.submit(measure_takeover, spec, old, before, changed)
+                during = run_cascades(mesh, 12)
+                takeovers["shard killed"] = kill.result()
 
-            # a shard joins
-            live.append(shards[3])
-            double.set_endpoints([s.endpoint for s in live])
-            write_ring(ring_file, live)
-            after = run_cascades(mesh, 12)
+                # a shard joins
+                live.append(shards[3])
+                old, changed = spec.resolve(), time.monotonic()
+                double.set_endpoints([s.endpoint for s in live])
+                write_ring(ring_file, live)
+                add = pool.submit(measure_takeover, spec, old, before + during, changed)
+                after = run_cascades(mesh, 12)
+                takeovers["shard added"] = add.result()
             until = time.time()
+            for change, results in takeovers.items():
+                assert any(r.moved for r in results), change  # the change moved something
+                for r in results:  # each answered settled by its owner under the new ring
+                    assert r.status == "settled" and r.shard == r.owner, (change, r)
+                # a measurement, printed (-s) and recorded (junit XML), never a threshold
+                line = f"{describe_takeover(results)} (ring refresh 0.2 s, settle 1 s, heartbeat 1 s)"
+                record_property(f"takeover {change}", line)
+                print(f"takeover ({router}, {change}): {line}")
 
             for trace_id in before + during + after:
                 state = wait_sync(trace_id, shards=spec, timeout=60)

@@ -3,12 +3,19 @@ loopback, its shard set in a file the test rewrites as a ConfigMap update would.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-from a2a_quiescence.demo.harness import _bin, wait_http
-from a2a_quiescence.shards import ShardSpec
+from a2a_quiescence.demo.harness import Mesh, _bin, wait_http
+from a2a_quiescence.demo.mesh import new_trace_id, send_plan
+from a2a_quiescence.shards import Membership, ShardSpec
+from a2a_quiescence.wait import wait_sync
 
 
 @dataclass
@@ -58,3 +65,69 @@ def owned_by(spec: ShardSpec, shard: ShardProc, new_id) -> str:
         owner = membership.owner(trace_id)
         if owner is not None and owner.endpoint == shard.endpoint:
             return trace_id
+
+
+def run_cascades(mesh: Mesh, n: int) -> list[str]:
+    """n cascades through A -> B -> C, all at once: blocking relays and non-blocking ones whose C pushes."""
+    async def one(i: int) -> str:
+        trace_id = new_trace_id()
+        c_call = {"to": "C", "plan": {"work_ms": 30}}
+        if i % 2:
+            c_call = {"to": "C", "blocking": False, "push": True, "plan": {"work_ms": 80}}
+        await send_plan(mesh.agents["A"].url, {"calls": [{"to": "B", "plan": {"calls": [c_call]}}]}, trace_id=trace_id)
+        return trace_id
+
+    async def all_() -> list[str]:
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    return asyncio.run(all_())
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """One cascade after a membership change: whether the ring gave it a new owner, how
+    long after the change its owner (by the new ring) answered it settled, and who answered."""
+
+    trace_id: str
+    moved: bool
+    seconds: float
+    shard: str | None
+    owner: str | None
+    status: str
+
+
+def measure_takeover(spec: ShardSpec, before: Membership, trace_ids: Iterable[str], changed_at: float,
+                     timeout: float = 60.0) -> list[Takeover]:
+    """Wait on every cascade at once, as clients would (``wait_sync`` through the shard set,
+    the owner asked by the new ring), from ``changed_at`` (``time.monotonic()`` when the
+    change was published). A cascade that kept its owner answers at once; a moved one
+    when the agents' resends have reached its new owner and it settled there."""
+    after = spec.resolve()
+    ids = list(trace_ids)
+
+    def one(trace_id: str) -> Takeover:
+        old, new = before.owner(trace_id), after.owner(trace_id)
+        state = wait_sync(trace_id, shards=spec, timeout=timeout)
+        return Takeover(trace_id, moved=(old and old.endpoint) != (new and new.endpoint),
+                        seconds=time.monotonic() - changed_at, shard=state.get("shard"),
+                        owner=new.url if new else None, status=str(state.get("status")))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(32, len(ids)))) as pool:
+        return list(pool.map(one, ids))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (of a few dozen values, p99 is the largest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def describe_takeover(results: list[Takeover]) -> str:
+    parts = []
+    for label, group in (("moved", [r for r in results if r.moved]), ("kept", [r for r in results if not r.moved])):
+        if group:
+            secs = [r.seconds for r in group]
+            parts.append(f"{label} {len(group)}: p50 {percentile(secs, 50):.2f} s, p99 {percentile(secs, 99):.2f} s")
+        else:
+            parts.append(f"{label} 0")
+    return "; ".join(parts)
