@@ -9,6 +9,8 @@ descriptions are spelled out here rather than derived from the templates in
 
 from __future__ import annotations
 
+from typing import Callable
+
 from a2a_quiescence import names as n
 from a2a_quiescence.dashboards import rules
 from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, runbook_url
@@ -70,38 +72,28 @@ def case(name: str, input_series: list[dict[str, str]], *alert_tests: dict[str, 
     return test
 
 
-def test_cases() -> list[dict[str, object]]:
-    leaked_description = (
+def _stuck_description(count: int) -> str:
+    return (
+        f"{count} cascade(s) are open with no progress past the collectors' --stuck-after "
+        f"threshold (scrape job {COLLECTOR_JOB}, summed over its mesh collector or the shards "
+        "of its mesh tier); the mesh cannot settle until they finish. Cascades whose only "
+        "remaining work is tasks waiting for their user (input or auth required) are not "
+        "counted as stuck."
+    )
+
+
+def leaked_producer_cases() -> list[dict[str, object]]:
+    """ALERT_LEAKED: producers still in flight when an agent's shutdown completed."""
+    description = (
         "Agent billing completed its last shutdown with 2 producer(s) still in "
         "flight; their work was abandoned and their callers may never get an answer."
-    )
-    cancelled_description = (
-        "Agent billing cancelled 1 producer(s) that were still working when its last "
-        "shutdown drained them with aclose(); nothing leaked, but their work was lost: "
-        "the cascades they served settle as lost."
-    )
-    down_tail = " is down or has no targets; leaked producers and stuck cascades go unseen while it is."
-
-    def stuck_description(count: int) -> str:
-        return (
-            f"{count} cascade(s) are open with no progress past the collectors' --stuck-after "
-            f"threshold (scrape job {COLLECTOR_JOB}, summed over its mesh collector or the shards "
-            "of its mesh tier); the mesh cannot settle until they finish. Cascades whose only "
-            "remaining work is tasks waiting for their user (input or auth required) are not "
-            "counted as stuck."
-        )
-
-    lost_description = (
-        f"The collectors of scrape job {COLLECTOR_JOB} settled cascade(s) with outcome lost in the "
-        f"last {rules.SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed while "
-        "pending, or a push delivery or outbound call failed; their callers got no complete answer."
     )
     return [
         case(
             "leaked producers at shutdown fire at once",
             [series(n.M_SHUTDOWN_LEAKED, "2x5", agent="billing")],
-            fires(n.ALERT_LEAKED, "0m", leaked_description, agent="billing", **TARGET),
-            fires(n.ALERT_LEAKED, "5m", leaked_description, agent="billing", **TARGET),
+            fires(n.ALERT_LEAKED, "0m", description, agent="billing", **TARGET),
+            fires(n.ALERT_LEAKED, "5m", description, agent="billing", **TARGET),
         ),
         case(
             "a clean shutdown, and an agent never shut down, do not fire",
@@ -112,10 +104,17 @@ def test_cases() -> list[dict[str, object]]:
             silent(n.ALERT_LEAKED, "0m"),
             silent(n.ALERT_LEAKED, "5m"),
         ),
+    ]
+
+
+def stuck_cascade_cases() -> list[dict[str, object]]:
+    """ALERT_STUCK: open cascades without progress, on one collector or summed over a tier's
+    shards; and when a tier's mesh is settled (a recording rule over its shards)."""
+    return [
         case(
             "a stuck cascade fires",
             [series(n.M_CASCADES_STUCK, "1x5"), series(n.M_CASCADES_OPEN, "3x5")],
-            fires(n.ALERT_STUCK, "1m", stuck_description(1), job=COLLECTOR_JOB),
+            fires(n.ALERT_STUCK, "1m", _stuck_description(1), job=COLLECTOR_JOB),
         ),
         case(
             "mesh tier: a stuck cascade on one of three shards fires once, for the mesh",
@@ -127,7 +126,7 @@ def test_cases() -> list[dict[str, object]]:
                 shard_series(1, n.M_CASCADES_OPEN, "3x5"),
                 shard_series(2, n.M_CASCADES_OPEN, "1x5"),
             ],
-            fires(n.ALERT_STUCK, "1m", stuck_description(1), job=COLLECTOR_JOB),
+            fires(n.ALERT_STUCK, "1m", _stuck_description(1), job=COLLECTOR_JOB),
             expr_tests=[
                 {"expr": rules.CASCADES_OPEN, "eval_time": "1m", "exp_samples": [{"labels": "{}", "value": 6}]},
                 {"expr": rules.CASCADES_STUCK, "eval_time": "1m", "exp_samples": [{"labels": "{}", "value": 1}]},
@@ -140,7 +139,7 @@ def test_cases() -> list[dict[str, object]]:
                 shard_series(1, n.M_CASCADES_STUCK, "0x5"),
                 shard_series(2, n.M_CASCADES_STUCK, "1x5"),
             ],
-            fires(n.ALERT_STUCK, "1m", stuck_description(3), job=COLLECTOR_JOB),
+            fires(n.ALERT_STUCK, "1m", _stuck_description(3), job=COLLECTOR_JOB),
         ),
         case(
             "mesh tier: nothing stuck on any shard, and cascades moved to another owner, do not fire",
@@ -194,23 +193,30 @@ def test_cases() -> list[dict[str, object]]:
             silent(n.ALERT_STUCK, "1m"),
             silent(n.ALERT_STUCK, "10m"),
         ),
+    ]
+
+
+def shutdown_in_flight_cases() -> list[dict[str, object]]:
+    """ALERT_SHUTDOWN_IN_FLIGHT: a shutdown while a cascade the agent took part in was open."""
+    return [
         case(
             "a shutdown with a cascade still open fires",
             [series(n.M_SHUTDOWN_CASCADES_OPEN, "1x5", agent="search")],
-            fires(
-                n.ALERT_SHUTDOWN_IN_FLIGHT,
-                "1m",
-                "Agent search completed its last shutdown while 1 cascade(s) it "
-                "took part in were still open elsewhere in the mesh.",
-                agent="search",
-                **TARGET,
-            ),
+            fires(n.ALERT_SHUTDOWN_IN_FLIGHT, "1m",
+                  "Agent search completed its last shutdown while 1 cascade(s) it "
+                  "took part in were still open elsewhere in the mesh.", agent="search", **TARGET),
         ),
         case(
             "a shutdown after every cascade settled does not fire",
             [series(n.M_SHUTDOWN_CASCADES_OPEN, "0x5", agent="search")],
             silent(n.ALERT_SHUTDOWN_IN_FLIGHT, "1m"),
         ),
+    ]
+
+
+def close_stalled_cases() -> list[dict[str, object]]:
+    """ALERT_CLOSE_STALLED: an EventQueue close stalled past the watchdog threshold."""
+    return [
         case(
             "a stalled EventQueue close fires while it lasts",
             [
@@ -218,33 +224,40 @@ def test_cases() -> list[dict[str, object]]:
                 series(n.M_STALLS, "0 1 1 1 1", agent="billing"),
             ],
             silent(n.ALERT_CLOSE_STALLED, "0m"),
-            fires(
-                n.ALERT_CLOSE_STALLED,
-                "2m",
-                "Agent billing has 1 EventQueue close call(s) stalled past the "
-                "watchdog threshold (the a2a-sdk #1101 hang); the producers "
-                "waiting on them will not finish on their own.",
-                agent="billing",
-                **TARGET,
-            ),
+            fires(n.ALERT_CLOSE_STALLED, "2m",
+                  "Agent billing has 1 EventQueue close call(s) stalled past the "
+                  "watchdog threshold (the a2a-sdk #1101 hang); the producers "
+                  "waiting on them will not finish on their own.", agent="billing", **TARGET),
             # the stall resolved: the counter remembers it, the alert does not
             silent(n.ALERT_CLOSE_STALLED, "4m"),
         ),
+    ]
+
+
+def destroyed_pending_cases() -> list[dict[str, object]]:
+    """ALERT_DESTROYED_PENDING: a task destroyed while pending."""
+    return [
         case(
             "a task destroyed while pending fires, then clears after the window",
             [series(n.M_DESTROYED_PENDING, "0 0 1+0x20", agent="planner")],
             silent(n.ALERT_DESTROYED_PENDING, "1m"),
-            fires(
-                n.ALERT_DESTROYED_PENDING,
-                "3m",
-                "Agent planner reported \"Task was destroyed but it is pending!\" "
-                f"in the last {rules.DESTROYED_PENDING_WINDOW}: work was dropped "
-                "without finishing or being cancelled.",
-                agent="planner",
-                **TARGET,
-            ),
+            fires(n.ALERT_DESTROYED_PENDING, "3m",
+                  "Agent planner reported \"Task was destroyed but it is pending!\" "
+                  f"in the last {rules.DESTROYED_PENDING_WINDOW}: work was dropped "
+                  "without finishing or being cancelled.", agent="planner", **TARGET),
             silent(n.ALERT_DESTROYED_PENDING, "20m"),
         ),
+    ]
+
+
+def cancelled_at_shutdown_cases() -> list[dict[str, object]]:
+    """ALERT_CANCELLED_AT_SHUTDOWN: work a shutdown drain cancelled."""
+    description = (
+        "Agent billing cancelled 1 producer(s) that were still working when its last "
+        "shutdown drained them with aclose(); nothing leaked, but their work was lost: "
+        "the cascades they served settle as lost."
+    )
+    return [
         case(
             "work cancelled by a shutdown drain fires at once",
             [
@@ -252,8 +265,8 @@ def test_cases() -> list[dict[str, object]]:
                 # the drain left nothing behind: the leak alert has nothing to say
                 series(n.M_SHUTDOWN_LEAKED, "0x5", agent="billing"),
             ],
-            fires(n.ALERT_CANCELLED_AT_SHUTDOWN, "0m", cancelled_description, agent="billing", **TARGET),
-            fires(n.ALERT_CANCELLED_AT_SHUTDOWN, "5m", cancelled_description, agent="billing", **TARGET),
+            fires(n.ALERT_CANCELLED_AT_SHUTDOWN, "0m", description, agent="billing", **TARGET),
+            fires(n.ALERT_CANCELLED_AT_SHUTDOWN, "5m", description, agent="billing", **TARGET),
             silent(n.ALERT_LEAKED, "5m"),
         ),
         case(
@@ -270,6 +283,17 @@ def test_cases() -> list[dict[str, object]]:
             silent(n.ALERT_CANCELLED_AT_SHUTDOWN, "0m"),
             silent(n.ALERT_CANCELLED_AT_SHUTDOWN, "5m"),
         ),
+    ]
+
+
+def settled_lost_cases() -> list[dict[str, object]]:
+    """ALERT_SETTLED_LOST: cascades settled with lost work."""
+    description = (
+        f"The collectors of scrape job {COLLECTOR_JOB} settled cascade(s) with outcome lost in the "
+        f"last {rules.SETTLED_LOST_WINDOW}: work was cancelled by a shutdown, destroyed while "
+        "pending, or a push delivery or outbound call failed; their callers got no complete answer."
+    )
+    return [
         case(
             "a cascade settled with lost work fires, then clears after the window",
             [
@@ -278,7 +302,7 @@ def test_cases() -> list[dict[str, object]]:
                 series(n.M_CASCADES_SETTLED, "0 0 1+0x20", outcome=n.VERDICT_LOST),
             ],
             silent(n.ALERT_SETTLED_LOST, "1m"),
-            fires(n.ALERT_SETTLED_LOST, "3m", lost_description, job=COLLECTOR_JOB),
+            fires(n.ALERT_SETTLED_LOST, "3m", description, job=COLLECTOR_JOB),
             silent(n.ALERT_SETTLED_LOST, "20m"),
         ),
         case(
@@ -292,7 +316,7 @@ def test_cases() -> list[dict[str, object]]:
                 shard_series(2, n.M_CASCADES_SETTLED, "0 0 1+0x20", outcome=n.VERDICT_LOST),
             ],
             silent(n.ALERT_SETTLED_LOST, "1m"),
-            fires(n.ALERT_SETTLED_LOST, "3m", lost_description, job=COLLECTOR_JOB),
+            fires(n.ALERT_SETTLED_LOST, "3m", description, job=COLLECTOR_JOB),
             silent(n.ALERT_SETTLED_LOST, "20m"),
         ),
         case(
@@ -306,18 +330,20 @@ def test_cases() -> list[dict[str, object]]:
             silent(n.ALERT_SETTLED_LOST, "5m"),
             silent(n.ALERT_SETTLED_LOST, "20m"),
         ),
+    ]
+
+
+def push_failed_cases() -> list[dict[str, object]]:
+    """ALERT_PUSH_FAILED: push notifications that could not be delivered."""
+    return [
         case(
             "failed push deliveries fire, then clear after the window",
             [series(n.M_PUSH_FAILED, "0 0 2+0x20", agent="planner")],
             silent(n.ALERT_PUSH_FAILED, "1m"),
-            fires(
-                n.ALERT_PUSH_FAILED,
-                "3m",
-                "Agent planner failed to deliver push notification(s) in the last "
-                f"{rules.PUSH_FAILED_WINDOW}; a2a-sdk logs and drops a failed delivery, "
-                "so the receiving webhook never learned of those task updates.",
-                agent="planner",
-            ),
+            fires(n.ALERT_PUSH_FAILED, "3m",
+                  "Agent planner failed to deliver push notification(s) in the last "
+                  f"{rules.PUSH_FAILED_WINDOW}; a2a-sdk logs and drops a failed delivery, "
+                  "so the receiving webhook never learned of those task updates.", agent="planner"),
             silent(n.ALERT_PUSH_FAILED, "20m"),
         ),
         case(
@@ -329,50 +355,54 @@ def test_cases() -> list[dict[str, object]]:
             silent(n.ALERT_PUSH_FAILED, "5m"),
             silent(n.ALERT_PUSH_FAILED, "20m"),
         ),
+    ]
+
+
+def collector_down_cases() -> list[dict[str, object]]:
+    """ALERT_COLLECTOR_DOWN: the collector's scrape failing, or no scrape of it at all."""
+    down_tail = " is down or has no targets; leaked producers and stuck cascades go unseen while it is."
+    return [
         case(
             "a failing scrape of the collector fires",
             [{"series": f'up{{instance="{INSTANCE}", job="{COLLECTOR_JOB}"}}', "values": "0x5"}],
             silent(n.ALERT_COLLECTOR_DOWN, "0m"),
-            fires(
-                n.ALERT_COLLECTOR_DOWN,
-                "2m",
-                f"Scrape job {COLLECTOR_JOB} at {INSTANCE}{down_tail}",
-                **TARGET,
-            ),
+            fires(n.ALERT_COLLECTOR_DOWN, "2m", f"Scrape job {COLLECTOR_JOB} at {INSTANCE}{down_tail}", **TARGET),
         ),
         case(
             "a collector missing from Prometheus altogether fires",
             [{"series": 'up{instance="localhost:9090", job="prometheus"}', "values": "1x5"}],
-            fires(
-                n.ALERT_COLLECTOR_DOWN,
-                "2m",
-                f"Scrape job {COLLECTOR_JOB}{down_tail}",
-                job=COLLECTOR_JOB,
-            ),
+            fires(n.ALERT_COLLECTOR_DOWN, "2m", f"Scrape job {COLLECTOR_JOB}{down_tail}", job=COLLECTOR_JOB),
         ),
         case(
             "a healthy collector does not fire",
             [{"series": f'up{{instance="{INSTANCE}", job="{COLLECTOR_JOB}"}}', "values": "1x5"}],
             silent(n.ALERT_COLLECTOR_DOWN, "2m"),
         ),
+    ]
+
+
+def collector_rejecting_cases() -> list[dict[str, object]]:
+    """ALERT_COLLECTOR_REJECTING: OTLP payloads the collector rejects."""
+    return [
         case(
             "steady rejections fire",
             [series(n.M_REJECTED, "0+6x10", reason=n.REJECT_UNAUTHORIZED)],
-            fires(
-                n.ALERT_COLLECTOR_REJECTING,
-                "8m",
-                f"Collector {INSTANCE} is rejecting OTLP payloads (reason "
-                f"{n.REJECT_UNAUTHORIZED}, 100m/s); the per-hop state and "
-                "settlement answers are missing those events.",
-                reason=n.REJECT_UNAUTHORIZED,
-                **TARGET,
-            ),
+            fires(n.ALERT_COLLECTOR_REJECTING, "8m",
+                  f"Collector {INSTANCE} is rejecting OTLP payloads (reason "
+                  f"{n.REJECT_UNAUTHORIZED}, 100m/s); the per-hop state and "
+                  "settlement answers are missing those events.", reason=n.REJECT_UNAUTHORIZED, **TARGET),
         ),
         case(
             "old rejections that stopped do not fire",
             [series(n.M_REJECTED, "5x10", reason=n.REJECT_MALFORMED)],
             silent(n.ALERT_COLLECTOR_REJECTING, "8m"),
         ),
+    ]
+
+
+def recording_rule_cases() -> list[dict[str, object]]:
+    """The detection-latency and producers-in-flight recording rules."""
+    return [
         case(
             "recording rules",
             [
@@ -412,11 +442,32 @@ def test_cases() -> list[dict[str, object]]:
     ]
 
 
+# the suite: one function per alert (and one for the recording rules), in this order
+CASE_GROUPS: tuple[Callable[[], list[dict[str, object]]], ...] = (
+    leaked_producer_cases,
+    stuck_cascade_cases,
+    shutdown_in_flight_cases,
+    close_stalled_cases,
+    destroyed_pending_cases,
+    cancelled_at_shutdown_cases,
+    settled_lost_cases,
+    push_failed_cases,
+    collector_down_cases,
+    collector_rejecting_cases,
+    recording_rule_cases,
+)
+
+
+def promtool_cases() -> list[dict[str, object]]:
+    """Every case of ``CASE_GROUPS``."""
+    return [one for group in CASE_GROUPS for one in group()]
+
+
 def rules_test_file() -> dict[str, object]:
     return {
         "rule_files": [RULES_FILE],
         "evaluation_interval": "1m",
-        "tests": test_cases(),
+        "tests": promtool_cases(),
     }
 
 

@@ -59,7 +59,7 @@ def test_every_alert_is_generated_with_labels_and_annotations() -> None:
 def test_every_alert_has_a_firing_and_a_silent_case() -> None:
     fired: set[str] = set()
     silent: set[str] = set()
-    for case in alert_cases.test_cases():
+    for case in alert_cases.promtool_cases():
         for check in case.get("alert_rule_test", []):
             (fired if check["exp_alerts"] else silent).add(check["alertname"])
     assert fired == ALERT_NAMES
