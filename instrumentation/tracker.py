@@ -1,4 +1,5 @@
-"""Per-process state: producers in flight, and per-cascade work and messages.
+"""Per-process state: producers in flight, and per-cascade work and messages (each
+cascade's record: ``CascadeRecord``, instrumentation/cascade_record.py).
 
 One ``HopTracker`` per process incarnation. Every mutation happens under one
 lock and marks what changed as dirty; the reporter thread takes atomic
@@ -32,39 +33,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from a2a_quiescence import names
-from a2a_quiescence.wire import EMPTY, HopSnapshot, Tally, cascade_body
+from a2a_quiescence.instrumentation.cascade_record import CascadeRecord
+from a2a_quiescence.wire import EMPTY, HopSnapshot
 
 MAX_LOCAL_CASCADES = 20_000
 PASSIVE_RETENTION_SECONDS = 600.0
 MAX_RECENT_EVENTS = 16
-MAX_ENDINGS = 20  # failures and losses listed per cascade (all are counted)
 _monotonic = time.monotonic
-
-
-@dataclass(slots=True)
-class _Cascade:
-    active: int = 0
-    roots: Tally = EMPTY
-    sent: dict[str, Tally] = field(default_factory=dict)
-    received: dict[str, Tally] = field(default_factory=dict)
-    aliases: set[str] = field(default_factory=set)
-    passive_since: float | None = None
-    changed: float = 0.0
-    # units held by ActiveTask plumbing, by a2a task id; tasks waiting for their user
-    owned: dict[str, int] = field(default_factory=dict)
-    awaiting: dict[str, str] = field(default_factory=dict)  # a2a task id -> input_required | auth_required
-    # endings are rare: empty until the first (a retained cascade is fewer objects for the
-    # garbage collector to walk: thousands are kept for PASSIVE_RETENTION_SECONDS)
-    failures: list[dict[str, Any]] | tuple[()] = ()
-    losses: list[dict[str, Any]] | tuple[()] = ()
-    failed: int = 0
-    lost: int = 0
-    ended: set[tuple[bool, str]] | frozenset[tuple[bool, str]] = frozenset()  # (is loss, a2a task id) recorded
-    root_at: float | None = None  # wall clock of the first root request received here
 
 
 class WorkToken:
@@ -127,7 +105,7 @@ class HopTracker:
         self.cancelled_by_shutdown = 0  # producers a drain cancelled while they worked
         self.recent: list[dict[str, Any]] = []  # last stalls / destroyed-pending, for humans
         self.shutdown: dict[str, Any] | None = None
-        self.cascades: OrderedDict[str, _Cascade] = OrderedDict()
+        self.cascades: OrderedDict[str, CascadeRecord] = OrderedDict()
         self.dirty: set[str] = set()
         # when each dirty cascade was first marked since it was last shipped (monotonic;
         # a dirty cascade missing here is due at once), and the dirty ones whose change
@@ -210,10 +188,10 @@ class HopTracker:
         del self.recent[:-MAX_RECENT_EVENTS]
 
     # -- cascades -----------------------------------------------------------------
-    def _cascade(self, trace_id: str) -> _Cascade:
+    def _cascade(self, trace_id: str) -> CascadeRecord:
         c = self.cascades.get(trace_id)
         if c is None:
-            c = self.cascades[trace_id] = _Cascade(changed=self.clock())
+            c = self.cascades[trace_id] = CascadeRecord(changed=self.clock())
             if len(self.cascades) > MAX_LOCAL_CASCADES:
                 self._forget_passive()
         return c
@@ -232,7 +210,7 @@ class HopTracker:
             if c.active == 0 and now - c.changed > PASSIVE_RETENTION_SECONDS and trace_id not in self.dirty:
                 del self.cascades[trace_id]
 
-    def _mark(self, trace_id: str, c: _Cascade) -> None:
+    def _mark(self, trace_id: str, c: CascadeRecord) -> None:
         c.changed = self.clock()
         if trace_id not in self.dirty:
             self.dirty.add(trace_id)
@@ -336,33 +314,10 @@ class HopTracker:
             self._end(self._cascade(trace_id), ending)
             self._mark(trace_id, self.cascades[trace_id])
 
-    def _end(self, c: _Cascade, ending: dict[str, Any]) -> None:
-        loss = ending["kind"] in names.LOSS_KINDS
-        task_id = ending.get("task_id")
-        if task_id:
-            key = (loss, task_id)
-            if key in c.ended:
-                return
-            if not c.ended:
-                c.ended = set()
-            c.ended.add(key)
-        item = {k: v for k, v in ending.items() if v is not None}
-        item.setdefault("at", self.clock())
-        if loss:
-            c.lost += 1
-            if len(c.losses) < MAX_ENDINGS:
-                if not c.losses:
-                    c.losses = []
-                c.losses.append(item)
-            if ending["kind"] == names.END_PUSH_FAILED:
-                self.push_failed += 1
-                self._touch_hop()
-        else:
-            c.failed += 1
-            if len(c.failures) < MAX_ENDINGS:
-                if not c.failures:
-                    c.failures = []
-                c.failures.append(item)
+    def _end(self, c: CascadeRecord, ending: dict[str, Any]) -> None:
+        if c.add_ending(ending, self.clock):
+            self.push_failed += 1
+            self._touch_hop()
 
     def task_state(self, trace_id: str, task_id: str, awaiting: str | None) -> None:
         """The a2a task ``task_id`` now waits for its user (``awaiting``:
@@ -453,25 +408,7 @@ class HopTracker:
                 if c is None:
                     continue
                 self.seq += 1
-                body = cascade_body(
-                    incarnation=self.incarnation,
-                    seq=self.seq,
-                    active=c.active,
-                    roots=c.roots,
-                    sent=c.sent,
-                    received=c.received,
-                    aliases=sorted(c.aliases),
-                    passive_since=c.passive_since,
-                    at=now,
-                    root_at=c.root_at,
-                    failed=c.failed,
-                    lost=c.lost,
-                    failures=c.failures,
-                    losses=c.losses,
-                    # units held only by tasks waiting for their user
-                    awaiting={t: (state, c.owned.get(t, 0)) for t, state in c.awaiting.items()},
-                    shutdown=self.shutdown is not None,
-                )
+                body = c.body(incarnation=self.incarnation, seq=self.seq, at=now, shutdown=self.shutdown is not None)
                 cascades.append((trace_id, body))
             return hop, cascades
 
