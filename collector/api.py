@@ -8,7 +8,7 @@ import asyncio
 import heapq
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.requests import Request
@@ -20,6 +20,9 @@ from a2a_quiescence.collector.config import Config
 from a2a_quiescence.collector.settlement import Cascade, Detector
 from a2a_quiescence.collector.state import MeshState
 from a2a_quiescence.collector.views import cascade_view
+
+if TYPE_CHECKING:
+    from a2a_quiescence.collector.tier import Tier
 
 STATUS_PAGE = Path(__file__).with_name("status_page.html")
 MESH_LISTED = 100  # open, stuck and awaiting-input cascades described in /v1/mesh, each
@@ -38,10 +41,12 @@ class _AsgiEndpoint:
 
 class Api:
     """``authorized(header)`` checks a bearer token; ``listening()`` says where the
-    collector listens once it is ready (None before)."""
+    collector listens once it is ready (None before); ``tier``, on a shard of a mesh
+    tier, answers for the cascades other shards own and for /v1/mesh over every shard."""
 
     def __init__(self, config: Config, detector: Detector, state: MeshState, registry: CollectorRegistry,
-                 authorized: Callable[[str | None], bool], listening: Callable[[], dict[str, str] | None]) -> None:
+                 authorized: Callable[[str | None], bool], listening: Callable[[], dict[str, str] | None],
+                 tier: Tier | None = None) -> None:
         self.config = config
         self.detector = detector
         self.state = state
@@ -51,7 +56,7 @@ class Api:
         self._changed: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}
         self._mesh_changed: asyncio.Event | None = None  # set on any cascade change, while someone waits
-        self.tier: Any = None  # a shard's Tier: /v1/mesh over every shard
+        self.tier = tier
 
     def changed(self, cascade: Cascade) -> None:
         """Wake the waits on this cascade, and the mesh waits."""

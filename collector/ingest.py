@@ -21,9 +21,11 @@ logger = logging.getLogger("a2a_quiescence.collector")
 
 
 class Ingest:
-    """``forward(signal, raw, headers)`` passes what was accepted on (upstream; None: not forwarding)."""
+    """``collector_id()`` is the id every answer carries (a mesh tier's epoch in it tells
+    agents when to resend); ``forward(signal, raw, headers)`` passes what was accepted
+    on (upstream; None: not forwarding)."""
 
-    def __init__(self, config: Config, state: MeshState, collector_id: str,
+    def __init__(self, config: Config, state: MeshState, collector_id: Callable[[], str],
                  forward: Callable[[str, bytes, Any], None] | None) -> None:
         self.config = config
         self.state = state
@@ -62,7 +64,7 @@ class Ingest:
 
     async def otlp_http(self, request: Request) -> Response:
         signal = request.path_params["signal"]
-        headers = {names.HEADER_COLLECTOR_ID: self.collector_id}
+        headers = {names.HEADER_COLLECTOR_ID: self.collector_id()}
         if signal not in otlp.SIGNALS:
             self.state.reject(names.REJECT_NOT_FOUND)
             return JSONResponse({"error": f"unknown signal {signal!r}"}, 404, headers=headers)

@@ -3,12 +3,13 @@ values live in ``MeshState``; nothing here is a global mutated elsewhere)."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from a2a_quiescence import names
+from a2a_quiescence.collector.settlement import Detector
 from a2a_quiescence.collector.state import MeshState
 
 # of the detection latency histogram (a prometheus_client Histogram the collector owns)
@@ -20,8 +21,13 @@ def _base(name: str) -> str:
 
 
 class StateCollector(Collector):
-    def __init__(self, state: MeshState) -> None:
+    """``ring()``, in a mesh tier, gives (shards in the ring, membership changes seen)."""
+
+    def __init__(self, state: MeshState, detector: Detector,
+                 ring: Callable[[], tuple[int, int]] | None = None) -> None:
         self.state = state
+        self.detector = detector
+        self.ring = ring
 
     def collect(self) -> Iterator[Metric]:
         st = self.state
@@ -91,7 +97,8 @@ class StateCollector(Collector):
             last_seen, restarts,
         )
 
-        open_, stuck = st.detector.counts()
+        detector = self.detector
+        open_, stuck = detector.counts()
         yield GaugeMetricFamily(names.M_CASCADES_OPEN, "Cascades not yet settled (including stuck)", value=open_)
         yield GaugeMetricFamily(
             names.M_CASCADES_STUCK, "Open cascades with no progress past the stuck threshold", value=stuck
@@ -99,19 +106,20 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             names.M_CASCADES_AWAITING,
             "Open cascades whose only remaining work is tasks waiting for their user (input or auth required)",
-            value=st.detector.awaiting_count(),
+            value=detector.awaiting_count(),
         )
         yield GaugeMetricFamily(
             names.M_CASCADES_MOVED,
             "A shard of a mesh tier: open cascades held here that the ring now gives to another shard "
             "(not counted as open or stuck here)",
-            value=st.detector.moved_count(),
+            value=detector.moved_count(),
         )
-        if st.ring_shards is not None:
+        if self.ring is not None:
+            ring_shards, ring_changes = self.ring()
             yield GaugeMetricFamily(names.M_RING_SHARDS, "Shards in the mesh tier's ring as this collector reads it",
-                                    value=st.ring_shards)
+                                    value=ring_shards)
             yield CounterMetricFamily(_base(names.M_RING_CHANGES), "Changes of the mesh tier's membership seen",
-                                      value=st.ring_changes)
+                                      value=ring_changes)
         yield GaugeMetricFamily(names.M_MESH_SETTLED, "1 when no cascade is open", value=1 if open_ == 0 else 0)
         settled = CounterMetricFamily(
             _base(names.M_CASCADES_SETTLED),
@@ -120,7 +128,7 @@ class StateCollector(Collector):
             labels=["outcome"],
         )
         for outcome in names.VERDICTS:
-            settled.add_metric([outcome], st.detector.settled_by_outcome[outcome])
+            settled.add_metric([outcome], detector.settled_by_outcome[outcome])
         yield settled
         edges = CounterMetricFamily(
             _base(names.M_EDGE_MESSAGES), "A2A messages received per edge between hops", labels=["from", "to"]

@@ -22,6 +22,7 @@ from a2a_quiescence.collector.ingest import Ingest
 from a2a_quiescence.collector.metrics import LATENCY_BUCKETS, StateCollector
 from a2a_quiescence.collector.settlement import Cascade, Detector
 from a2a_quiescence.collector.state import MeshState
+from a2a_quiescence.collector.tier import Tier
 
 logger = logging.getLogger("a2a_quiescence.collector")
 
@@ -57,9 +58,18 @@ class Collector:
             on_change=self._on_change,
             on_settle=self._on_settle,
         )
-        self.state = MeshState(detector=self.detector, agent_timeout=config.agent_timeout, max_agents=config.max_agents)
+        # a shard of a mesh tier decides the cascades the ring gives it (its Tier tells the
+        # detector which at every membership change); a pod sidecar forwarding to the tier
+        # only puts the membership's epoch in the id it answers agents with
+        shard = bool(config.shards and config.shard_name)
+        self.state = MeshState(detector=self.detector, agent_timeout=config.agent_timeout,
+                               max_agents=config.max_agents, shard=shard)
+        self.tier: Tier | None = None
+        if config.shards:
+            self.tier = Tier(config, base_id=self.id, ownership=self.detector if shard else None)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(StateCollector(self.state))
+        self.registry.register(StateCollector(self.state, self.detector,
+                                              ring=self.tier.ring_seen if self.tier is not None else None))
         self.latency = Histogram(
             names.M_DETECTION_LATENCY,
             "Time from the last hop going passive to the detector declaring the cascade settled",
@@ -67,13 +77,10 @@ class Collector:
             registry=self.registry,
         )
         self.forwarder = Forwarder(config, self.state) if config.forward else None
-        self.ingest_ = Ingest(config, self.state, self.id, self.forwarder.put if self.forwarder else None)
-        self.api = Api(config, self.detector, self.state, self.registry, self.authorized, self._listening)
-        self.tier = None
-        if config.shards:
-            from a2a_quiescence.collector.tier import Tier
-
-            self.tier = Tier(config, self)
+        self.ingest_ = Ingest(config, self.state, self.tier.collector_id if self.tier is not None else self._own_id,
+                              self.forwarder.put if self.forwarder else None)
+        self.api = Api(config, self.detector, self.state, self.registry, self.authorized, self._listening,
+                       tier=self.tier if shard else None)
         self._stop = asyncio.Event()
 
     # -- settlement notifications ------------------------------------------------
@@ -87,6 +94,9 @@ class Collector:
             cascade.latency_observed = True
 
     # -- the parts, as the receivers, the CLI and the tests use them ---------------
+    def _own_id(self) -> str:
+        return self.id
+
     def authorized(self, header: str | None) -> bool:
         return self.ingest_.authorized(header)
 

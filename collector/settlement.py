@@ -95,7 +95,9 @@ class Detector:
 
     ``on_change(cascade)`` is called after every ingest that changed a cascade;
     ``on_settle(cascade)`` once per settlement (and again if a later root wave
-    settles too).
+    settles too). A shard of a mesh tier is given ``owner_of(trace_id)``: the
+    ring endpoint of the shard owning it when another one does (None: this one),
+    and a new one by ``reassign`` at every membership change.
     """
 
     def __init__(
@@ -108,6 +110,7 @@ class Detector:
         clock: Callable[[], float] = time.time,
         on_settle: Callable[[Cascade], None] | None = None,
         on_change: Callable[[Cascade], None] | None = None,
+        owner_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.stuck_after = stuck_after
         self.retention = retention
@@ -125,20 +128,19 @@ class Detector:
         self.settled_by_outcome: dict[str, int] = {v: 0 for v in names.VERDICTS}
         self.snapshots_total = 0
         self.stale_total = 0
-        # a shard of a mesh tier: trace id -> the owning shard's ring endpoint (None: not sharded)
-        self.owner_of: Callable[[str], str | None] | None = None
-        self.me: str | None = None
+        # a shard of a mesh tier: trace id -> the ring endpoint of the shard owning it
+        # when that is another shard (None: this one); no rule: not sharded
+        self._owner_of = owner_of
         self.expired_moved = 0
 
     def _owner(self, trace_id: str) -> str | None:
         """The shard owning ``trace_id`` when it is not this one (None: ours, or not sharded)."""
-        if self.owner_of is None:
-            return None
-        owner = self.owner_of(trace_id)
-        return None if owner is None or owner == self.me else owner
+        return None if self._owner_of is None else self._owner_of(trace_id)
 
-    def reassign(self) -> int:
-        """After a ring change: mark each cascade moved or ours again. Returns how many are moved."""
+    def reassign(self, owner_of: Callable[[str], str | None]) -> int:
+        """After a ring change: take its ownership rule (as ``owner_of`` above) and mark
+        each cascade moved or ours again. Returns how many are moved."""
+        self._owner_of = owner_of
         moved = 0
         for trace_id, cascade in self.cascades.items():
             cascade.owner = self._owner(trace_id)

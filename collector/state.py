@@ -74,6 +74,7 @@ class MeshState:
         agent_timeout: float = 10.0,
         max_agents: int = 1000,
         clock: Callable[[], float] = time.time,
+        shard: bool = False,
     ) -> None:
         self.detector = detector
         self.agent_timeout = agent_timeout
@@ -91,9 +92,7 @@ class MeshState:
         # a shard of a mesh tier decides cascades only: hop snapshots reach it at random
         # (the exporter scatters records without a trace id), so it ignores them; the
         # agents' own state is the pod sidecars'
-        self.shard = False
-        self.ring_shards: int | None = None  # a mesh tier: shards in the ring (None: no tier)
-        self.ring_changes = 0
+        self.shard = shard
         self._edge_seen: dict[tuple[str, str, str], int] = {}  # (incarnation, trace, src) -> count
 
     def evicted_counts(self) -> dict[str, int]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import httpx
 
@@ -34,23 +34,34 @@ from a2a_quiescence.shards import Membership, ShardSpec
 logger = logging.getLogger("a2a_quiescence.collector")
 
 
+class Ownership(Protocol):
+    """What a shard tells its detector at every membership change: the rule giving,
+    for a trace id, the ring endpoint of the shard owning it when another shard does
+    (None: this one). Returns how many cascades held here are moved."""
+
+    def reassign(self, owner_of: Callable[[str], str | None]) -> int: ...
+
+
 class Tier:
-    def __init__(self, config: Config, collector: Any) -> None:
+    """Given its settings, the collector id it was started with (``base_id``) and, on
+    a shard, the detector's ``Ownership``. It owns the membership; the rest of the
+    collector asks it: ``collector_id()`` (what agents are answered with),
+    ``owner_elsewhere(trace_id)``, ``ring_seen()`` (for /metrics), ``owner_url``,
+    ``describe``, and on a shard ``describe_at_owner`` and ``mesh``."""
+
+    def __init__(self, config: Config, *, base_id: str, ownership: Ownership | None = None) -> None:
         assert config.shards
         self.config = config
-        self.collector = collector
         self.spec = ShardSpec(config.shards, config.ring_port)
         self.me = config.shard_name
-        self.base_id = collector.ingest_.collector_id
+        assert ownership is not None or not self.me, "a shard's tier needs the detector's ownership"
+        self.ownership = ownership
+        self.base_id = base_id
         self.membership: Membership | None = None
         self.changes = 0
         self.changed_at = 0.0
         self.adopted: str | None = None
         self._warned = False
-        if self.me:
-            collector.state.shard = True
-            collector.detector.me = self.me
-            collector.api.tier = self
         try:
             first = self.spec.resolve()
         except (OSError, ValueError, LookupError) as exc:
@@ -59,6 +70,20 @@ class Tier:
             self._warned = True
             first = Membership(())
         self.apply(first, time.monotonic())
+
+    def collector_id(self) -> str:
+        """The id agents are answered with: the base id, with the adopted epoch once there is one."""
+        return self.base_id if self.adopted is None else f"{self.base_id}.{self.adopted}"
+
+    def owner_elsewhere(self, trace_id: str) -> str | None:
+        """The ring endpoint of the shard owning ``trace_id`` by the current membership,
+        when it is not this one (None: this one, or an empty shard set)."""
+        owner = self.membership.owner(trace_id) if self.membership is not None else None
+        return None if owner is None or owner.endpoint == self.me else owner.endpoint
+
+    def ring_seen(self) -> tuple[int, int]:
+        """(shards in the ring as last read, membership changes seen)."""
+        return (len(self.membership.shards) if self.membership is not None else 0), self.changes
 
     def owner_url(self, endpoint: str) -> str | None:
         membership = self.membership
@@ -78,15 +103,11 @@ class Tier:
             if not first:
                 self.changes += 1
                 logger.info("mesh tier membership changed: %s", ", ".join(membership.endpoints()))
-            self.collector.state.ring_shards = len(membership.shards)
-            self.collector.state.ring_changes = self.changes
             if self.me and membership.shards and self.me not in membership.endpoints():
                 logger.warning("this shard (--shard-name %s) is not in the shard set (%s): it owns no cascade",
                                self.me, ", ".join(membership.endpoints()))
-            if self.me:
-                ring = membership.ring
-                self.collector.detector.owner_of = ring.endpoint_for
-                self.collector.detector.reassign()
+            if self.me and self.ownership is not None:
+                self.ownership.reassign(self.owner_elsewhere)
             # at once: the exporter may route by the new ring already (its k8s resolver
             # watches; the DNS this sidecar reads lags behind it), and then the moved
             # cascades' new owners get the resends now
@@ -98,9 +119,8 @@ class Tier:
             self._adopt(settled)
 
     def _adopt(self, epoch: str) -> None:
+        # agents resend what they hold when collector_id() changes (instrumentation/reporter.py)
         self.adopted = epoch
-        # agents resend what they hold when this id changes (instrumentation/reporter.py)
-        self.collector.ingest_.collector_id = f"{self.base_id}.{epoch}"
 
     async def run(self) -> None:
         while True:

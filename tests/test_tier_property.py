@@ -53,9 +53,15 @@ class Tier:
         self.lost_deliveries = 0
 
     def _start(self, name: str) -> None:
-        detector = Detector(**self.kwargs)
-        detector.me = name
-        self.shards[name] = detector
+        self.shards[name] = Detector(**self.kwargs)
+
+    @staticmethod
+    def elsewhere(ring: Ring, me: str):
+        """The ownership rule a shard's tier gives its detector: the owner, when it is not ``me``."""
+        def owner_of(trace_id: str) -> str | None:
+            owner = ring.endpoint_for(trace_id)
+            return None if owner is None or owner == me else owner
+        return owner_of
 
     def change(self, join: str | None, leave: str | None, lag: bool) -> None:
         before = self.routing
@@ -66,9 +72,8 @@ class Tier:
             self.members.append(join)
             self._start(join)
         ring = Ring(sorted(self.members))
-        for detector in self.shards.values():
-            detector.owner_of = ring.endpoint_for
-            detector.reassign()
+        for name, detector in self.shards.items():
+            detector.reassign(self.elsewhere(ring, name))
             if self.sim.variant is TIER_EXPIRES_AS_SETTLED:
                 for cascade in detector.cascades.values():
                     if cascade.owner is not None and not cascade.settled:

@@ -4,7 +4,7 @@ snapshots, and how answers from several shards are merged."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import Callable
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.config import Config
@@ -26,13 +26,15 @@ class Clock:
         return self.now
 
 
+def elsewhere(owners: dict[str, str], me: str = "s0") -> Callable[[str], str | None]:
+    """The ownership rule a shard's tier gives its detector: the owner, when it is not ``me``."""
+    return lambda trace_id: None if owners.get(trace_id) in (None, me) else owners[trace_id]
+
+
 def shard_state(owners: dict[str, str], me: str = "s0") -> tuple[Detector, MeshState, Clock]:
     clock = Clock()
-    detector = Detector(stuck_after=5.0, retention=60.0, clock=clock)
-    detector.owner_of = owners.get
-    detector.me = me
-    state = MeshState(detector=detector, agent_timeout=10.0, clock=clock)
-    state.shard = True
+    detector = Detector(stuck_after=5.0, retention=60.0, clock=clock, owner_of=elsewhere(owners, me))
+    state = MeshState(detector=detector, agent_timeout=10.0, clock=clock, shard=True)
     return detector, state, clock
 
 
@@ -51,8 +53,7 @@ def test_only_owned_cascades_count_as_open_or_stuck() -> None:
     assert detector.counts() == (1, 1)  # fires: the owned one is stuck
     assert detector.status(detector.cascades[B]) == names.STATUS_MOVED  # must not: the moved one is not
     # the ring changes back: B is ours again, and stuck
-    detector.owner_of = {A: "s0", B: "s0"}.get
-    assert detector.reassign() == 0
+    assert detector.reassign(elsewhere({A: "s0", B: "s0"})) == 0
     assert detector.counts() == (2, 2)
 
 
@@ -70,8 +71,7 @@ def test_a_settled_cascade_stays_settled_when_it_moves() -> None:
     detector, _state, _clock = shard_state({A: "s0"})
     done = CascadeSnapshot(trace_id=A, hop="A", incarnation="i1", seq=1, active=0, roots=Tally().with_id("r"))
     detector.ingest(done)
-    detector.owner_of = {A: "s1"}.get
-    detector.reassign()
+    detector.reassign(elsewhere({A: "s1"}))
     assert detector.status(detector.cascades[A]) == names.STATUS_SETTLED
 
 
@@ -144,34 +144,30 @@ def test_mesh_views_are_summed_and_an_unreachable_shard_is_not_quiet() -> None:
 def test_a_sidecar_tells_agents_to_resend_at_a_change_and_again_once_it_held(tmp_path) -> None:
     ring = tmp_path / "shards"
     ring.write_text("http://s0:9464\n")
-    ingest = SimpleNamespace(collector_id="base")
-    collector = SimpleNamespace(ingest_=ingest, state=SimpleNamespace(ring_shards=None, ring_changes=0))
-    tier = Tier(Config(shards=f"@{ring}", ring_settle=15.0), collector)
-    first = ingest.collector_id
+    tier = Tier(Config(shards=f"@{ring}", ring_settle=15.0), base_id="base")
+    first = tier.collector_id()
     assert first.startswith("base.")
     tier.apply(tier.spec.resolve(), now=50.0)
-    assert ingest.collector_id == first  # an unchanged membership never asks for a resend
+    assert tier.collector_id() == first  # an unchanged membership never asks for a resend
     ring.write_text("http://s0:9464\nhttp://s1:9464\n")
     tier.apply(tier.spec.resolve(), now=100.0)
-    at_change = ingest.collector_id
-    assert at_change != first and collector.state.ring_changes == 1  # at once: the exporter may route by it
+    at_change = tier.collector_id()
+    assert at_change != first and tier.ring_seen()[1] == 1  # at once: the exporter may route by it
     tier.apply(tier.spec.resolve(), now=114.0)
-    assert ingest.collector_id == at_change  # not again before the membership held for --ring-settle
+    assert tier.collector_id() == at_change  # not again before the membership held for --ring-settle
     tier.apply(tier.spec.resolve(), now=115.0)
-    held = ingest.collector_id
+    held = tier.collector_id()
     assert held not in (first, at_change)  # again: for an exporter that saw it later than this sidecar
     tier.apply(tier.spec.resolve(), now=200.0)
-    assert ingest.collector_id == held  # and never a third time
+    assert tier.collector_id() == held  # and never a third time
     assert tier.describe()["stable_for"] is not None
 
 
 def test_a_shard_set_whose_name_does_not_resolve_yet_starts_empty() -> None:
     """A pod sidecar may start before the shards have addresses: it must run, not crash-loop."""
-    ingest = SimpleNamespace(collector_id="base")
-    collector = SimpleNamespace(ingest_=ingest, state=SimpleNamespace(ring_shards=None, ring_changes=0))
-    tier = Tier(Config(shards="dns+http://no-shards-yet.invalid:9464"), collector)
+    tier = Tier(Config(shards="dns+http://no-shards-yet.invalid:9464"), base_id="base")
     assert tier.membership is not None and tier.membership.shards == ()
-    assert collector.state.ring_shards == 0
+    assert tier.ring_seen()[0] == 0
 
 
 def test_wait_refuses_a_bad_shard_set_and_reports_one_it_cannot_resolve(capsys) -> None:
