@@ -322,8 +322,8 @@ def _row_mesh_tier() -> tuple[str, list[Any]]:
                 "Shards in the mesh tier's ring as the collectors read it (the shards from their shard "
                 "list, the pod sidecars from the headless Service's DNS): the fewest and the most any "
                 "collector sees (they differ while a change propagates), and membership changes seen. "
-                "After a change, cascades move to their new owner; agents resend what they hold once the "
-                "new membership has held for --ring-settle. 0 shards: no mesh tier (no collector was "
+                "After a change, cascades move to their new owner; agents resend what they hold at once and "
+                "again once the new membership has held for --ring-settle. 0 shards: no mesh tier (no collector was "
                 "given a shard set)."
             )
             .with_target(prom_query(f"min({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "A", "shards (fewest seen)"))
