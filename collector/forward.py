@@ -75,7 +75,7 @@ class Forwarder:
             self.state.drop(names.DROP_QUEUE_FULL)
             return
         self.waiting.append(_Request(signal, raw, keep))
-        self.state.forward_waiting = len(self.waiting)
+        self.state.record_forward_waiting(len(self.waiting))
         self.ready.set()
 
     def _take(self) -> _Request:
@@ -97,7 +97,7 @@ class Forwarder:
             first.parts += len(joined)
         if not self.waiting:
             self.ready.clear()
-        self.state.forward_waiting = len(self.waiting)
+        self.state.record_forward_waiting(len(self.waiting))
         return first
 
     async def run(self) -> None:
@@ -129,7 +129,7 @@ class Forwarder:
             else:
                 status = response.status_code
                 if status < 300:
-                    self.state.forwarded += request.parts
+                    self.state.record_forwarded(request.parts)
                     return
                 if status not in RETRYABLE:
                     self.state.drop(names.DROP_UPSTREAM_REFUSED, request.parts)

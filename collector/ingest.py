@@ -41,7 +41,7 @@ class Ingest:
 
     def apply(self, signal: str, message: Any) -> int:
         """Apply a decoded export request; returns how many snapshots were rejected."""
-        self.state.received[signal] = self.state.received.get(signal, 0) + 1
+        self.state.record_received(signal)
         if signal != "logs":
             return 0
         bad = 0

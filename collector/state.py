@@ -106,6 +106,18 @@ class MeshState:
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
 
+    def record_received(self, signal: str) -> None:
+        """An OTLP export request of ``signal`` accepted."""
+        self.received[signal] = self.received.get(signal, 0) + 1
+
+    def record_forward_waiting(self, n: int) -> None:
+        """Requests now waiting to be forwarded upstream."""
+        self.forward_waiting = n
+
+    def record_forwarded(self, n: int) -> None:
+        """Requests forwarded upstream (a joined request counts each of its parts)."""
+        self.forwarded += n
+
     # -- hop snapshots ----------------------------------------------------------
     def _agent(self, name: str) -> Agent:
         agent = self.agents.get(name)
