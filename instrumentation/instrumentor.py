@@ -30,15 +30,13 @@ logger = logging.getLogger(__name__)
 def _after_fork_in_child() -> None:
     """Prefork servers (gunicorn, ``os.fork``) copy an instrumented process: the
     child is a new incarnation with its own reporter thread."""
-    inst = A2AQuiescenceInstrumentor._instance
-    runtime = getattr(inst, "runtime", None) if inst is not None else None
+    inst = A2AQuiescenceInstrumentor()  # the singleton (BaseInstrumentor's), or a fresh one never instrumented
+    runtime = inst.runtime
     if runtime is None:
         return
     try:
         forget_inherited_units()
-        runtime.tracker.after_fork()
-        runtime.loops.clear()
-        runtime.shutting_down = False
+        runtime.after_fork()
         if inst.reporter is not None:
             inst.reporter.after_fork()
     except Exception as exc:  # noqa: BLE001 - fail-open: the child serves on without us

@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation.loop import StallWatch, ensure_loop_hooks, innermost_location, task_location
 from a2a_quiescence.instrumentation.runtime import (
+    ActiveTaskState,
     CASCADE, OWNER, Runtime, add_metric, client_cancel_requested, current, current_cascade, end_span, guard,
     new_ending, note_task_state, record_ending, run_executor, start_span,
 )
@@ -24,15 +25,15 @@ from a2a_quiescence.instrumentation.runtime import (
 # queue -> (role, task id). The value must not reference the ActiveTask: it holds
 # the queue, so a strong reference here would keep key and task alive forever.
 _QUEUE_ROLES: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
-_TASK_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_TASK_STATE: "weakref.WeakKeyDictionary[Any, ActiveTaskState]" = weakref.WeakKeyDictionary()
 # an ActiveTask's TaskManager -> the ActiveTask's state (task states are saved through it)
-_TASK_MANAGER_STATE: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_TASK_MANAGER_STATE: "weakref.WeakKeyDictionary[Any, ActiveTaskState]" = weakref.WeakKeyDictionary()
 
 
 class _ExecutorProxy:
     """Stands in for an ActiveTask's AgentExecutor to learn how execute ended."""
 
-    def __init__(self, executor: Any, state: dict[str, Any]) -> None:
+    def __init__(self, executor: Any, state: ActiveTaskState) -> None:
         self._a2aq_executor = executor
         self._a2aq_state = state
 
@@ -45,25 +46,25 @@ class _ExecutorProxy:
             if rt is not None:
                 with guard("execute"):
                     request = args[0] if args else kwargs.get("context")
-                    task_id = str(getattr(request, "task_id", "") or state.get("task_id", ""))
+                    task_id = str(getattr(request, "task_id", "") or state.task_id)
             if task_id is None:
                 return await coro
             return await run_executor(rt, task_id, state, coro)
         except asyncio.CancelledError:
-            state.setdefault("outcome", names.OUTCOME_CANCELLED)
+            state.end(names.OUTCOME_CANCELLED)
             raise
         except BaseException:
-            state.setdefault("outcome", names.OUTCOME_FAILED)
+            state.end(names.OUTCOME_FAILED)
             raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._a2aq_executor, name)
 
 
-def _owner_state(args: Any, kwargs: Any) -> dict[str, Any] | None:
-    """The state of an ActiveTask about to be built: its task id, its cascade, its units."""
+def _owner_state(args: Any, kwargs: Any) -> ActiveTaskState:
+    """The state of an ActiveTask about to be built: its task id, its cascade."""
     task_id = kwargs.get("task_id", args[1] if len(args) > 1 else None)
-    return {"task_id": str(task_id or ""), "cascade": CASCADE.get(), "tokens": []}
+    return ActiveTaskState(task_id=str(task_id or ""), cascade=CASCADE.get())
 
 
 def active_task_init(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -119,7 +120,8 @@ async def active_task_start(wrapped: Callable, instance: Any, args: Any, kwargs:
         if rt is not None and span is not None:
             with guard("ActiveTask.start/after"):
                 producer = getattr(instance, "_producer_task", None)
-                if producer is not None and not _TASK_STATE.get(instance, {}).get("tracked"):
+                known = _TASK_STATE.get(instance)
+                if producer is not None and not (known is not None and known.tracked):
                     _track_producer(rt, instance, producer, span)
                 # else: no producer was spawned; the span is never ended, so never exported
 
@@ -145,20 +147,22 @@ def _release_unstarted(rt: Runtime, instance: Any) -> None:
     state = _TASK_STATE.get(instance)
     if state is None or getattr(instance, "_producer_task", None) is not None or not instance.is_finished:
         return
-    for token in state["tokens"]:
+    for token in state.tokens:
         if not token.released:
             token.plumbing = True
             rt.tracker.release(token)
 
 
 def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:
-    state = _TASK_STATE.setdefault(instance, {})
-    state["tracked"] = True
+    state = _TASK_STATE.get(instance)
+    if state is None:
+        state = _TASK_STATE[instance] = ActiveTaskState(task_id=str(instance.task_id))
+    state.tracked = True
     producer_started(rt, str(instance.task_id), producer)
 
     def finished(task: asyncio.Task) -> None:
         with guard("producer done"):
-            outcome = state.get("outcome")
+            outcome = state.outcome
             if task.cancelled():
                 outcome = names.OUTCOME_CANCELLED
             elif outcome is None:
@@ -201,19 +205,19 @@ def producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: s
     end_span(span)
 
 
-def _producer_working(instance: Any, state: dict[str, Any]) -> bool:
+def _producer_working(instance: Any, state: ActiveTaskState) -> bool:
     """The producer still runs the agent's work (or waits for its user's next message)."""
     producer = getattr(instance, "_producer_task", None)
     return (
         producer is not None
         and not producer.done()
         and not instance.is_finished
-        and bool(state.get("executing") or state.get("awaiting"))
+        and bool(state.executing or state.awaiting)
     )
 
 
-def _parked_where(instance: Any, state: dict[str, Any]) -> str:
-    ref = state.get("exec_task")
+def _parked_where(instance: Any, state: ActiveTaskState) -> str:
+    ref = state.exec_task
     task = ref() if ref is not None else None
     if task is None or task.done():
         task = getattr(instance, "_producer_task", None)
@@ -227,13 +231,16 @@ async def active_task_cancel(wrapped: Callable, instance: Any, args: Any, kwargs
         if state is not None and rt is not None:
             if _producer_working(instance, state):
                 # recorded now, while the producer still holds its unit
-                client_cancel_requested(rt, state["task_id"])
-                record_ending(rt, state["cascade"], new_ending(names.END_TASK_CANCELLED, state["task_id"]))
-            state.setdefault("outcome", names.OUTCOME_CANCELLED)
+                client_cancel_requested(rt, state.task_id)
+                record_ending(rt, state.cascade, new_ending(names.END_TASK_CANCELLED, state.task_id))
+            state.end(names.OUTCOME_CANCELLED)
     return await wrapped(*args, **kwargs)
 
 
-def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = None) -> Callable:
+def _aclose_wrapper(span_name: str, on_start: Callable[[Runtime, Any], None] | None = None,
+                    on_end: Callable[[Runtime], None] | None = None) -> Callable:
+    """A wrapper for an ``aclose`` coroutine method: a span named ``span_name`` around
+    it, watched for stalls; ``on_start(rt, instance)`` runs before it, ``on_end(rt)`` after."""
     async def wrapper(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
         rt = current()
         span = watch = token = None
@@ -241,10 +248,8 @@ def _aclose_wrapper(span_name: str, on_end: Callable[[Runtime], None] | None = N
             with guard(span_name):
                 task_id = str(getattr(instance, "task_id", "") or "")
                 attrs = {names.ATTR_TASK_ID: task_id} if task_id else {}
-                if span_name == names.SPAN_HANDLER_ACLOSE:
-                    rt.shutting_down = True
-                if span_name == names.SPAN_TASK_ACLOSE:
-                    _drain_task(rt, instance)
+                if on_start is not None:
+                    on_start(rt, instance)
                 span = start_span(rt, span_name, attributes=attrs)
                 token = otel_context.attach(trace.set_span_in_context(span))
                 watch = StallWatch(rt, span, span_name, task_id)
@@ -276,14 +281,14 @@ def _drain_task(rt: Runtime, instance: Any) -> None:
     producer = getattr(instance, "_producer_task", None)
     if state is None or producer is None or producer.done():
         return
-    state.setdefault("outcome", names.OUTCOME_CANCELLED)
-    if _producer_working(instance, state) and state.get("cause") is None:
-        state["cause"] = "shutdown"
-        state["parked_at"] = _parked_where(instance, state)
-        detail = "waiting for its user's input" if state.get("awaiting") and not state.get("executing") else "executing"
+    state.end(names.OUTCOME_CANCELLED)
+    if _producer_working(instance, state) and state.cause is None:
+        state.cause = "shutdown"
+        state.parked_at = _parked_where(instance, state)
+        detail = "waiting for its user's input" if state.awaiting and not state.executing else "executing"
         record_ending(
-            rt, state["cascade"],
-            new_ending(names.END_CANCELLED_BY_SHUTDOWN, state["task_id"], detail=detail, parked_at=state["parked_at"]),
+            rt, state.cascade,
+            new_ending(names.END_CANCELLED_BY_SHUTDOWN, state.task_id, detail=detail, parked_at=state.parked_at),
         )
         rt.tracker.shutdown_cancelled()
 
@@ -309,9 +314,13 @@ def record_shutdown(rt: Runtime, reason: str) -> int:
     return leaked
 
 
-handler_aclose = _aclose_wrapper(names.SPAN_HANDLER_ACLOSE, _shutdown_completed("request_handler.aclose"))
+def _shutting_down(rt: Runtime, instance: Any) -> None:
+    rt.shutting_down = True
+
+
+handler_aclose = _aclose_wrapper(names.SPAN_HANDLER_ACLOSE, _shutting_down, _shutdown_completed("request_handler.aclose"))
 registry_aclose = _aclose_wrapper(names.SPAN_REGISTRY_ACLOSE)
-task_aclose = _aclose_wrapper(names.SPAN_TASK_ACLOSE)
+task_aclose = _aclose_wrapper(names.SPAN_TASK_ACLOSE, _drain_task)
 
 
 async def queue_close(wrapped: Callable, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -372,15 +381,15 @@ def _task_state_seen(rt: Runtime, manager: Any, task_id: str, state_name: str) -
     owner = _TASK_MANAGER_STATE.get(manager)
     # an ActiveTask's state belongs to the cascade that started it while that still
     # holds the task's plumbing; anything else to the request that wrote it
-    if owner is not None and owner["cascade"] and rt.tracker.holds(owner["cascade"], task_id):
-        cascade = owner["cascade"]
+    if owner is not None and owner.cascade and rt.tracker.holds(owner.cascade, task_id):
+        cascade = owner.cascade
     else:
         cascade = CASCADE.get()
     if not cascade:
         return
     awaiting = names.AWAITING_STATES.get(state_name)
     if owner is not None:
-        owner["awaiting"] = awaiting
+        owner.awaiting = awaiting
     rt.tracker.task_state(cascade, task_id, awaiting)
     kind = _TERMINAL_ENDINGS.get(state_name)
     if kind is not None:
@@ -396,12 +405,12 @@ async def event_stream_producer(wrapped: Callable, instance: Any, args: Any, kwa
         return await wrapped(*args, **kwargs)
     span = token = None
     task_id = ""
-    state: dict[str, Any] = {"tokens": []}
+    state = ActiveTaskState()
     with guard("_run_event_stream"):
         request = args[0] if args else kwargs.get("request")
         queue = args[1] if len(args) > 1 else kwargs.get("queue")
         task_id = str(getattr(request, "task_id", "") or "")
-        state.update(task_id=task_id, cascade=current_cascade())
+        state.task_id, state.cascade = task_id, current_cascade()
         if queue is not None:
             _QUEUE_ROLES[queue] = (names.ROLE_AGENT, task_id)
         attrs = producer_attributes(rt, task_id, getattr(request, "context_id", None))

@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation.runtime import (
-    CASCADE, OWNER, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
+    CASCADE, OWNER, ActiveTaskState, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
 )
 from a2a_quiescence.instrumentation.tracker import HopTracker, WorkToken
 
@@ -63,13 +63,13 @@ def _task_collected(ref: _TaskRef) -> None:
 
 
 def _hold(
-    tracker: HopTracker, task: asyncio.Future, cascade: str, owner: dict[str, Any] | None, coro: Any,
+    tracker: HopTracker, task: asyncio.Future, cascade: str, owner: ActiveTaskState | None, coro: Any,
     done_context: contextvars.Context,
 ) -> None:
     """``task`` holds a unit of ``cascade`` until it is done (or collected)."""
-    token = tracker.acquire(cascade, owner["task_id"] if owner is not None else None, getattr(coro, "__qualname__", None))
+    token = tracker.acquire(cascade, owner.task_id if owner is not None else None, getattr(coro, "__qualname__", None))
     if owner is not None:
-        owner["tokens"].append(token)
+        owner.tokens.append(token)
     ref = _TaskRef(task, _task_collected)
     ref.key = key = id(task)
     ref.token, ref.tracker = token, tracker

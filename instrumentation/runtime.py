@@ -17,6 +17,7 @@ import contextvars
 import logging
 import random
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from opentelemetry import context as otel_context, trace
@@ -45,9 +46,34 @@ CALL_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.Contex
     "a2a_quiescence_call_headers", default=None
 )
 
-# the ActiveTask (its state dict) being built or started: the tasks it spawns
-# then are its plumbing (producer, consumer, queue dispatchers), owned by it
-OWNER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("a2a_quiescence_owner", default=None)
+
+
+@dataclass(slots=True, eq=False)
+class ActiveTaskState:
+    """What the instrumentation knows of one ActiveTask (or of a legacy handler's
+    producer): whose task it is, which cascade started it, the units its plumbing
+    holds, and how its agent's work is going and ended."""
+
+    task_id: str = ""
+    cascade: str | None = None  # the cascade that built it
+    tokens: list[Any] = field(default_factory=list)  # WorkTokens of its plumbing tasks
+    tracked: bool = False  # its producer is being watched
+    outcome: str | None = None  # OUTCOME_*, once known
+    executing: int = 0  # the agent's execute() running now
+    exec_task: "weakref.ref[asyncio.Task] | None" = None  # the task running execute() (weak: see run_executor)
+    awaiting: str | None = None  # the awaiting state it reached (input or auth required), if any
+    cause: str | None = None  # "shutdown": its work was cancelled by a drain
+    parked_at: str | None = None  # where its work was parked when the drain cancelled it
+
+    def end(self, outcome: str) -> None:
+        """Record how it ended, unless that is known already (the first answer stands)."""
+        if self.outcome is None:
+            self.outcome = outcome
+
+
+# the ActiveTask being built or started: the tasks it spawns then are its plumbing
+# (producer, consumer, queue dispatchers), owned by it
+OWNER: contextvars.ContextVar[ActiveTaskState | None] = contextvars.ContextVar("a2a_quiescence_owner", default=None)
 
 _warned: set[str] = set()
 
@@ -191,6 +217,13 @@ class Runtime:
         self.parked: dict[str, str] = {}
         self.loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
 
+    def after_fork(self) -> None:
+        """In a forked child, a new incarnation: the parent's cascades, loops and shutdown
+        are not its own (its producers' tasks did not survive the fork)."""
+        self.tracker.after_fork()
+        self.loops.clear()
+        self.shutting_down = False
+
 
 # the Runtime every wrapper sees: one place, set by the instrumentor (None: not instrumented)
 _current: Runtime | None = None
@@ -240,12 +273,12 @@ def record_ending(rt: Runtime, cascade: str | None, ending: dict[str, Any]) -> N
         add_metric(rt.ended, 1, {names.ATTR_ENDING: ending["kind"]})
 
 
-def _cancel_ending(rt: Runtime, task_id: str, state: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+def _cancel_ending(rt: Runtime, task_id: str, state: ActiveTaskState | None, **extra: Any) -> dict[str, Any]:
     """How a cancellation of task ``task_id``'s work ended it: a client's cancel is
     a failure the agents report; a shutdown's, or one of unknown cause, a loss."""
     if task_id in rt.client_cancels:
         return new_ending(names.END_TASK_CANCELLED, task_id, **extra)
-    if (state is not None and state.get("cause") == "shutdown") or rt.shutting_down:
+    if (state is not None and state.cause == "shutdown") or rt.shutting_down:
         return new_ending(names.END_CANCELLED_BY_SHUTDOWN, task_id, **extra)
     return new_ending(names.END_CANCELLED, task_id, **extra)
 
@@ -256,18 +289,18 @@ def client_cancel_requested(rt: Runtime, task_id: str) -> None:
         del rt.client_cancels[next(iter(rt.client_cancels))]
 
 
-async def run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None, coro: Any) -> Any:
+async def run_executor(rt: Runtime, task_id: str, state: ActiveTaskState | None, coro: Any) -> Any:
     """Await the agent's ``execute``; record on the current cascade how it ended
     when it did not complete (inside the executor's task, so while its unit is held)."""
     if state is not None:
-        state["executing"] = state.get("executing", 0) + 1
+        state.executing += 1
         # weak: a failed task's exception (its traceback) reaches back to the ActiveTask
-        state["exec_task"] = weakref.ref(asyncio.current_task())
+        state.exec_task = weakref.ref(asyncio.current_task())
     try:
         return await coro
     except asyncio.CancelledError:
         with guard("execute cancelled"):
-            record_ending(rt, CASCADE.get(), _cancel_ending(rt, task_id, state, parked_at=(state or {}).get("parked_at")))
+            record_ending(rt, CASCADE.get(), _cancel_ending(rt, task_id, state, parked_at=state.parked_at if state else None))
         raise
     except BaseException as exc:
         with guard("execute failed"):
@@ -275,7 +308,7 @@ async def run_executor(rt: Runtime, task_id: str, state: dict[str, Any] | None, 
         raise
     finally:
         if state is not None:
-            state["executing"] -= 1
+            state.executing -= 1
 
 
 # --- shared by the server and client wrappers -----------------------------------

@@ -150,7 +150,7 @@ async def test_aclose_drain_while_a_hop_works_is_lost(view: View) -> None:
         # are stored (an aclose() before C's task is stored leaves C's request waiting for
         # it for ever: an a2a-sdk 1.3.0 hang this test is not about)
         await poll(lambda: [t._task_created.is_set() for t, s in list(lifecycle._TASK_STATE.items())
-                            if s.get("executing")] == [True] * 3, "C to be working")
+                            if s.executing] == [True] * 3, "C to be working")
         await mesh["handlers"]["C"].aclose()
         await root
         state = await view.settled(trace_id)
