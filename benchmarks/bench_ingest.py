@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from a2a_quiescence.demo.harness import _bin, free_port, wait_http  # noqa: E402
+from a2a_quiescence.demo.harness import free_port, program_path, wait_http  # noqa: E402
 from a2a_quiescence.instrumentation import reporter  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -109,7 +109,7 @@ class CollectorProc:
     def __init__(self, *extra: str) -> None:
         self.http, self.otlp = free_port(), free_port()
         self.popen = subprocess.Popen(
-            [_bin("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{self.http}",
+            [program_path("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{self.http}",
              "--otlp-listen", f"127.0.0.1:{self.otlp}", "--otlp-grpc-listen", "off", "--log-level", "warning",
              "--agent-timeout", "3600", *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,

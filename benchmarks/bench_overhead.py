@@ -209,11 +209,11 @@ def main() -> None:
     if not shapes or set(shapes) - set(SHAPES):
         parser.error(f"--shapes takes {', '.join(SHAPES)}")
 
-    from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http
+    from a2a_quiescence.demo.harness import free_port, program_path, stop_process, wait_http
 
     http_port, otlp_port = free_port(), free_port()
     log = open(os.devnull, "wb")
-    collector = subprocess.Popen([_bin("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http_port}",
+    collector = subprocess.Popen([program_path("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http_port}",
                                   "--otlp-listen", f"127.0.0.1:{otlp_port}", "--otlp-grpc-listen", "off",
                                   "--log-level", "error"], stdout=log, stderr=subprocess.STDOUT)
     tables = []

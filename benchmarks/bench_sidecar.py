@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from a2a_quiescence import names  # noqa: E402
-from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http  # noqa: E402
+from a2a_quiescence.demo.harness import free_port, program_path, stop_process, wait_http  # noqa: E402
 from a2a_quiescence.instrumentation.reporter import encode  # noqa: E402
 from benchmarks.bench_ingest import cpu_seconds  # noqa: E402
 
@@ -267,7 +267,7 @@ def start_sidecar(workdir: Path, upstream: int, concurrency: int | None) -> tupl
     http, otlp, grpc_port = free_port(), free_port(), free_port()
     extra = ["--forward-concurrency", str(concurrency)] if concurrency else []
     popen = subprocess.Popen(
-        [_bin("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http}",
+        [program_path("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http}",
          "--otlp-listen", f"127.0.0.1:{otlp}", "--otlp-grpc-listen", f"127.0.0.1:{grpc_port}",
          "--forward", f"http://127.0.0.1:{upstream}", "--agent-timeout", "3600", "--max-agents", "100000",
          "--log-level", "warning", *extra],

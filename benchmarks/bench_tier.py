@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' shard processes and real collector
 
-from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http  # noqa: E402
+from a2a_quiescence.demo.harness import program_path, free_port, stop_process, wait_http  # noqa: E402
 from benchmarks.bench_ingest import cpu_seconds, rss_bytes  # noqa: E402
 from a2a_quiescence.instrumentation.reporter import encode  # noqa: E402
 from a2a_quiescence.shards import ShardSpec  # noqa: E402
@@ -90,7 +90,7 @@ class Shard:
 
     def start(self) -> None:
         self.popen = subprocess.Popen(
-            [_bin("a2a-quiescence"), "collector", "--otlp-listen", "off", "--otlp-grpc-listen", self.endpoint,
+            [program_path("a2a-quiescence"), "collector", "--otlp-listen", "off", "--otlp-grpc-listen", self.endpoint,
              "--http-listen", f"127.0.0.1:{self.http}", "--shards", f"@{self.ring_file}",
              "--shard-name", self.endpoint, "--agent-timeout", "3600", "--log-level", "warning", *self.extra],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),

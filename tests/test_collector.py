@@ -28,7 +28,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port, stop_process, wait_http
+from a2a_quiescence.demo.harness import Mesh, free_port, program_path, stop_process, wait_http
 
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.instrumentation import reporter
@@ -57,7 +57,7 @@ class Collector:
         self.grpc_port = grpc_port
         self.token = token
         cmd = [
-            _bin("a2a-quiescence"), "collector",
+            program_path("a2a-quiescence"), "collector",
             "--http-listen", f"127.0.0.1:{self.http_port}",
             "--otlp-listen", f"127.0.0.1:{self.otlp_port}",
             "--otlp-grpc-listen", f"127.0.0.1:{grpc_port}" if grpc_port else "off",
@@ -328,7 +328,7 @@ def test_promtool_check_metrics_is_clean(guarded: Collector) -> None:
 def test_non_loopback_listen_needs_allow_remote(flag: str) -> None:
     args = {"--http-listen": "127.0.0.1:0", "--otlp-listen": "127.0.0.1:0", "--otlp-grpc-listen": "off"}
     args[flag] = "0.0.0.0:0"
-    cmd = [_bin("a2a-quiescence"), "collector", *[x for kv in args.items() for x in kv]]
+    cmd = [program_path("a2a-quiescence"), "collector", *[x for kv in args.items() for x in kv]]
     result = subprocess.run(cmd, capture_output=True, timeout=60)
     assert result.returncode == 2, result
     assert b"--allow-remote" in result.stderr

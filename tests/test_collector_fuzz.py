@@ -25,7 +25,7 @@ from prometheus_client.exposition import generate_latest
 from a2a_quiescence import names
 from a2a_quiescence.collector import otlp
 from a2a_quiescence.collector.server import Collector, Config
-from a2a_quiescence.demo.harness import _bin, free_port, stop_process, wait_http
+from a2a_quiescence.demo.harness import free_port, program_path, stop_process, wait_http
 from a2a_quiescence.instrumentation import reporter
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -253,7 +253,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     http_port, otlp_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("fuzz") / "collector.log"
     popen = subprocess.Popen(
-        [_bin("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http_port}",
+        [program_path("a2a-quiescence"), "collector", "--http-listen", f"127.0.0.1:{http_port}",
          "--otlp-listen", f"127.0.0.1:{otlp_port}", "--otlp-grpc-listen", "off",
          "--max-body-bytes", str(LIMIT), "--max-agents", "50", "--max-cascades", "200", "--log-level", "warning"],
         stdout=log.open("ab"), stderr=subprocess.STDOUT,

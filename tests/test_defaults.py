@@ -16,7 +16,7 @@ import pytest
 
 from a2a_quiescence import environment_variables as variables
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Proc, _bin, free_port, wait_http
+from a2a_quiescence.demo.harness import Proc, free_port, program_path, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.wait import wait_sync
 from support import TIMED_OUT_LAST, metric, port_free, wait_until
@@ -28,7 +28,7 @@ def test_default_ports_need_no_settings(tmp_path: Path) -> None:
     if busy:
         pytest.fail(f"default ports in use by something else: {busy}")
     log = (tmp_path / "collector.log").open("ab")
-    collector = Proc("collector", subprocess.Popen([_bin("a2a-quiescence"), "collector"], stdout=log, stderr=subprocess.STDOUT), defaults[2], tmp_path / "collector.log")
+    collector = Proc("collector", subprocess.Popen([program_path("a2a-quiescence"), "collector"], stdout=log, stderr=subprocess.STDOUT), defaults[2], tmp_path / "collector.log")
     agent = None
     try:
         wait_http(f"http://{names.DEFAULT_HTTP}/readyz", proc=collector.popen)
@@ -39,7 +39,7 @@ def test_default_ports_need_no_settings(tmp_path: Path) -> None:
         port = free_port()
         alog = (tmp_path / "agent.log").open("ab")
         agent = Proc("solo", subprocess.Popen(
-            [_bin("opentelemetry-instrument"), sys.executable, "-m", "a2a_quiescence.demo.mesh", "--name", "solo", "--port", str(port)],
+            [program_path("opentelemetry-instrument"), sys.executable, "-m", "a2a_quiescence.demo.mesh", "--name", "solo", "--port", str(port)],
             env=env, stdout=alog, stderr=subprocess.STDOUT), port, tmp_path / "agent.log")
         wait_http(f"{agent.url}/.well-known/agent-card.json", proc=agent.popen)
         trace_id = new_trace_id()
@@ -81,7 +81,7 @@ PROBE = (
 def test_switching_the_instrumentation_off(env: dict[str, str], expected: str) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "A2A_QUIESCENCE_"))}
     r = subprocess.run(
-        [_bin("opentelemetry-instrument"), sys.executable, "-c", PROBE],
+        [program_path("opentelemetry-instrument"), sys.executable, "-c", PROBE],
         env={**clean, "OTEL_SERVICE_NAME": "probe", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
              "OTEL_LOGS_EXPORTER": "none", variables.ENDPOINT.name: "none", **env},
         capture_output=True, text=True, timeout=120, cwd="/",
@@ -129,7 +129,7 @@ def test_the_sdks_own_tracing_is_off_unless_asked_for(setting: str | None, sdk_s
            "OTEL_LOGS_EXPORTER": "none", variables.ENDPOINT.name: "none"}
     if setting is not None:
         env[variables.OTEL_INSTRUMENTATION_A2A_SDK_ENABLED.name] = setting
-    r = subprocess.run([_bin("opentelemetry-instrument"), sys.executable, "-c", SDK_SPANS], env=env,
+    r = subprocess.run([program_path("opentelemetry-instrument"), sys.executable, "-c", SDK_SPANS], env=env,
                        capture_output=True, text=True, timeout=120, cwd="/")
     assert r.returncode == 0, r.stderr[-3000:]
     scopes = json.loads(r.stdout.strip().splitlines()[-1])

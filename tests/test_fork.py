@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port, wait_http
+from a2a_quiescence.demo.harness import Mesh, free_port, program_path, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from support import raise_assertion, wait_until
 
@@ -48,7 +48,7 @@ def test_forked_worker_reports_as_its_own_incarnation(tmp_path: Path) -> None:
         mesh.start_collector()
         ports = free_port(), free_port()
         proc = subprocess.Popen(
-            [_bin("opentelemetry-instrument"), _bin("python"), str(script), str(ports[0]), str(ports[1]), str(pid_file)],
+            [program_path("opentelemetry-instrument"), program_path("python"), str(script), str(ports[0]), str(ports[1]), str(pid_file)],
             env=mesh.agent_env("F"), cwd=tmp_path, stdout=(tmp_path / "F.log").open("ab"), stderr=subprocess.STDOUT,
         )
         child_pid = None

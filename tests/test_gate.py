@@ -23,7 +23,7 @@ from pathlib import Path
 import httpcore  # noqa: F401 - imported before pytester snapshots sys.modules (see below)
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, _bin, read_events
+from a2a_quiescence.demo.harness import Mesh, program_path, read_events
 
 # pytester removes the modules first imported during its test; httpx maps httpcore's
 # exceptions through classes it caches on first use, so httpcore must outlive the test
@@ -104,7 +104,7 @@ INNER = textwrap.dedent(
 
 
 def wait_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_bin("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([program_path("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_gate_against_the_demo_mesh(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

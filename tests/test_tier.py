@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
+from a2a_quiescence.demo.harness import Mesh, program_path, free_port, read_events
 from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.shards import ShardSpec
 from a2a_quiescence.wait import DEFAULT_ENDPOINT, wait_sync
@@ -146,7 +146,7 @@ def test_tier_survives_a_lost_shard_and_a_new_one(router: str, tmp_path: Path, r
             assert fixture.mesh()["shards"]
 
             gate = subprocess.run(
-                [_bin("a2a-quiescence"), "wait", "--mesh", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
+                [program_path("a2a-quiescence"), "wait", "--mesh", "--since", f"{since:.6f}", "--until", f"{until:.6f}",
                  "--shards", f"@{ring_file}", "--timeout", "60"],
                 capture_output=True, text=True, timeout=120,
             )

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
+from a2a_quiescence.demo.harness import Mesh, free_port, program_path, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.shards import ShardSpec
 from a2a_quiescence.pytest_plugin import Quiescence
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def wait_cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([_bin("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([program_path("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def stop(shards: list[ShardProc]) -> None:
@@ -67,7 +67,7 @@ def test_a_wait_answers_from_the_new_owner_when_the_owner_is_killed(tmp_path: Pa
             sent = threading.Thread(target=lambda: asyncio.run(send_plan(mesh.agents["A"].url, plan, trace_id=trace_id)))
             sent.start()
             waiter = subprocess.Popen(
-                [_bin("a2a-quiescence"), "wait", trace_id, "--shards", f"@{ring_file}", "--timeout", "60", "--json"],
+                [program_path("a2a-quiescence"), "wait", trace_id, "--shards", f"@{ring_file}", "--timeout", "60", "--json"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
             # the async Python API waits beside the CLI, through the same owner loss

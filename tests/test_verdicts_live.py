@@ -21,7 +21,7 @@ import pytest
 from a2a.types import a2a_pb2 as pb
 
 from a2a_quiescence import names
-from a2a_quiescence.demo.harness import Mesh, _bin, read_events
+from a2a_quiescence.demo.harness import Mesh, program_path, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
 from support import metric, wait_until
@@ -44,7 +44,7 @@ def settled(api: str, trace_id: str) -> dict[str, Any]:
 
 
 def wait_cli(api: str, trace_id: str) -> subprocess.CompletedProcess:
-    return subprocess.run([_bin("a2a-quiescence"), "wait", trace_id, "--endpoint", api, "--timeout", "30"],
+    return subprocess.run([program_path("a2a-quiescence"), "wait", trace_id, "--endpoint", api, "--timeout", "30"],
                           capture_output=True, text=True, timeout=90)
 
 
@@ -187,7 +187,7 @@ def test_task_awaiting_input_is_not_stuck_and_completes_on_the_answer(mesh: Mesh
     assert waiting["hop"] == "C" and waiting["state"] == "input_required"
     assert sample(mesh, names.M_CASCADES_STUCK) == 0
     assert sample(mesh, names.M_CASCADES_AWAITING) == 1
-    r = subprocess.run([_bin("a2a-quiescence"), "wait", trace_id, "--endpoint", mesh.api, "--timeout", "0"],
+    r = subprocess.run([program_path("a2a-quiescence"), "wait", trace_id, "--endpoint", mesh.api, "--timeout", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "awaiting_input" in r.stderr and waiting["task_id"] in r.stderr
 

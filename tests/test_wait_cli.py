@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from a2a_quiescence.demo.harness import Mesh, _bin, free_port, read_events
+from a2a_quiescence.demo.harness import Mesh, free_port, program_path, read_events
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.pytest_plugin import Quiescence
 from a2a_quiescence.wait import NotSettled, wait_for_quiescence
@@ -35,7 +35,7 @@ def last_event(path: Path, trace_id: str) -> float:
 
 def wait_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [_bin("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=120
+        [program_path("a2a-quiescence"), "wait", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from a2a_quiescence.demo.harness import Mesh, _bin, wait_http
+from a2a_quiescence.demo.harness import Mesh, program_path, wait_http
 from a2a_quiescence.demo.mesh import new_trace_id, send_plan
 from a2a_quiescence.shards import Membership, ShardSpec
 from a2a_quiescence.wait import wait_sync
@@ -39,7 +39,7 @@ class ShardProc:
 def start_shard(shard: ShardProc, ring_file: Path, workdir: Path, *extra: str) -> None:
     log = workdir / f"shard-{shard.grpc_port}.log"
     shard.popen = subprocess.Popen(
-        [_bin("a2a-quiescence"), "collector", "--otlp-listen", "off",
+        [program_path("a2a-quiescence"), "collector", "--otlp-listen", "off",
          "--otlp-grpc-listen", shard.endpoint, "--http-listen", f"127.0.0.1:{shard.http_port}",
          "--shards", f"@{ring_file}", "--shard-name", shard.endpoint, "--ring-refresh", "0.2",
          # what the tests' pod sidecars use: a shard tells clients how long resends may take

@@ -30,7 +30,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bin(name: str) -> str:
+def program_path(name: str) -> str:
+    """The program ``name`` beside this Python (its virtualenv's bin), else on PATH, else ``name``."""
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else (shutil.which(name) or name)
 
@@ -123,7 +124,7 @@ class Mesh:
         log = self.workdir / "collector.log"
         popen = subprocess.Popen(
             [
-                _bin("a2a-quiescence"), "collector",
+                program_path("a2a-quiescence"), "collector",
                 "--http-listen", f"127.0.0.1:{http_port}",
                 "--otlp-listen", f"127.0.0.1:{self.otlp_port}",
                 "--otlp-grpc-listen", "off",
@@ -175,7 +176,7 @@ class Mesh:
         port = port or free_port()
         cmd = [sys.executable, "-m", "a2a_quiescence.demo.mesh", "--name", name, "--port", str(port)]
         if instrument:
-            cmd = [_bin("opentelemetry-instrument")] + cmd
+            cmd = [program_path("opentelemetry-instrument")] + cmd
         for peer in peers:
             cmd += ["--peer", f"{peer}={self.agents[peer].url}"]
         if self.webhook is not None:
