@@ -21,7 +21,7 @@ IN_CI = os.environ.get("A2A_QUIESCENCE_CI") == "1"
 # one tier alone: `bash scripts/test.sh -m unit`. A module missing here fails collection.
 TIERS = {
     "unit": ("test_backends", "test_collector_api", "test_configuration", "test_reporter_encoding", "test_ring", "test_settlement_property",
-             "test_structure", "test_tier_property", "test_tier_state", "test_wire"),
+             "test_structure", "test_tier_bookkeeping", "test_tier_property", "test_tier_state", "test_wire"),
     # real a2a-sdk agents and servers on loopback, in the test's own process
     "inprocess": ("test_coexistence", "test_destroyed_pending", "test_fork", "test_forward", "test_grpc_transport",
                   "test_instrumentation", "test_issue1101", "test_reporter", "test_semconv", "test_verdicts",
