@@ -126,7 +126,7 @@ class Api:
             "stuck": counts[names.STATUS_STUCK],
             "awaiting_input": counts[names.STATUS_AWAITING_INPUT],
             "settled_total": self.detector.settled_total,
-            "settled_by_outcome": dict(self.detector.settled_by_outcome),
+            "settled_by_outcome": self.detector.settled_counts(),
             "moved": moved,
             "cascades": {"open": described[names.STATUS_OPEN], "stuck": described[names.STATUS_STUCK],
                          "awaiting_input": described[names.STATUS_AWAITING_INPUT], "recently_settled": recent},

@@ -137,8 +137,9 @@ def cascade_families(detector: Detector, ring: Callable[[], tuple[int, int]] | N
         "lost: some work never got to finish)",
         labels=["outcome"],
     )
+    by_outcome = detector.settled_counts()
     for outcome in names.VERDICTS:
-        settled.add_metric([outcome], detector.settled_by_outcome[outcome])
+        settled.add_metric([outcome], by_outcome[outcome])
     yield settled
 
 

@@ -230,6 +230,10 @@ class Detector:
         """What is kept of ``trace_id`` once settled and forgotten (None: not forgotten)."""
         return self.tombstones.get(trace_id)
 
+    def settled_counts(self) -> dict[str, int]:
+        """Cascades settled here so far, by outcome (a copy)."""
+        return dict(self.settled_by_outcome)
+
     def evicted_open_count(self) -> int:
         """Open cascades dropped to keep within ``max_cascades``."""
         return self.evicted_open
