@@ -1,15 +1,50 @@
 """`pip install .` ships what the design card promises: the top-level folders
 as the `a2a_quiescence.*` packages, the generated rules and dashboard, the
-CLI, the instrumentor entry point and the pytest plugin."""
+CLI, the instrumentor entry point and the pytest plugin; every module the demo
+(`python -m a2a_quiescence.demo`) imports; not promtool's unit tests of the rules."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 from conftest import ROOT
+
+
+def imported_modules(module: str) -> set[str]:
+    """``module`` and every a2a_quiescence module it imports, at any depth (imports
+    inside functions too), as paths in the wheel."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:  # a name imported from a module, not a submodule
+            continue
+        if spec is None or spec.origin is None:
+            continue
+        seen.add(name)
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                todo.append(node.module)
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]  # submodules
+        todo = [t for t in todo if t == "a2a_quiescence" or t.startswith("a2a_quiescence.")]
+    paths = set()
+    for name in seen:
+        origin = importlib.util.find_spec(name).origin  # type: ignore[union-attr]
+        path = name.replace(".", "/")
+        paths.add(f"{path}/__init__.py" if origin.endswith("__init__.py") else f"{path}.py")
+    return paths
 
 
 def test_wheel_contents_and_entry_points(tmp_path: Path) -> None:
@@ -40,6 +75,12 @@ def test_wheel_contents_and_entry_points(tmp_path: Path) -> None:
     ):
         assert module in files, module
     assert not any(f.startswith(("tests/", "benchmarks/", "helm/")) for f in files)
+    # the demo runs from the wheel: every module it imports is in it
+    demo = imported_modules("a2a_quiescence.demo.__main__")
+    assert {"a2a_quiescence/demo/harness.py", "a2a_quiescence/demo/stack.py", "a2a_quiescence/wait.py"} <= demo
+    assert demo <= files, sorted(demo - files)
+    # promtool's unit tests of the rules stay in the repository
+    assert "a2a_quiescence/dashboards/generated/prometheus-rules-test.yaml" not in files
     assert "[opentelemetry_instrumentor]\na2a_quiescence = a2a_quiescence.instrumentation:A2AQuiescenceInstrumentor" in entry_points
     assert "[pytest11]\na2a_quiescence = a2a_quiescence.pytest_plugin" in entry_points
     assert "[console_scripts]\na2a-quiescence = a2a_quiescence.cli:main" in entry_points
