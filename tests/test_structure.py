@@ -13,9 +13,7 @@ sources are parsed, nothing is imported or run.
   part handles (``HANDLES``).
 
 Each rule has a case below that parses a bad snippet and a good one with the
-same functions. collector/ is being reworked: its violations are the named list
-``PENDING_COLLECTOR``, which may only shrink (an entry that no longer fails must
-be removed); everything else passes with no exception.
+same functions. The product passes with no exception.
 """
 
 from __future__ import annotations
@@ -39,10 +37,6 @@ PUBLIC_UNDERSCORE = frozenset({
 PRIVATE_ACCESS_CALLS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
 OWN = frozenset({"self", "cls"})
 
-# collector/ is being reworked: what it still violates, "file:rule". An entry that no
-# longer fails must go (test_pending_collector_list_only_shrinks); none may be added.
-# Emptied by the rework (it listed api.py and tier.py:any-handle, metrics.py:function-length).
-PENDING_COLLECTOR: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, order=True)
@@ -285,10 +279,6 @@ def product_violations() -> list[Violation]:
     return [v for rel, text in sources.items() for v in check_source(rel, text, product)]
 
 
-def _in_collector(v: Violation) -> bool:
-    return v.path.startswith("collector/")
-
-
 # -- the product ---------------------------------------------------------------------------
 
 
@@ -298,39 +288,9 @@ def test_the_product_is_scanned() -> None:
     assert not any("tests" in p.parts for p in product_files())
 
 
-def test_no_violations_outside_collector() -> None:
-    found = [v for v in product_violations() if not _in_collector(v)]
+def test_no_violations() -> None:
+    found = product_violations()
     assert not found, "structure limits broken:\n" + "\n".join(map(str, found))
-
-
-def pending_problems(found: list[Violation], pending: frozenset[str]) -> tuple[list[Violation], list[str]]:
-    """Of collector/'s violations: those the pending list does not name (new), and the
-    entries of the list that no longer fail (fixed, to be removed)."""
-    mine = [v for v in found if _in_collector(v)]
-    new = [v for v in mine if v.key not in pending]
-    fixed = sorted(pending - {v.key for v in mine})
-    return new, fixed
-
-
-def test_collector_violations_are_all_pending() -> None:
-    new, _ = pending_problems(product_violations(), PENDING_COLLECTOR)
-    assert not new, "collector/ breaks limits not in PENDING_COLLECTOR:\n" + "\n".join(map(str, new))
-
-
-def test_pending_collector_list_only_shrinks() -> None:
-    _, fixed = pending_problems(product_violations(), PENDING_COLLECTOR)
-    assert not fixed, f"fixed: remove from PENDING_COLLECTOR: {fixed}"
-    assert all(key.startswith("collector/") for key in PENDING_COLLECTOR)
-
-
-def test_the_pending_list_catches_new_and_fixed_violations() -> None:
-    found = [Violation("collector/state.py", 3, "file-length", "501 lines"),
-             Violation("collector/api.py", 9, "any-handle", "parameter tier"),
-             Violation("a2a_quiescence/wait.py", 1, "file-length", "501 lines")]
-    pending = frozenset({"collector/state.py:file-length", "collector/tier.py:private-import"})
-    new, fixed = pending_problems(found, pending)
-    assert [str(v) for v in new] == ["collector/api.py:9: any-handle: parameter tier"]
-    assert fixed == ["collector/tier.py:private-import"]
 
 
 # -- each rule fires on a bad snippet and stays silent on a good one ------------------------
