@@ -1,7 +1,9 @@
 """``a2a-quiescence dashboards push``: install the "A2A mesh" dashboard in Grafana.
 
 grafana-client is imported only when the command runs: it is the optional
-``grafana`` extra, kept out of agent environments.
+``grafana`` extra, kept out of agent environments. The dashboard pushed is the
+committed JSON, or with ``--job`` one rendered for that scrape job (which needs
+the generator's ``dashboards`` extra).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from a2a_quiescence import environment_variables as env
-from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DEFAULT_FOLDER
+from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DEFAULT, DEFAULT_FOLDER, Deployment
 from a2a_quiescence.dashboards.generate import DASHBOARD_NAME, GENERATED
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ def add_parser(subparsers: Any) -> None:
                       help=f"service account token (default: ${ENV_GRAFANA_TOKEN})")
     push.add_argument("--folder", default=DEFAULT_FOLDER, metavar="NAME",
                       help=f"folder title (default: {DEFAULT_FOLDER})")
+    push.add_argument("--job", default=DEFAULT.job, metavar="JOB",
+                      help=f"Prometheus scrape job of the collectors the dashboard's queries select (default: "
+                           f"{DEFAULT.job}); another job renders the dashboard, which needs the dashboards extra")
     push.set_defaults(func=run_push)
 
 
@@ -63,7 +68,12 @@ def run_push(args: argparse.Namespace) -> int:
         print(f"error: no Grafana token: pass --token or set {ENV_GRAFANA_TOKEN}", file=sys.stderr)
         return 2
     try:
-        result = push(args.grafana_url, token, args.folder)
+        deployment = Deployment(job=args.job)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = push(args.grafana_url, token, args.folder, deployment)
     except PushError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -71,12 +81,22 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_dashboard() -> dict[str, Any]:
-    return json.loads((GENERATED / DASHBOARD_NAME).read_text(encoding="utf-8"))
+def load_dashboard(deployment: Deployment = DEFAULT) -> dict[str, Any]:
+    """The committed dashboard, or for another deployment the dashboard rendered with it."""
+    if deployment == DEFAULT:
+        return json.loads((GENERATED / DASHBOARD_NAME).read_text(encoding="utf-8"))
+    try:
+        from a2a_quiescence.dashboards.dashboard import dashboard_dict
+    except ImportError:
+        raise PushError(
+            "a dashboard for another scrape job is rendered with grafana-foundation-sdk, which is not "
+            "installed: pip install 'a2a-quiescence[dashboards]'"
+        ) from None
+    return dashboard_dict(deployment=deployment)
 
 
-def push(grafana_url: str, token: str, folder: str) -> str:
-    """Create ``folder`` if absent and the dashboard in it, overwriting; return its URL."""
+def push(grafana_url: str, token: str, folder: str, deployment: Deployment = DEFAULT) -> str:
+    """Create ``folder`` if absent and the dashboard for ``deployment`` in it, overwriting; return its URL."""
     try:
         from grafana_client import GrafanaApi
         from grafana_client.client import GrafanaException, GrafanaTimeoutError
@@ -85,10 +105,10 @@ def push(grafana_url: str, token: str, folder: str) -> str:
             "grafana-client is not installed: pip install 'a2a-quiescence[grafana]'"
         ) from None
 
+    board = load_dashboard(deployment)  # before Grafana is touched: a missing extra creates no folder
     api = GrafanaApi.from_url(grafana_url.rstrip("/"), credential=token, timeout=TIMEOUT_SECONDS)
     try:
         folder_uid = _ensure_folder(api, folder)
-        board = load_dashboard()
         board.pop("id", None)  # Grafana matches on uid; an id from elsewhere would clash
         response = api.dashboard.update_dashboard({
             "dashboard": board,

@@ -20,7 +20,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from a2a_quiescence import names as n
 from a2a_quiescence.dashboards import rules
-from a2a_quiescence.dashboards.deployment import COLLECTOR_JOB, DASHBOARD_TITLE, DASHBOARD_UID
+from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DASHBOARD_UID, DEFAULT, Deployment
 from a2a_quiescence.dashboards.panels import (
     AGENT_MATCH, GREEN_RED, NO_TIER, OUTCOME_COLORS, PROM, TRACE_BACKENDS, VAR_AGENT, VAR_PROMETHEUS, VAR_TRACES,
     agent_data_link, explore_url, fixed_color, last_value, legend_options, node_graph_queries, panel_link, prom_query,
@@ -30,7 +30,7 @@ from a2a_quiescence.dashboards.panels import (
 from a2a_quiescence.dashboards.reading import iter_panels, promql_expressions, substitute_variables  # noqa: F401
 
 
-def _settled_by_outcome() -> timeseries.Panel:
+def _settled_by_outcome(queries: rules.Queries) -> timeseries.Panel:
     """Cascades settled per second, one line per outcome in its own colour."""
     panel = (
         timeseries.Panel()
@@ -42,7 +42,7 @@ def _settled_by_outcome() -> timeseries.Panel:
             "A2ACascadeSettledWithLostWork; GET /v1/cascades/{trace_id} lists the losses."
         )
         .with_target(prom_query(
-            f"sum by (outcome) (rate({rules.over_collectors(n.M_CASCADES_SETTLED)}[$__rate_interval]))",
+            f"sum by (outcome) (rate({queries.over_collectors(n.M_CASCADES_SETTLED)}[$__rate_interval]))",
             "A", "{{outcome}}"))
         .unit("ops")
         .legend(legend_options())
@@ -53,12 +53,12 @@ def _settled_by_outcome() -> timeseries.Panel:
     return panel
 
 
-def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
+def _row_quiescence(tb: str, queries: rules.Queries) -> tuple[str, list[Any]]:
     """The "Quiescence" row."""
     latency_p50 = rules.R_DETECTION_LATENCY_P50
     latency_p99 = rules.R_DETECTION_LATENCY_P99
     stuck_link = panel_link(tb, "Open cascades in traces")
-    settled_by_outcome = _settled_by_outcome()
+    settled_by_outcome = _settled_by_outcome(queries)
 
     return (
         ("Quiescence", [
@@ -70,7 +70,7 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "is settled only when every one of them says so and every one can be scraped: a "
                 "shard that cannot be asked may hold open cascades."
             )
-            .with_target(prom_query(rules.MESH_SETTLED, instant=True))
+            .with_target(prom_query(queries.mesh_settled, instant=True))
             .unit("bool_yes_no")
             .mappings([dm.ValueMap(options={
                 "0": dm.ValueMappingResult(text="Not settled", color="orange"),
@@ -86,7 +86,7 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "and those awaiting their user's input. Summed over the collectors that decide settlement "
                 "(every shard of a mesh tier counts the cascades it owns)."
             )
-            .with_target(prom_query(rules.CASCADES_OPEN, instant=True))
+            .with_target(prom_query(queries.cascades_open, instant=True))
             .unit("short")
             .reduce_options(last_value())
             .thresholds(thresholds((None, "green"), (1, "blue")))
@@ -97,7 +97,7 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "Open cascades with no progress for longer than the collector's --stuck-after. Cascades "
                 "only awaiting their user's input are not stuck. Anything above 0 fires A2ACascadeStuck."
             )
-            .with_target(prom_query(rules.CASCADES_STUCK, instant=True))
+            .with_target(prom_query(queries.cascades_stuck, instant=True))
             .unit("short")
             .reduce_options(last_value())
             .thresholds(GREEN_RED)
@@ -111,7 +111,7 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
                 "INPUT_REQUIRED or AUTH_REQUIRED). They are not stuck, however long the user takes, and "
                 "continue when the user answers."
             )
-            .with_target(prom_query(rules.CASCADES_AWAITING, instant=True))
+            .with_target(prom_query(queries.cascades_awaiting, instant=True))
             .unit("short")
             .reduce_options(last_value())
             .thresholds(thresholds((None, "green"), (1, "blue")))
@@ -125,8 +125,8 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
             .with_target(prom_query(latency_p50, "A", "p50"))
             .with_target(prom_query(latency_p99, "B", "p99"))
             .with_target(prom_query(
-                f"sum(rate({rules.over_collectors(n.M_DETECTION_LATENCY + '_sum')}[$__rate_interval]))"
-                f" / sum(rate({rules.over_collectors(n.M_DETECTION_LATENCY + '_count')}[$__rate_interval]))",
+                f"sum(rate({queries.over_collectors(n.M_DETECTION_LATENCY + '_sum')}[$__rate_interval]))"
+                f" / sum(rate({queries.over_collectors(n.M_DETECTION_LATENCY + '_count')}[$__rate_interval]))",
                 "C", "mean"))
             .unit("s")
             .legend(legend_options())
@@ -134,9 +134,9 @@ def _row_quiescence(tb: str) -> tuple[str, list[Any]]:
             timeseries.Panel()
             .title("Cascades over time")
             .description("Open cascades, the stuck ones, and those awaiting their user's input (not stuck).")
-            .with_target(prom_query(rules.CASCADES_OPEN, "A", "open"))
-            .with_target(prom_query(rules.CASCADES_STUCK, "B", "stuck"))
-            .with_target(prom_query(rules.CASCADES_AWAITING, "C", "awaiting input"))
+            .with_target(prom_query(queries.cascades_open, "A", "open"))
+            .with_target(prom_query(queries.cascades_stuck, "B", "stuck"))
+            .with_target(prom_query(queries.cascades_awaiting, "C", "awaiting input"))
             .unit("short")
             .legend(legend_options())
             .span(12).height(7),
@@ -296,7 +296,7 @@ def _row_mesh_topology() -> tuple[str, list[Any]]:
     )
 
 
-def _row_mesh_tier() -> tuple[str, list[Any]]:
+def _row_mesh_tier(queries: rules.Queries) -> tuple[str, list[Any]]:
     """The "Mesh tier" row."""
     return (
         ("Mesh tier", [
@@ -310,9 +310,9 @@ def _row_mesh_tier() -> tuple[str, list[Any]]:
                 "appear after a membership change and are forgotten after the retention period. A single "
                 "mesh collector shows one line and no moved cascades."
             )
-            .with_target(prom_query(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_OPEN)})", "A", "{{instance}} open"))
-            .with_target(prom_query(f"sum by (instance) ({rules.over_collectors(n.M_CASCADES_MOVED)})", "B", "{{instance}} moved"))
-            .with_target(prom_query(rules.CASCADES_MOVED, "C", "moved, all shards"))
+            .with_target(prom_query(f"sum by (instance) ({queries.over_collectors(n.M_CASCADES_OPEN)})", "A", "{{instance}} open"))
+            .with_target(prom_query(f"sum by (instance) ({queries.over_collectors(n.M_CASCADES_MOVED)})", "B", "{{instance}} moved"))
+            .with_target(prom_query(queries.cascades_moved, "C", "moved, all shards"))
             .unit("short")
             .legend(legend_options())
             .span(14).height(8),
@@ -326,10 +326,10 @@ def _row_mesh_tier() -> tuple[str, list[Any]]:
                 "again once the new membership has held for --ring-settle. 0 shards: no mesh tier (no collector was "
                 "given a shard set)."
             )
-            .with_target(prom_query(f"min({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "A", "shards (fewest seen)"))
-            .with_target(prom_query(f"max({rules.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "B", "shards (most seen)"))
+            .with_target(prom_query(f"min({queries.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "A", "shards (fewest seen)"))
+            .with_target(prom_query(f"max({queries.over_collectors(n.M_RING_SHARDS)}){NO_TIER}", "B", "shards (most seen)"))
             .with_target(prom_query(
-                f"max(increase({rules.over_collectors(n.M_RING_CHANGES)}[$__rate_interval])){NO_TIER}",
+                f"max(increase({queries.over_collectors(n.M_RING_CHANGES)}[$__rate_interval])){NO_TIER}",
                 "C", "membership changes"))
             .unit("short")
             .legend(legend_options())
@@ -338,15 +338,17 @@ def _row_mesh_tier() -> tuple[str, list[Any]]:
     )
 
 
-def _row_collector() -> tuple[str, list[Any]]:
+def _row_collector(queries: rules.Queries) -> tuple[str, list[Any]]:
     """The "Collector" row."""
     return (
         ("Collector", [
             stat.Panel()
             .title("Collectors up")
-            .description(f"Collector targets Prometheus scrapes successfully (job {COLLECTOR_JOB}) out of all of them.")
-            .with_target(prom_query(f'sum(up{{job="{COLLECTOR_JOB}"}})', "A", "up", instant=True))
-            .with_target(prom_query(f'count(up{{job="{COLLECTOR_JOB}"}})', "B", "targets", instant=True))
+            .description(
+                f"Collector targets Prometheus scrapes successfully (job {queries.deployment.job}) out of all of them."
+            )
+            .with_target(prom_query(f"sum({queries.collector_up})", "A", "up", instant=True))
+            .with_target(prom_query(f"count({queries.collector_up})", "B", "targets", instant=True))
             .unit("short")
             .reduce_options(last_value())
             .span(4).height(8),
@@ -387,12 +389,17 @@ def _row_collector() -> tuple[str, list[Any]]:
 
 
 # --- the dashboard ---------------------------------------------------------
-def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
-    """The "A2A mesh" dashboard; ``trace_backend`` is ``tempo`` or ``jaeger``."""
+def build_dashboard(trace_backend: str = "tempo", deployment: Deployment = DEFAULT) -> gd.Dashboard:
+    """The "A2A mesh" dashboard; ``trace_backend`` is ``tempo`` or ``jaeger``, ``deployment``
+    gives the scrape job its queries over the collectors select."""
     if trace_backend not in TRACE_BACKENDS:
         raise ValueError(f"trace_backend must be one of {TRACE_BACKENDS}")
     tb = trace_backend
-    rows = [_row_quiescence(tb), _row_producers(tb), _row_shutdown(tb), _row_event_queues_tasks_and_push_deliveries(tb), _row_mesh_topology(), _row_mesh_tier(), _row_collector()]
+    queries = rules.Queries(deployment)
+    rows = [
+        _row_quiescence(tb, queries), _row_producers(tb), _row_shutdown(tb), _row_event_queues_tasks_and_push_deliveries(tb),
+        _row_mesh_topology(), _row_mesh_tier(queries), _row_collector(queries),
+    ]
     board = (
         gd.Dashboard(DASHBOARD_TITLE)
         .uid(DASHBOARD_UID)
@@ -440,12 +447,12 @@ def build_dashboard(trace_backend: str = "tempo") -> gd.Dashboard:
     return board
 
 
-def dashboard_dict(trace_backend: str = "tempo") -> dict[str, Any]:
-    return json.loads(JSONEncoder().encode(build_dashboard(trace_backend).build()))
+def dashboard_dict(trace_backend: str = "tempo", deployment: Deployment = DEFAULT) -> dict[str, Any]:
+    return json.loads(JSONEncoder().encode(build_dashboard(trace_backend, deployment).build()))
 
 
-def dashboard_json(trace_backend: str = "tempo") -> str:
-    """Text of ``generated/a2a-mesh.json``."""
-    return json.dumps(dashboard_dict(trace_backend), indent=2, sort_keys=True) + "\n"
+def dashboard_json(trace_backend: str = "tempo", deployment: Deployment = DEFAULT) -> str:
+    """Text of ``generated/a2a-mesh.json`` (Tempo, the default deployment)."""
+    return json.dumps(dashboard_dict(trace_backend, deployment), indent=2, sort_keys=True) + "\n"
 
 

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import need_tool
 
 from a2a_quiescence.dashboards import dashboard, generate, rules
-from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DASHBOARD_UID
+from a2a_quiescence.dashboards.deployment import DASHBOARD_TITLE, DASHBOARD_UID, DEFAULT, Deployment
 from a2a_quiescence.names import EXPORTED_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def test_committed_outputs_are_fresh() -> None:
 def test_generate_check_exits_non_zero_when_stale(tmp_path: Path, monkeypatch) -> None:
     stale = tmp_path / "generated.txt"
     stale.write_text("old\n")
-    monkeypatch.setattr(generate, "outputs", lambda: {stale: lambda: "new\n"})
+    monkeypatch.setattr(generate, "outputs", lambda out=None, deployment=None: {stale: lambda: "new\n"})
     assert generate.main(["--check"]) == 1
     assert stale.read_text() == "old\n"
     assert generate.main([]) == 0
@@ -69,6 +70,61 @@ def test_generate_check_runs_as_a_module() -> None:
     result = subprocess.run([sys.executable, "-m", "a2a_quiescence.dashboards.generate", "--check"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+OTHER = Deployment(job="mesh-monitoring", runbook_base_url="https://runbooks.example/a2a")
+# a job named anywhere (a matcher, an expected label, a description), in YAML or JSON text
+NAMED_JOB = r'\bjob\W+{}(?![\w-])'
+
+
+def test_generate_out_renders_another_job_and_runbook_address(tmp_path: Path) -> None:
+    """--out with --job and --runbook-url: every query over the collectors selects that job,
+    in the same places the default render selects the default one, and every runbook link
+    is under that address; the committed files are left alone."""
+    committed = {path: path.read_bytes() for path in generate.outputs()}
+    argv = ["--out", str(tmp_path), "--job", OTHER.job, "--runbook-url", OTHER.runbook_base_url]
+    assert generate.main(argv) == 0
+    assert generate.main([*argv, "--check"]) == 0
+    assert {path: path.read_bytes() for path in generate.outputs()} == committed
+    texts = {name: (tmp_path / name).read_text()
+             for name in (generate.RULES_NAME, generate.RULES_TEST_NAME, generate.DASHBOARD_NAME)}
+    for name, text in texts.items():
+        assert not re.search(NAMED_JOB.format(re.escape(DEFAULT.job)), text), name
+        assert re.search(NAMED_JOB.format(re.escape(OTHER.job)), text), name
+
+    rule_file = yaml.safe_load(texts[generate.RULES_NAME])
+    rule_exprs = [r["expr"] for g in rule_file["groups"] for r in g["rules"]]
+    board = json.loads(texts[generate.DASHBOARD_NAME])
+    exprs = rule_exprs + dashboard.promql_expressions(board)
+    default_exprs = RULE_EXPRS + dashboard.promql_expressions(BOARD)
+    assert len(exprs) == len(default_exprs)
+    default_match, other_match = f'job="{DEFAULT.job}"', f'job="{OTHER.job}"'
+    for expr, default_expr in zip(exprs, default_exprs):
+        assert expr == default_expr.replace(default_match, other_match)
+        assert set(re.findall(r'\bjob\s*=~?\s*"([^"]*)"', expr)) <= {OTHER.job}, expr
+    # the cascade series, the collectors' up, the detection latency, the ring
+    assert sum(other_match in expr for expr in exprs) >= 20
+    assert rules.Queries(OTHER).mesh_settled in exprs
+
+    alerts = [r for g in rule_file["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) == len(rules.ALERTS)
+    for alert in alerts:
+        assert alert["annotations"]["runbook_url"] == f"https://runbooks.example/a2a/{alert['alert']}.md"
+    cases = yaml.safe_load(texts[generate.RULES_TEST_NAME])["tests"]
+    expected = [e for c in cases for t in c.get("alert_rule_test", []) for e in t["exp_alerts"]]
+    assert expected
+    for alert in expected:
+        assert alert["exp_annotations"]["runbook_url"].startswith("https://runbooks.example/a2a/")
+
+
+def test_generate_refuses_another_job_for_the_committed_files(capsys: pytest.CaptureFixture[str]) -> None:
+    committed = {path: path.read_bytes() for path in generate.outputs()}
+    for argv in (["--job", OTHER.job], ["--runbook-url", OTHER.runbook_base_url], ["--check", "--job", OTHER.job]):
+        with pytest.raises(SystemExit) as exited:
+            generate.main(argv)
+        assert exited.value.code == 2, argv
+        assert "need --out" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in generate.outputs()} == committed
 
 
 def test_helm_copies_equal_generated() -> None:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from a2a_quiescence.dashboards import cli
-from a2a_quiescence.dashboards.deployment import DASHBOARD_UID
+from a2a_quiescence.dashboards.deployment import DASHBOARD_UID, DEFAULT
 
 TOKEN = "glsa_test_token"
 VIEWER_TOKEN = "glsa_viewer_token"
@@ -152,6 +152,25 @@ def test_push_creates_folder_and_dashboard(grafana: FakeGrafana, capsys: pytest.
     assert stored["meta"]["folderUid"] == grafana.folders[0]["uid"]
     assert stored["dashboard"] == {k: v for k, v in cli.load_dashboard().items() if k != "id"}
     assert f"/d/{DASHBOARD_UID}/" in capsys.readouterr().out
+
+
+def test_push_with_another_job_renders_its_dashboard(grafana: FakeGrafana) -> None:
+    assert run("--grafana-url", grafana.url, "--token", TOKEN, "--job", "mesh-monitoring") == 0
+
+    from a2a_quiescence.dashboards.dashboard import promql_expressions
+
+    exprs = promql_expressions(grafana.dashboards[DASHBOARD_UID]["dashboard"])
+    default = promql_expressions(cli.load_dashboard())
+    assert exprs == [e.replace(f'job="{DEFAULT.job}"', 'job="mesh-monitoring"') for e in default]
+    assert exprs != default
+
+
+def test_push_with_another_job_needs_the_dashboards_extra(grafana: FakeGrafana, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "a2a_quiescence.dashboards.dashboard", None)
+    assert run("--grafana-url", grafana.url, "--token", TOKEN, "--job", "mesh-monitoring") == 1
+    assert "pip install 'a2a-quiescence[dashboards]'" in capsys.readouterr().err
+    assert grafana.requests == []
 
 
 def test_second_push_is_idempotent(grafana: FakeGrafana) -> None:

@@ -9,7 +9,8 @@ import yaml
 from conftest import need_tool
 
 from a2a_quiescence import names
-from a2a_quiescence.dashboards import alert_cases, rules
+from a2a_quiescence.dashboards import alert_cases, generate, rules
+from a2a_quiescence.dashboards.deployment import Deployment
 from a2a_quiescence.dashboards.generate import GENERATED, RULES_NAME, RULES_TEST_NAME
 
 RULES = GENERATED / RULES_NAME
@@ -42,6 +43,23 @@ def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path: Path) -> None
     (tmp_path / "tests.yaml").write_text(rules.to_yaml(suite))
     result = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
     assert result.returncode != 0
+
+
+def test_promtool_passes_the_rules_rendered_for_another_deployment(tmp_path: Path) -> None:
+    """The rules and their cases rendered for another scrape job and runbook address
+    (what generate --out writes) pass promtool; the default deployment's cases do not
+    pass against those rules, which select the other job."""
+    other = Deployment(job="mesh-monitoring", runbook_base_url="https://runbooks.example/a2a/")
+    generate.write_all(tmp_path, other)
+    result = promtool("check", "rules", RULES_NAME, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = promtool("test", "rules", RULES_TEST_NAME, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    (tmp_path / "default-cases.yaml").write_text(RULES_TESTS.read_text())
+    result = promtool("test", "rules", "default-cases.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert names.ALERT_COLLECTOR_DOWN in result.stdout + result.stderr
 
 
 def test_every_alert_is_generated_with_labels_and_annotations() -> None:
