@@ -184,7 +184,7 @@ M_SHUTDOWN_CANCELLED = "a2a_shutdown_cancelled_producers"
 M_PUSH_FAILED = "a2a_push_deliveries_failed_total"
 M_AGENT_UP = "a2a_agent_up"
 M_AGENT_LAST_SEEN = "a2a_agent_last_seen_timestamp_seconds"
-M_AGENT_RESTARTS = "a2a_agent_incarnations_total"
+M_AGENT_INCARNATIONS = "a2a_agent_incarnations_total"
 M_CASCADES_OPEN = "a2a_cascades_open"
 M_CASCADES_STUCK = "a2a_cascades_stuck"
 M_CASCADES_AWAITING = "a2a_cascades_awaiting_input"
@@ -219,7 +219,7 @@ EXPORTED_METRICS = frozenset(
         M_PUSH_FAILED,
         M_AGENT_UP,
         M_AGENT_LAST_SEEN,
-        M_AGENT_RESTARTS,
+        M_AGENT_INCARNATIONS,
         M_CASCADES_OPEN,
         M_CASCADES_STUCK,
         M_CASCADES_AWAITING,

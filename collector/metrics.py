@@ -80,7 +80,7 @@ def agent_families(st: MeshState) -> Iterator[Metric]:
         names.M_AGENT_LAST_SEEN, "When the agent last reported (unix seconds)", labels=[agent]
     )
     restarts = CounterMetricFamily(
-        _base(names.M_AGENT_RESTARTS), "Agent process incarnations seen", labels=[agent]
+        _base(names.M_AGENT_INCARNATIONS), "Agent process incarnations seen", labels=[agent]
     )
     for a in list(st.agents.values()):
         v = st.agent_view(a)

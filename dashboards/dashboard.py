@@ -208,7 +208,7 @@ def _row_shutdown(tb: str) -> tuple[str, list[Any]]:
             )
             .with_target(prom_query(f"max by (agent) ({n.M_AGENT_UP}{{{AGENT_MATCH}}})", "A", "{{agent}} up"))
             .with_target(prom_query(
-                f"sum by (agent) (increase({n.M_AGENT_RESTARTS}{{{AGENT_MATCH}}}[$__rate_interval]))",
+                f"sum by (agent) (increase({n.M_AGENT_INCARNATIONS}{{{AGENT_MATCH}}}[$__rate_interval]))",
                 "B", "{{agent}} restarts"))
             .with_target(prom_query(
                 f"time() - max by (agent) ({n.M_AGENT_LAST_SEEN}{{{AGENT_MATCH}}})",

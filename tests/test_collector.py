@@ -368,7 +368,7 @@ def test_duplicates_not_double_counted_and_new_incarnation_adds(tmp_path: Path) 
         assert metric(text, names.M_PRODUCERS_STARTED, agent="svc") == 10
         assert metric(text, names.M_PRODUCERS_FINISHED, agent="svc", outcome="completed") == 8
         assert metric(text, names.M_SHUTDOWN_LEAKED, agent="svc") == 2
-        assert metric(text, names.M_AGENT_RESTARTS, agent="svc") == 1
+        assert metric(text, names.M_AGENT_INCARNATIONS, agent="svc") == 1
 
         second = hop_body("inc-b", 1, started=3, finished={"completed": 1})
         second["started_at"] = first["started_at"] + 1
@@ -377,7 +377,7 @@ def test_duplicates_not_double_counted_and_new_incarnation_adds(tmp_path: Path) 
         assert metric(text, names.M_PRODUCERS_STARTED, agent="svc") == 13  # never backwards
         assert metric(text, names.M_PRODUCERS_FINISHED, agent="svc", outcome="completed") == 9
         assert metric(text, names.M_SHUTDOWN_LEAKED, agent="svc") == 0  # new incarnation resets it
-        assert metric(text, names.M_AGENT_RESTARTS, agent="svc") == 2
+        assert metric(text, names.M_AGENT_INCARNATIONS, agent="svc") == 2
     finally:
         assert c.stop() == 0
 

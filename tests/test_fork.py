@@ -67,7 +67,7 @@ def test_forked_worker_reports_as_its_own_incarnation(tmp_path: Path) -> None:
                 incarnations |= {h["incarnation"] for h in r.json()["hops"]}
             assert len(incarnations) == 2  # parent and child, never one shared incarnation
             metrics = httpx.get(f"{mesh.api}/metrics", timeout=10).text
-            assert f'{names.M_AGENT_RESTARTS}{{agent="F"}} 2.0' in metrics
+            assert f'{names.M_AGENT_INCARNATIONS}{{agent="F"}} 2.0' in metrics
         finally:
             if child_pid is not None:
                 try:
