@@ -77,8 +77,8 @@ class Collector:
             registry=self.registry,
         )
         self.forwarder = Forwarder(config, self.state) if config.forward else None
-        self.ingest_ = Ingest(config, self.state, self.tier.collector_id if self.tier is not None else self._own_id,
-                              self.forwarder.put if self.forwarder else None)
+        self.ingest = Ingest(config, self.state, self.tier.collector_id if self.tier is not None else self._own_id,
+                             self.forwarder.put if self.forwarder else None)
         self.api = Api(config, self.detector, self.state, self.registry, self.authorized, self._listening,
                        tier=self.tier if shard else None)
         self._stop = asyncio.Event()
@@ -98,11 +98,7 @@ class Collector:
         return self.id
 
     def authorized(self, header: str | None) -> bool:
-        return self.ingest_.authorized(header)
-
-    def ingest(self, signal: str, message: Any) -> int:
-        """Apply a decoded export request; returns how many snapshots were rejected."""
-        return self.ingest_.apply(signal, message)
+        return self.ingest.authorized(header)
 
     def describe(self, trace_id: str) -> dict[str, Any]:
         return self.api.describe(trace_id)
@@ -114,12 +110,12 @@ class Collector:
         return {k: f"{h}:{p}" for k, (h, p) in self.bound.items()} if self.ready else None
 
     def otlp_app(self) -> Starlette:
-        return self.ingest_.app()
+        return self.ingest.app()
 
     def api_app(self) -> Starlette:
         routes = self.api.routes()
         if self.config.otlp_listen and self.config.otlp_listen == self.config.http_listen:
-            routes.append(self.ingest_.route())
+            routes.append(self.ingest.route())
         return Starlette(routes=routes)
 
     # -- running -------------------------------------------------------------------
@@ -170,7 +166,7 @@ class Collector:
                 receiving = Receiving(
                     authorized=self.authorized,
                     reject=self.state.reject,
-                    ingest=self.ingest,
+                    ingest=self.ingest.apply,
                     forward=self.forwarder.put if self.forwarder else None,
                     max_body_bytes=self.config.max_body_bytes,
                 )

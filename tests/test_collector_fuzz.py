@@ -1,7 +1,7 @@
 """Fuzzing the collector's OTLP decoding and snapshot ingest.
 
 In-process: `otlp.decode` (all three signals, protobuf and JSON),
-`otlp.decompress`, `otlp.snapshots` and `Collector.ingest` with random hop and
+`otlp.decompress`, `otlp.snapshots` and `Collector.ingest.apply` with random hop and
 cascade snapshot bodies never raise anything but `otlp.PayloadError`, and the
 state they leave behind still renders on /metrics and the API.
 Live: a few hundred random bodies and headers against a running collector's
@@ -223,7 +223,7 @@ def test_collector_ingest_random_snapshots(batch: list[ExportLogsServiceRequest]
                                  max_agents=2, max_cascades=3, agent_timeout=0.0))
     for request in batch:
         refused_before = sum(collector.state.rejected.values())
-        bad = collector.ingest("logs", request)
+        bad = collector.ingest.apply("logs", request)
         records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
         assert 0 <= bad <= records  # at most one refusal per record
         assert sum(collector.state.rejected.values()) - refused_before == bad  # each counted, with a reason
@@ -238,7 +238,7 @@ def test_collector_ingest_mostly_valid_sequences(steps: list[tuple[str, bool, di
     for agent, is_hop, hop, cascade, trace_id in steps:
         raw = reporter.encode(agent, "x", hop if is_hop else None, [] if is_hop else [(trace_id, cascade)])
         message = otlp.decode("logs", raw, otlp.PROTOBUF)
-        collector.ingest("logs", message)
+        collector.ingest.apply("logs", message)
         _check_renders(collector)
     # counters never negative
     text = generate_latest(collector.registry).decode()
