@@ -120,24 +120,38 @@ class Mesh:
         return self.collector.url
 
     def start_collector(self, *extra: str, stuck_after: float = 30.0, agent_timeout: float = 10.0) -> Proc:
-        http_port, self.otlp_port = free_port(), free_port()
+        """The collector on two free loopback ports. A port ``free_port`` found can be taken
+        by another process before the collector binds it: then (and only then: the log
+        says the address is in use) it is started again on other ports, at most 3 times."""
         log = self.workdir / "collector.log"
-        popen = subprocess.Popen(
-            [
-                program_path("a2a-quiescence"), "collector",
-                "--http-listen", f"127.0.0.1:{http_port}",
-                "--otlp-listen", f"127.0.0.1:{self.otlp_port}",
-                "--otlp-grpc-listen", "off",
-                "--stuck-after", str(stuck_after),
-                "--agent-timeout", str(agent_timeout),
-                "--log-level", "warning",
-                *extra,
-            ],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        )
-        self.collector = Proc("collector", popen, http_port, log)
-        wait_http(f"{self.collector.url}/readyz", proc=popen)
-        return self.collector
+        for attempt in range(3):
+            http_port, self.otlp_port = free_port(), free_port()
+            start = log.stat().st_size if log.exists() else 0
+            popen = subprocess.Popen(
+                [
+                    program_path("a2a-quiescence"), "collector",
+                    "--http-listen", f"127.0.0.1:{http_port}",
+                    "--otlp-listen", f"127.0.0.1:{self.otlp_port}",
+                    "--otlp-grpc-listen", "off",
+                    "--stuck-after", str(stuck_after),
+                    "--agent-timeout", str(agent_timeout),
+                    "--log-level", "warning",
+                    *extra,
+                ],
+                stdout=log.open("ab"), stderr=subprocess.STDOUT,
+            )
+            self.collector = Proc("collector", popen, http_port, log)
+            try:
+                wait_http(f"{self.collector.url}/readyz", proc=popen)
+            except RuntimeError:
+                with log.open("rb") as f:
+                    f.seek(start)
+                    said = f.read().decode(errors="replace")
+                if attempt < 2 and popen.poll() is not None and "address already in use" in said.lower():
+                    continue
+                raise
+            return self.collector
+        raise AssertionError("unreachable")
 
     def agent_env(self, name: str, **extra: str) -> dict[str, str]:
         environ = dict(os.environ)
