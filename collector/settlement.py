@@ -268,13 +268,6 @@ class Detector:
         self.expired_moved += len(moved)
         return len(gone) + len(moved)
 
-    def describe(self, trace_id: str, now: float | None = None) -> dict[str, Any]:
-        """The API's JSON for ``trace_id`` (collector/views.py words it), for a caller
-        holding a detector alone."""
-        from a2a_quiescence.collector.views import cascade_view
-
-        return cascade_view(self, trace_id, now)
-
     def counts(self, now: float | None = None) -> tuple[int, int]:
         """(open including stuck and awaiting input, stuck)."""
         now = self.clock() if now is None else now

@@ -35,6 +35,7 @@ from hypothesis.errors import NoSuchExample
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.settlement import Detector, evaluate, verdict
+from a2a_quiescence.collector.views import cascade_view
 from a2a_quiescence.wire import EMPTY, CascadeSnapshot, Tally
 from meshsim import (
     EDGE_COUNTS,
@@ -338,7 +339,7 @@ def test_table_second_root_into_a_settled_cascade():
     det.ingest(snap("A", seq=2, active=1, roots=one(ROOT).add(one(ROOT2))))
     assert cascade.settled and cascade.activity_after_settle
     assert cascade.settled_roots == 1
-    assert det.describe(T)["roots_received"] == 2
+    assert cascade_view(det, T)["roots_received"] == 2
     # the fix "register each root request before sending it": 2 registered
     view = list(cascade.view.values())
     assert not (settled(view) and sum(s.roots.count for s in view) == 2)
@@ -403,7 +404,7 @@ def test_outcome_only_gets_worse_on_a_later_root_wave():
     det.ingest(snap("A", roots=one(ROOT), **ended(names.END_TASK_FAILED)))
     det.ingest(snap("A", seq=2, roots=one(ROOT), **ended(names.END_TASK_FAILED)))
     assert cascade.outcome == names.VERDICT_LOST
-    assert det.describe(T)["outcome"] == names.VERDICT_LOST
+    assert cascade_view(det, T)["outcome"] == names.VERDICT_LOST
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +441,7 @@ def test_settled_never_flips_back():
     # even a newer, unbalanced snapshot does not reopen it (it is flagged)
     det.ingest(snap("B", seq=3, active=1, received={"A": one(M1)}))
     assert det.cascades[T].settled and det.cascades[T].activity_after_settle
-    assert det.describe(T)["status"] == "settled"
+    assert cascade_view(det, T)["status"] == "settled"
     assert len(settles) == 1
 
 
@@ -459,7 +460,7 @@ def test_expire_forgets_settled_and_late_snapshots_do_not_reopen():
     assert det.ingest(snap("B", seq=9, active=1, received={"A": one(M1)})) is None
     assert T not in det.cascades
     assert det.late_after_forget == 1
-    assert det.describe(T) == {"trace_id": T, "status": "settled", "forgotten": True, "outcome": "completed"}
+    assert cascade_view(det, T) == {"trace_id": T, "status": "settled", "forgotten": True, "outcome": "completed"}
 
 
 def test_max_cascades_evicts_oldest():
@@ -486,7 +487,7 @@ def test_stuck_after_without_progress():
     clock.now += 0.1
     assert det.status(cascade) == "stuck"
     assert det.counts() == (1, 1)
-    assert det.describe(T)["status"] == "stuck"
+    assert cascade_view(det, T)["status"] == "stuck"
     det.ingest(snap("A", seq=2, active=1, roots=one(ROOT)))  # same content: a refresh, not progress
     assert det.status(cascade) == "stuck"
     det.ingest(snap("A", seq=3, active=2, roots=one(ROOT)))  # more work: progress

@@ -26,6 +26,7 @@ from a2a.types import a2a_pb2 as pb
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.settlement import Detector
+from a2a_quiescence.collector.views import cascade_view
 from a2a_quiescence.wire import CascadeSnapshot
 from a2a_quiescence.demo.harness import free_port
 from a2a_quiescence.demo.mesh import build_app, new_trace_id, send_plan
@@ -53,7 +54,7 @@ class View:
         _hop, cascades = self.tracker.take_snapshots()
         for tid, body in cascades:
             self.detector.ingest(CascadeSnapshot.from_json(tid, self.hop, body))
-        return self.detector.describe(trace_id)
+        return cascade_view(self.detector, trace_id)
 
     async def settled(self, trace_id: str) -> dict[str, Any]:
         return await poll(lambda: (s := self.state(trace_id))["status"] == "settled" and s, f"{trace_id} settled")
