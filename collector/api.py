@@ -41,7 +41,7 @@ class _AsgiEndpoint:
 
 class Api:
     """``authorized(header)`` checks a bearer token; ``listening()`` says where the
-    collector listens once it is ready (None before); ``tier``, on a shard of a mesh
+    ``Collector`` (server.py) listens once it is ready (None before); ``tier``, on a shard of a mesh
     tier, answers for the cascades other shards own and for /v1/mesh over every shard."""
 
     def __init__(self, config: Config, detector: Detector, state: MeshState, registry: CollectorRegistry,

@@ -1,4 +1,4 @@
-"""The collector's settings (no server dependencies: the CLI validates them
+"""The settings of our ``Collector`` (server.py; no server dependencies: the CLI validates them
 before anything from the `collector` extra is imported)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Forwarding what the collector receives to an upstream OTLP/HTTP endpoint
-(Tempo, Jaeger, an OpenTelemetry Collector, the mesh tier's gateway).
+"""Forwarding what our ``Collector`` (server.py) receives to an upstream OTLP/HTTP
+endpoint (Tempo, Jaeger, an OpenTelemetry Collector, the mesh tier's gateway).
 
 A pod sidecar receives many small export requests from its agents (spans every
 few hundred milliseconds, metrics, lifecycle snapshots) and must not fall
@@ -18,7 +18,7 @@ behind them: a sidecar that lags delays settlement by as much. So:
   the upstream could not take (429, 502-504, connection errors) is retried
   ``forward_retries`` times with backoff and then dropped (``upstream_unavailable``).
 
-Forwarding never decides settlement: the collector applied the request before
+Forwarding never decides settlement: the ``Collector`` applied the request before
 it was queued, and a shard behind the tier that misses a snapshot waits for the
 next one (late, never early; docs/settlement.md)."""
 

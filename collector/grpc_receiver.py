@@ -1,7 +1,8 @@
 """OTLP/gRPC receiver: the Python distro's default protocol, so an agent
 started with `opentelemetry-instrument` and no OTLP settings reaches us.
 
-It is given what it calls (``Receiving``): it knows nothing of the collector."""
+It is given what it calls (``Receiving``): it knows nothing of the ``Collector``
+(server.py) that wires it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from a2a_quiescence import names
 @dataclass(frozen=True)
 class Receiving:
     """What a received export request goes to: the bearer-token check, the count of
-    refused requests, the collector's own ingest and, when it forwards, the forwarder."""
+    refused requests, the ``Collector``'s ingest (``Ingest.apply``) and, when it forwards,
+    the forwarder."""
 
     authorized: Callable[[str | None], bool]
     reject: Callable[[str], None]

@@ -1,20 +1,21 @@
-"""Prometheus exposition of the sidecar's state (a custom collector: the values
-live in ``MeshState``, the detector and, in a mesh tier, the tier's ring; nothing
-here is a global mutated elsewhere). One function per group of metric families,
-yielded in the order of the exposition."""
+"""Prometheus exposition of the sidecar's state: ``StateCollector`` is a
+prometheus_client custom collector (not our ``Collector``, server.py, which
+registers it): the values live in ``MeshState``, the detector and, in a mesh
+tier, the tier's ring; nothing here is a global mutated elsewhere. One function
+per group of metric families, yielded in the order of the exposition."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector as PrometheusCollector
 
 from a2a_quiescence import names
 from a2a_quiescence.collector.settlement import Detector
 from a2a_quiescence.collector.state import MeshState
 
-# of the detection latency histogram (a prometheus_client Histogram the collector owns)
+# of the detection latency histogram (a prometheus_client Histogram our Collector, server.py, owns)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -22,8 +23,9 @@ def _base(name: str) -> str:
     return name[: -len("_total")] if name.endswith("_total") else name
 
 
-class StateCollector(Collector):
-    """``ring()``, in a mesh tier, gives (shards in the ring, membership changes seen)."""
+class StateCollector(PrometheusCollector):
+    """The prometheus_client collector behind /metrics: reads the state at each scrape.
+    ``ring()``, in a mesh tier, gives (shards in the ring, membership changes seen)."""
 
     def __init__(self, state: MeshState, detector: Detector,
                  ring: Callable[[], tuple[int, int]] | None = None) -> None:

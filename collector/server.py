@@ -1,7 +1,7 @@
-"""The sidecar process: OTLP/HTTP and OTLP/gRPC in (ingest.py, grpc_receiver.py);
-/metrics, the settlement API and a status page out (api.py); optional
-forwarding upstream (forward.py). This module wires them and runs the servers
-on sockets it binds itself."""
+"""The sidecar process (``Collector``): OTLP/HTTP and OTLP/gRPC in (ingest.py,
+grpc_receiver.py); /metrics, the settlement API and a status page out (api.py);
+optional forwarding upstream (forward.py). This module wires them and runs the
+servers on sockets it binds itself."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def bind(listen: str) -> socket.socket:
 
 
 class Collector:
+    """Our collector: the process ``a2a-quiescence collector`` runs, in whichever role
+    its ``Config`` gives it (a pod sidecar beside an agent, the mesh collector, a shard
+    of a mesh tier). Not the Prometheus custom collector behind its /metrics
+    (metrics.py ``StateCollector``), nor the OpenTelemetry Collector a mesh tier puts
+    in front of the shards."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.id = uuid.uuid4().hex

@@ -1,4 +1,4 @@
-"""A collector's part in a mesh tier: mesh collectors sharded by trace id behind
+"""Our collector's part (``Collector``, server.py) in a mesh tier: mesh collectors sharded by trace id behind
 the OpenTelemetry Collector's load-balancing exporter (docs/scale-out.md).
 
 Two roles, both given the shard set (``--shards``) and re-reading it every
@@ -45,7 +45,7 @@ class Ownership(Protocol):
 class Tier:
     """Given its settings, the collector id it was started with (``base_id``) and, on
     a shard, the detector's ``Ownership``. It owns the membership; the rest of the
-    collector asks it: ``collector_id()`` (what agents are answered with),
+    ``Collector`` (server.py) asks it: ``collector_id()`` (what agents are answered with),
     ``owner_elsewhere(trace_id)``, ``ring_seen()`` (for /metrics), ``owner_url``,
     ``describe``, and on a shard ``describe_at_owner`` and ``mesh``."""
 
