@@ -15,29 +15,32 @@ from opentelemetry.trace import Status, StatusCode
 
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation.runtime import (
-    CASCADE, OWNER, ActiveTaskState, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
+    CASCADE, OWNER, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
 )
-from a2a_quiescence.instrumentation.tracker import HopTracker, WorkToken
 
 
 # --- event loop hooks: spawned work, destroyed-pending tasks -------------------
 class _TaskRef(weakref.ref):
-    """A weak reference to a task holding a unit of work: if the task is garbage
-    collected while pending, its done-callbacks never run and this releases the unit."""
+    """A weak reference to a task holding a unit of work, and that unit's token
+    itself (it has ``WorkToken``'s attributes: one object per task, not two). If
+    the task is garbage collected while pending, its done-callbacks never run and
+    the reference's callback releases the unit."""
 
-    __slots__ = ("key", "token", "tracker")
+    __slots__ = ("key", "tracker", "trace_id", "released", "owner", "what", "plumbing")
 
 
-# id(task) -> its _TaskRef, while the task holds its unit
+# id(task) -> its _TaskRef, while the task holds its unit (this keeps the reference
+# alive: a weak reference that is itself garbage never calls back)
 _LIVE: dict[int, _TaskRef] = {}
-# id(task) -> token of tasks collected while pending, for the finalizer's report (bounded)
-_COLLECTED: dict[int, WorkToken] = {}
+# id(task) -> the token (its dead _TaskRef) of tasks collected while pending, for the
+# finalizer's report (bounded)
+_COLLECTED: dict[int, Any] = {}
 
 
 def forget_inherited_units() -> None:
     """After a fork: the parent's tasks do not run here; their units were the parent's."""
     for ref in list(_LIVE.values()):
-        ref.token.released = True
+        ref.released = True
     _LIVE.clear()
     _COLLECTED.clear()
 
@@ -45,38 +48,19 @@ def forget_inherited_units() -> None:
 def _task_done(task: asyncio.Future) -> None:
     ref = _LIVE.pop(id(task), None)
     if ref is not None:
-        ref.tracker.release(ref.token)
+        ref.tracker.release(ref)
 
 
 def _task_collected(ref: _TaskRef) -> None:
     # runs inside the garbage collector, in any thread: no locks (release_later)
     if _LIVE.get(ref.key) is ref:
         del _LIVE[ref.key]
-    token = ref.token
-    _COLLECTED[ref.key] = token
+    _COLLECTED[ref.key] = ref
     while len(_COLLECTED) > 256:
         del _COLLECTED[next(iter(_COLLECTED))]
-    if not token.released:
-        ref.tracker.release_later(
-            token, new_ending(names.END_DESTROYED_PENDING, token.owner, detail=token.what)
-        )
+    if not ref.released:
+        ref.tracker.release_later(ref, new_ending(names.END_DESTROYED_PENDING, ref.owner, detail=ref.what))
 
-
-def _hold(
-    tracker: HopTracker, task: asyncio.Future, cascade: str, owner: ActiveTaskState | None, coro: Any,
-    done_context: contextvars.Context,
-) -> None:
-    """``task`` holds a unit of ``cascade`` until it is done (or collected)."""
-    token = tracker.acquire(cascade, owner.task_id if owner is not None else None, getattr(coro, "__qualname__", None))
-    if owner is not None:
-        owner.tokens.append(token)
-    ref = _TaskRef(task, _task_collected)
-    ref.key = key = id(task)
-    ref.token, ref.tracker = token, tracker
-    _LIVE[key] = ref
-    # _task_done reads no context variable: run it in the loop's own empty context
-    # rather than a copy of the task's (one allocation fewer per task)
-    task.add_done_callback(_task_done, context=done_context)
 
 def ensure_loop_hooks(rt: Runtime) -> None:
     try:
@@ -97,13 +81,33 @@ def ensure_loop_hooks(rt: Runtime) -> None:
             task = asyncio.Task(coro, loop=loop_, **kwargs)
         runtime = current()
         if runtime is not None:
-            # hot path (every task the agent creates): a plain try, not guard
+            # hot path (every task the agent creates), written out in one function: a
+            # plain try, not guard
             try:
                 ctx = kwargs.get("context")
-                cascade = ctx.get(CASCADE) if ctx is not None else CASCADE.get()
+                if ctx is None:
+                    cascade = CASCADE.get()
+                    owner = OWNER.get() if cascade else None
+                else:
+                    cascade = ctx.get(CASCADE)
+                    owner = ctx.get(OWNER) if cascade else None
                 if cascade:
-                    _hold(runtime.tracker, task, cascade, ctx.get(OWNER) if ctx is not None else OWNER.get(), coro,
-                          done_context)
+                    # ``task`` holds a unit of ``cascade`` until it is done (or collected)
+                    ref = _TaskRef(task, _task_collected)
+                    ref.trace_id, ref.owner, ref.what = (
+                        cascade, owner.task_id if owner is not None else None, getattr(coro, "__qualname__", None))
+                    ref.released = ref.plumbing = False
+                    ref.tracker = tracker = runtime.tracker
+                    # counted first: should that fail, the reference is dropped unpublished
+                    # and never calls back (nothing to release)
+                    tracker.hold(ref)
+                    if owner is not None:
+                        owner.tokens.append(ref)
+                    ref.key = key = id(task)
+                    _LIVE[key] = ref
+                    # _task_done reads no context variable: run it in the loop's own empty
+                    # context rather than a copy of the task's (one allocation fewer per task)
+                    task.add_done_callback(_task_done, context=done_context)
             except Exception as exc:  # noqa: BLE001 - fail-open
                 report_internal_error("task_factory", exc)
         return task
@@ -175,7 +179,7 @@ def _maybe_destroyed_pending(rt: Runtime, context: dict[str, Any], loop: asyncio
     # the unit it held names its cascade and ActiveTask (still listed when the task is
     # freed by reference counting; already moved to _COLLECTED by a collector pass)
     ref = _LIVE.get(id(task))
-    token = ref.token if ref is not None else _COLLECTED.pop(id(task), None)
+    token = ref if ref is not None else _COLLECTED.pop(id(task), None)
     task_id = (token.owner if token is not None else None) or (name.split(":", 1)[1] if ":" in name else "")
     trace_id = token.trace_id if token is not None else rt.task_trace.get(task_id, "")
     plumbing = bool(token is not None and token.plumbing)

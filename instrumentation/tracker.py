@@ -246,6 +246,15 @@ class HopTracker:
 
     def acquire(self, trace_id: str, owner: str | None = None, what: str | None = None) -> WorkToken:
         """More work for a cascade this process already holds work for."""
+        token = WorkToken(trace_id, owner, what)
+        self.hold(token)
+        return token
+
+    def hold(self, token: Any) -> None:
+        """``acquire`` for a token the caller built: anything with ``WorkToken``'s
+        attributes, not yet released (the loop's weak references to tasks are their
+        own tokens: one object per task). Release it with ``release``."""
+        trace_id, owner = token.trace_id, token.owner
         with self.lock:
             c = self.cascades.get(trace_id) or self._cascade(trace_id)
             c.active += 1
@@ -257,7 +266,6 @@ class HopTracker:
                 # the next snapshot that is sent
                 c.passive_since = None
                 self._mark(trace_id, c)
-        return WorkToken(trace_id, owner, what)
 
     def release(self, token: WorkToken, ending: dict[str, Any] | None = None) -> None:
         """Release a unit; ``ending`` (see ``record_ending``) is recorded in the same
