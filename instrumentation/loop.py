@@ -24,7 +24,9 @@ class _TaskRef(weakref.ref):
     """A weak reference to a task holding a unit of work, and that unit's token
     itself (it has ``WorkToken``'s attributes: one object per task, not two). If
     the task is garbage collected while pending, its done-callbacks never run and
-    the reference's callback releases the unit."""
+    the reference's callback releases the unit. ``key`` is id(task) until the task
+    is done, then None: a done task is never destroyed pending, and its reference
+    may outlive it (its ActiveTask's ``tokens`` list), so its callback returns at once."""
 
     __slots__ = ("key", "tracker", "trace_id", "released", "owner", "what", "plumbing")
 
@@ -48,11 +50,14 @@ def forget_inherited_units() -> None:
 def _task_done(task: asyncio.Future) -> None:
     ref = _LIVE.pop(id(task), None)
     if ref is not None:
+        ref.key = None
         ref.tracker.release(ref)
 
 
 def _task_collected(ref: _TaskRef) -> None:
     # runs inside the garbage collector, in any thread: no locks (release_later)
+    if ref.key is None:
+        return  # it finished: its done-callback released the unit
     if _LIVE.get(ref.key) is ref:
         del _LIVE[ref.key]
     _COLLECTED[ref.key] = ref
