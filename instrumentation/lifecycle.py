@@ -13,7 +13,9 @@ from opentelemetry import context as otel_context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from a2a_quiescence import names
-from a2a_quiescence.instrumentation.loop import StallWatch, ensure_loop_hooks, innermost_location, task_location
+from a2a_quiescence.instrumentation.loop import (
+    StallWatch, ensure_loop_hooks, innermost_location, plumbing_units, task_location,
+)
 from a2a_quiescence.instrumentation.runtime import (
     ActiveTaskState,
     CASCADE, OWNER, Runtime, add_metric, client_cancel_requested, current, current_cascade, end_span, guard,
@@ -147,10 +149,9 @@ def _release_unstarted(rt: Runtime, instance: Any) -> None:
     state = _TASK_STATE.get(instance)
     if state is None or getattr(instance, "_producer_task", None) is not None or not instance.is_finished:
         return
-    for token in state.tokens:
-        if not token.released:
-            token.plumbing = True
-            rt.tracker.release(token)
+    for token in plumbing_units(state):
+        token.plumbing = True
+        rt.tracker.release(token)
 
 
 def _track_producer(rt: Runtime, instance: Any, producer: asyncio.Task, span: trace.Span) -> None:

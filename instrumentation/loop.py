@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation.runtime import (
-    CASCADE, OWNER, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
+    CASCADE, OWNER, ActiveTaskState, Runtime, add_metric, current, end_span, guard, new_ending, report_internal_error, start_span,
 )
 
 
@@ -24,11 +24,12 @@ class _TaskRef(weakref.ref):
     """A weak reference to a task holding a unit of work, and that unit's token
     itself (it has ``WorkToken``'s attributes: one object per task, not two). If
     the task is garbage collected while pending, its done-callbacks never run and
-    the reference's callback releases the unit. ``key`` is id(task) until the task
-    is done, then None: a done task is never destroyed pending, and its reference
-    may outlive it (its ActiveTask's ``tokens`` list), so its callback returns at once."""
+    the reference's callback releases the unit. Only ``_LIVE`` holds it while the
+    task is pending (``state``: the ActiveTask whose plumbing the task is, if any:
+    ``plumbing_units`` finds them there), so once the task is done it is freed at
+    once and never calls back."""
 
-    __slots__ = ("key", "tracker", "trace_id", "released", "owner", "what", "plumbing")
+    __slots__ = ("key", "tracker", "trace_id", "released", "owner", "state", "what", "plumbing")
 
 
 # id(task) -> its _TaskRef, while the task holds its unit (this keeps the reference
@@ -50,14 +51,24 @@ def forget_inherited_units() -> None:
 def _task_done(task: asyncio.Future) -> None:
     ref = _LIVE.pop(id(task), None)
     if ref is not None:
-        ref.key = None
         ref.tracker.release(ref)
+
+
+def plumbing_units(state: ActiveTaskState) -> list[_TaskRef]:
+    """The units still held by tasks spawned as ActiveTask ``state``'s plumbing. Rare
+    (an ActiveTask that never started): a scan of the live tasks. A garbage-collector
+    callback may change ``_LIVE`` meanwhile: the copy is taken again then."""
+    for _ in range(3):
+        try:
+            refs = list(_LIVE.values())
+        except RuntimeError:
+            continue
+        return [ref for ref in refs if ref.state is state and not ref.released]
+    return []  # the units stay held: late, never early
 
 
 def _task_collected(ref: _TaskRef) -> None:
     # runs inside the garbage collector, in any thread: no locks (release_later)
-    if ref.key is None:
-        return  # it finished: its done-callback released the unit
     if _LIVE.get(ref.key) is ref:
         del _LIVE[ref.key]
     _COLLECTED[ref.key] = ref
@@ -102,12 +113,11 @@ def ensure_loop_hooks(rt: Runtime) -> None:
                     ref.trace_id, ref.owner, ref.what = (
                         cascade, owner.task_id if owner is not None else None, getattr(coro, "__qualname__", None))
                     ref.released = ref.plumbing = False
+                    ref.state = owner
                     ref.tracker = tracker = runtime.tracker
                     # counted first: should that fail, the reference is dropped unpublished
                     # and never calls back (nothing to release)
                     tracker.hold(ref)
-                    if owner is not None:
-                        owner.tokens.append(ref)
                     ref.key = key = id(task)
                     _LIVE[key] = ref
                     # _task_done reads no context variable: run it in the loop's own empty

@@ -17,7 +17,7 @@ import contextvars
 import logging
 import random
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from opentelemetry import context as otel_context, trace
@@ -51,12 +51,12 @@ CALL_HEADERS: contextvars.ContextVar[dict[str, str] | None] = contextvars.Contex
 @dataclass(slots=True, eq=False)
 class ActiveTaskState:
     """What the instrumentation knows of one ActiveTask (or of a legacy handler's
-    producer): whose task it is, which cascade started it, the units its plumbing
-    holds, and how its agent's work is going and ended."""
+    producer): whose task it is, which cascade started it, and how its agent's work
+    is going and ended. The units its plumbing tasks hold name it (loop.py's
+    ``plumbing_units``)."""
 
     task_id: str = ""
     cascade: str | None = None  # the cascade that built it
-    tokens: list[Any] = field(default_factory=list)  # WorkTokens of its plumbing tasks
     tracked: bool = False  # its producer is being watched
     outcome: str | None = None  # OUTCOME_*, once known
     executing: int = 0  # the agent's execute() running now
