@@ -13,6 +13,8 @@
 - ``requests``: the bench_instrumentation A -> B -> C relay whose agents do
   nothing, in this process, uninstrumented and instrumented (``report=False``),
   rounds interleaved; CPU of the whole process per hop per request.
+- ``calls``: the same relay, one round each side under cProfile: function calls
+  per hop per request (a count, so steady on a shared machine; not CPU).
 
 Every figure is the best of ``--rounds`` (the least disturbed by the shared
 machine); the load average is printed with it.
@@ -186,8 +188,32 @@ def part_requests(args: argparse.Namespace) -> None:
           f"{sorted(results[True])[args.rounds // 2]:.1f})", flush=True)
 
 
+def part_calls(args: argparse.Namespace) -> None:
+    """Function calls (Python and builtin, as cProfile counts them) per hop per request,
+    uninstrumented and instrumented: not CPU, but steady where the shared machine is not."""
+    import cProfile
+    import logging
+    import pstats
+
+    logging.disable(logging.WARNING)
+    counts = {}
+    for instrumented in (False, True):
+        _request_round(instrumented, 10, args.concurrency)  # warm up (imports, caches)
+        profile = cProfile.Profile()
+        profile.enable()
+        _request_round(instrumented, args.requests, args.concurrency)
+        profile.disable()
+        stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        total = sum(v[1] for v in stats.values())
+        ours = sum(v[1] for k, v in stats.items() if os.sep + "instrumentation" + os.sep in k[0] and "site-packages" not in k[0])
+        counts[instrumented] = (total / (HOPS * args.requests), ours / (HOPS * args.requests))
+    (bare, _), (total, ours) = counts[False], counts[True]
+    print(f"calls: bare {bare:7.0f} per hop per request, ours {total:7.0f} (added {total - bare:6.0f}; "
+          f"in our instrumentation's own functions {ours:5.0f})", flush=True)
+
+
 PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "tasks": part_tasks, "tracker": part_tracker, "requests": part_requests,
+    "tasks": part_tasks, "tracker": part_tracker, "requests": part_requests, "calls": part_calls,
 }
 
 
@@ -197,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--parts", default="tasks,tracker,requests")
+    parser.add_argument("--parts", default="tasks,tracker,requests,calls")
     args = parser.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} (python {sys.version.split()[0]})")
     for name in args.parts.split(","):

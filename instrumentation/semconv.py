@@ -70,7 +70,11 @@ def read_field(obj: Any, key: str) -> Any:
             value = obj.get(_camel(key))
     else:
         value = getattr(obj, key, None)
-    if value is None or value == "" or (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0):
+    if value is None:
+        return None
+    if type(value) is str:  # most fields: ids and names (one test, not four)
+        return value or None
+    if value == "" or (hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0):
         return None
     return value
 
