@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = env.ENDPOINT.default
 # ~300 bytes each: far below the collector's default 4 MiB body limit
 MAX_SNAPSHOTS_PER_REQUEST = 1000
+# the adaptive window opens once it would gather this many wakes on average: below that
+# it saves few requests and delays every settle by up to its length (see Reporter._adapt)
+GATHERED_WAKES = 2.0
 
 
 def resolve_endpoint(environ: dict[str, str] | None = None) -> str:
@@ -83,6 +86,7 @@ class Reporter:
         self._last_prompt = 0.0
         self._wakes = 0
         self._rate = 0.0  # prompt wakes per second, smoothed
+        self._woken_at: float | None = None  # the first wake since the last prompt export (monotonic)
         self.timeout = timeout
         self._event = threading.Event()
         self._send_lock = threading.Lock()
@@ -100,6 +104,8 @@ class Reporter:
         """What the tracker calls when something can settle a cascade (any thread:
         the count is a load estimate, not exact)."""
         self._wakes += 1
+        if self._woken_at is None:
+            self._woken_at = time.monotonic()  # the gathering delay counts from here, not from when we run
         if not self._event.is_set():
             self._event.set()
 
@@ -112,6 +118,7 @@ class Reporter:
         self._collector_id = None
         self._failures = 0
         self._window, self._last_prompt, self._wakes, self._rate = self.flush_interval, 0.0, 0, 0.0
+        self._woken_at = None
         self._thread = None
         self.tracker.wake = self._wake
         if not self._stop:
@@ -143,10 +150,14 @@ class Reporter:
             if self._stop:
                 break
             if woke and self.flush_interval > 0:
-                # let a burst accumulate (the latest state wins): flush_interval, and under
-                # load at least the adaptive window since the last prompt export
-                time.sleep(max(self.flush_interval, self._last_prompt + self._window - time.monotonic()))
+                # let a burst accumulate (the latest state wins): flush_interval from the
+                # first wake, and under load until the adaptive window since the last
+                # prompt export has passed
+                start = self._woken_at if self._woken_at is not None else time.monotonic()
+                until = max(start + self.flush_interval, self._last_prompt + self._window)
+                time.sleep(max(0.0, until - time.monotonic()))
             self._event.clear()
+            self._woken_at = None
             if time.monotonic() >= next_beat:
                 self.tracker.heartbeat()
                 next_beat = time.monotonic() + self.heartbeat
@@ -164,9 +175,14 @@ class Reporter:
 
     def _adapt(self) -> None:
         """The load-adaptive window: while prompt wakes come often enough that a
-        window of ``max_window`` would gather one every other time or more, prompt
-        exports are at least ``max_window`` apart (fewer requests for agent and
-        collector, each a little later); otherwise ``flush_interval`` after a wake."""
+        window of ``max_window`` would gather ``GATHERED_WAKES`` of them or more on
+        average, prompt exports are at least ``max_window`` apart (fewer requests for
+        agent and collector, each a little later); otherwise ``flush_interval`` after
+        a wake. At 20 ms that is from 100 wakes a second (a process serving ~50
+        requests a second, or several hops in one process). Below that a window
+        gathers fewer than two wakes: it saves few requests, and adds up to its whole
+        length to the settle of every cascade this hop is the last to leave (the
+        agents of benchmarks/bench_settlement_loaded.py see about 25-45 a second)."""
         now = time.monotonic()
         wakes, self._wakes = self._wakes, 0
         elapsed = now - self._last_prompt
@@ -175,7 +191,7 @@ class Reporter:
             self._rate = 0.0  # idle for a while: a lone wake
         else:
             self._rate = 0.7 * self._rate + 0.3 * (wakes / elapsed)
-        self._window = self.max_window if self._rate * self.max_window >= 0.5 else self.flush_interval
+        self._window = self.max_window if self._rate * self.max_window >= GATHERED_WAKES else self.flush_interval
 
     def flush(self, due: float | None = None) -> bool:
         """Send whatever changed, synchronously (``due``: only what is due, changes
