@@ -7,7 +7,8 @@
   a loop without it; once more with an ActiveTask owner set as well (the SDK's
   plumbing tasks). Prints CPU per task for each side and the difference, with the
   garbage collector off (our code's own CPU; steadier) and on (plus the collector
-  passes that our allocations bring forward).
+  passes that our allocations bring forward), and the function calls per task
+  (a count: steady on the shared machine).
 - ``tracker``: one ``acquire`` and ``release`` of a cascade already held (what
   every spawned task costs the tracker), with and without an owner.
 - ``requests``: the bench_instrumentation A -> B -> C relay whose agents do
@@ -124,8 +125,25 @@ def part_tasks(args: argparse.Namespace) -> None:
             what = ("cascade + owner" if with_owner else "cascade") + (", gc on" if collect else ", gc off")
             print(f"tasks ({what:23s}): bare {bare:6.2f} us/task, ours {ours:6.2f} us/task, "
                   f"added {ours - bare:5.2f} us/task", flush=True)
+        for with_owner in (False, True):
+            calls = {hooked: _calls_of(lambda: _tasks_once(n, hooked, with_owner, False)) / n for hooked in (False, True)}
+            what = "cascade + owner" if with_owner else "cascade"
+            print(f"tasks ({what:23s}): calls per task bare {calls[False]:5.2f}, ours {calls[True]:5.2f}, "
+                  f"added {calls[True] - calls[False]:5.2f}", flush=True)
     finally:
         undo()
+
+
+def _calls_of(run: Callable[[], object]) -> int:
+    """Function calls (Python and builtin) made by ``run``, as cProfile counts them."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    run()
+    profile.disable()
+    return sum(v[1] for v in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
 
 
 def part_tracker(args: argparse.Namespace) -> None:
