@@ -54,6 +54,16 @@ def pct(values: list[float], q: float) -> float:
     return s[k]
 
 
+async def long_poll(http: httpx.AsyncClient, api: str, trace_id: str) -> dict[str, Any]:
+    """The collector's long-poll for one cascade, as a client sees it: when it returned,
+    its HTTP status, the cascade's settled_at and the collector's detection latency."""
+    r = await http.get(f"{api}/v1/cascades/{trace_id}/wait", params={"timeout": 30}, timeout=40)
+    returned = time.time()
+    state = r.json()
+    return {"returned": returned, "status": r.status_code, "settled_at": state.get("settled_at"),
+            "detection_latency": state.get("detection_latency_seconds")}
+
+
 async def one_cascade(
     api: str, a_url: str, client: Any, http: httpx.AsyncClient, work_ms: int, poll_s: float
 ) -> dict[str, Any]:
@@ -63,12 +73,9 @@ async def one_cascade(
     out: dict[str, Any] = {"trace_id": trace_id, "work_ms": work_ms}
 
     async def collector() -> None:
-        r = await http.get(f"{api}/v1/cascades/{trace_id}/wait", params={"timeout": 30}, timeout=40)
-        out["api_returned"] = time.time()
-        state = r.json()
-        out["api_status"] = r.status_code
-        out["settled_at"] = state.get("settled_at")
-        out["detection_latency"] = state.get("detection_latency_seconds")
+        answer = await long_poll(http, api, trace_id)
+        out.update(api_returned=answer["returned"], api_status=answer["status"], settled_at=answer["settled_at"],
+                   detection_latency=answer["detection_latency"])
 
     waiter = asyncio.create_task(collector())
     out["sent"] = time.time()

@@ -72,7 +72,7 @@ sys.path.insert(0, str(ROOT))
 from a2a_quiescence.demo.harness import Mesh, events_by_trace, free_port, read_events  # noqa: E402
 from a2a_quiescence.demo.mesh import new_trace_id, start_plan  # noqa: E402
 from benchmarks.bench_ingest import cpu_seconds  # noqa: E402
-from benchmarks.bench_settlement import GOAL_P99_MS, pct  # noqa: E402
+from benchmarks.bench_settlement import GOAL_P99_MS, long_poll, pct  # noqa: E402
 
 AGENTS = ("A", "B", "C", "D")
 STAGES = ("taken", "arrived", "decided", "applied", "answered")
@@ -99,12 +99,9 @@ async def one_cascade(api: str, client: Any, http: httpx.AsyncClient, cascade_pl
     out: dict[str, Any] = {"trace_id": trace_id}
 
     async def wait() -> None:
-        r = await http.get(f"{api}/v1/cascades/{trace_id}/wait", params={"timeout": 30}, timeout=40)
-        out["answered"] = time.time()
-        state = r.json()
-        out["status"] = r.status_code
-        out["settled_at"] = state.get("settled_at")
-        out["detection_latency"] = state.get("detection_latency_seconds")
+        answer = await long_poll(http, api, trace_id)
+        out.update(answered=answer["returned"], status=answer["status"], settled_at=answer["settled_at"],
+                   detection_latency=answer["detection_latency"])
 
     waiter = asyncio.create_task(wait())
     out["sent"] = time.time()

@@ -46,10 +46,6 @@ class Violation:
     rule: str
     detail: str
 
-    @property
-    def key(self) -> str:
-        return f"{self.path}:{self.rule}"
-
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.rule}: {self.detail}"
 

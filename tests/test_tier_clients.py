@@ -86,7 +86,7 @@ def test_a_wait_answers_from_the_new_owner_when_the_owner_is_killed(tmp_path: Pa
                 owner.popen.wait(10)
                 # the scenario: the dead owner stays listed for a second (a resolver's interval),
                 # then the shard set and the exporter drop it
-                time.sleep(1.0)
+                time.sleep(1.0)  # noqa: sleep-ok - the scenario's interval, not a synchronisation
                 write_ring(ring_file, [survivor])
                 router.set_endpoints([survivor.endpoint])
                 out, err = waiter.communicate(timeout=90)
