@@ -128,6 +128,9 @@ LAZY_MS = _define(PREFIX + "LAZY_MS", 200.0, "how late every other change (activ
 COALESCE_MS = _define(
     PREFIX + "COALESCE_MS", 20.0, "under load, prompt exports at least this far apart (the cap of the reporter's "
     "adaptive window)", AGENT, kind="float")
+LOOP_EXPORT = _define(
+    PREFIX + "LOOP_EXPORT", True, "`false`: prompt exports go through the reporter thread, as before 2026-12-06, "
+    "instead of a callback on the agent's event loop (plain HTTP only)", AGENT, kind="bool")
 HEARTBEAT_SECONDS = _define(PREFIX + "HEARTBEAT_SECONDS", 2.0, "seconds between an idle hop's heartbeats", AGENT,
                             kind="float")
 CALL_SPANS = _define(

@@ -55,46 +55,57 @@ class PlainConnection:
             sock = socket.create_connection(self.address, timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock = sock
-        sock.sendall(b"".join((self.head, str(len(body)).encode(), b"\r\n\r\n", body)))
+        sock.sendall(self.request(body))
         buf = b""
-        while True:
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise http.client.RemoteDisconnected("collector closed the connection")
-                buf += chunk
-                if len(buf) > 65536:
-                    raise http.client.HTTPException("response head too large")
-            lines = buf[:end].decode("latin-1").split("\r\n")
-            buf = buf[end + 4:]
-            version, _, rest = lines[0].partition(" ")
-            code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/") or not code.isdigit():
-                raise http.client.BadStatusLine(lines[0])
-            status = int(code)
-            if not 100 <= status < 200:
-                break  # else an interim response: the real one follows
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        length = headers.get("content-length", "")
-        if "transfer-encoding" in headers or not length.isdigit():
-            keep = False  # a body we do not need and cannot delimit cheaply: drop the connection
-        else:
-            need = int(length)
-            while len(buf) < need:
-                chunk = sock.recv(max(65536, need - len(buf)))
-                if not chunk:
+        while (answer := parse_response(buf)) is None:
+            chunk = sock.recv(65536)
+            if not chunk:
+                if buf:
                     raise http.client.IncompleteRead(buf)
-                buf += chunk
-            if len(buf) != need:
-                keep = False  # more than one response: not ours to read
-        if not keep:
-            self.close()
+                raise http.client.RemoteDisconnected("collector closed the connection")
+            buf += chunk
+        status, reason, headers, keep, rest = answer
+        if not keep or rest:
+            self.close()  # rest: more than one response, not ours to read
         return status, reason, headers
 
+    def request(self, body: bytes) -> bytes:
+        """The whole request for ``body``: the prebuilt head, its length, the body."""
+        return b"".join((self.head, str(len(body)).encode(), b"\r\n\r\n", body))
+
+
+def parse_response(buf: bytes) -> tuple[int, str, dict[str, str], bool, bytes] | None:
+    """One HTTP/1.1 response from the start of ``buf``: (status, reason, headers lower-cased,
+    whether the connection may be kept, what follows it), or None while incomplete. Interim
+    (1xx) responses are skipped; a body is delimited by content-length only (anything
+    else: the connection is not kept, and the body is not waited for)."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > 65536:
+                raise http.client.HTTPException("response head too large")
+            return None
+        lines = buf[:end].decode("latin-1").split("\r\n")
+        buf = buf[end + 4:]
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/") or not code.isdigit():
+            raise http.client.BadStatusLine(lines[0])
+        status = int(code)
+        if not 100 <= status < 200:
+            break  # else an interim response: the real one follows
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    length = headers.get("content-length", "")
+    if "transfer-encoding" in headers or not length.isdigit():
+        return status, reason, headers, False, b""  # a body we do not need and cannot delimit cheaply
+    need = int(length)
+    if len(buf) < need:
+        return None
+    return status, reason, headers, keep, buf[need:]
 
 
 class Sender:
@@ -108,6 +119,11 @@ class Sender:
         self._plain: PlainConnection | None = None
         if parsed.scheme == "http" and PlainConnection.usable(headers):
             self._plain = PlainConnection(parsed, headers, timeout)
+
+    @property
+    def plain(self) -> PlainConnection | None:
+        """The plain-HTTP connection, where the endpoint allows one."""
+        return self._plain
 
     def after_fork(self) -> None:
         """In a forked child: the parent's sockets are the parent's (not closed here)."""

@@ -1,11 +1,15 @@
 """Ships lifecycle snapshots to the sidecar as OTLP/HTTP log records.
 
-A background thread coalesces: whatever changed since the last export is
-snapshotted once (latest state wins), so a burst of events becomes one record
-per cascade instead of a queue that drops. Each snapshot is an OTLP log record
-whose ``trace_id`` is the cascade's, ``event.name`` says which kind, and whose
-body is a JSON object (see docs/wire.md). Nothing here runs on the agent's
-request path: the agent only flips dirty bits and sets an event.
+Exports coalesce: whatever changed since the last export is snapshotted once
+(latest state wins), so a burst of events becomes one record per cascade instead
+of a queue that drops. Each snapshot is an OTLP log record whose ``trace_id`` is
+the cascade's, ``event.name`` says which kind, and whose body is a JSON object
+(see docs/wire.md). Nothing here runs inside the agent's own code: the agent only
+flips dirty bits and wakes the reporter. A prompt export (something that can
+settle a cascade changed) woken on the agent's event loop runs as a callback on
+that loop after the gathering delay (``loop_export``: no thread switch); a
+background thread does the rest (the lazy timer, heartbeats, retries, wakes from
+other threads, HTTPS, the flush at shutdown).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import urllib.parse
 
 from a2a_quiescence import environment_variables as env
 from a2a_quiescence.instrumentation.connection import Sender
+from a2a_quiescence.instrumentation.loop_export import LoopExport, Taken
 from a2a_quiescence.instrumentation.snapshot_encoding import encode  # noqa: F401 - also imported from here
 from a2a_quiescence.instrumentation.tracker import HopTracker
 
@@ -95,10 +100,19 @@ class Reporter:
         self._failures = 0
         self._warned = False
         self._sender = Sender(parsed, self.headers, timeout)
+        # prompt exports as callbacks on the agent's loop (see loop_export); plain HTTP only
+        plain = self._sender.plain
+        self._loop_export = (LoopExport(plain, self._take_prompt, self._loop_result)
+                             if plain is not None and env.LOOP_EXPORT.get() else None)
         self.exports = 0
         self.export_failures = 0
         self._thread: threading.Thread | None = None
         tracker.wake = self._wake
+
+    @property
+    def loop_export(self) -> LoopExport | None:
+        """The prompt exports on the agent's loop (None: plain HTTP unavailable, or switched off)."""
+        return self._loop_export
 
     def _wake(self) -> None:
         """What the tracker calls when something can settle a cascade (any thread:
@@ -106,8 +120,60 @@ class Reporter:
         self._wakes += 1
         if self._woken_at is None:
             self._woken_at = time.monotonic()  # the gathering delay counts from here, not from when we run
+        loop_export = self._loop_export
+        if loop_export is not None and not self._failures:
+            # the same delay as the thread's: flush_interval from the first wake, and under
+            # load the adaptive window since the last prompt export
+            until = max(self._woken_at + self.flush_interval, self._last_prompt + self._window)
+            if loop_export.schedule(max(0.0, until - time.monotonic())):
+                return
         if not self._event.is_set():
             self._event.set()
+
+    def _take_prompt(self) -> Taken | None:
+        """On the loop: the due snapshots as one request, or None (nothing due, or the
+        thread is exporting: then it is told to take them)."""
+        if not self._send_lock.acquire(blocking=False):
+            self._event.set()
+            return None
+        try:
+            self._woken_at = None
+            if not self.tracker.has_dirty():
+                return None
+            hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * 0.75)
+            self._adapt()
+            if hop is None and not cascades:
+                return None
+            if len(cascades) > MAX_SNAPSHOTS_PER_REQUEST:  # a resend of everything: the thread splits it
+                self.tracker.requeue(hop is not None, [t for t, _ in cascades])
+                self._event.set()
+                return None
+            body = encode(self.service_name, self.tracker.incarnation, hop, cascades)
+            return body, hop is not None, [t for t, _ in cascades]
+        finally:
+            self._send_lock.release()
+
+    def _loop_result(self, ok: bool, hop: bool, trace_ids: list[str], collector_id: str | None, why: str) -> None:
+        """An export on the loop was answered (or given up): as ``flush`` does for its own."""
+        if not ok:
+            self.export_failures += 1
+            self._failures += 1  # the thread retries, with its backoff; the loop waits for it
+            if not self._warned:
+                self._warned = True
+                logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, why)
+            self.tracker.requeue(hop, trace_ids)
+            self._event.set()
+            return
+        self.exports += 1
+        self._note_collector(collector_id)
+
+    def _note_collector(self, collector_id: str | None) -> None:
+        if collector_id and self._collector_id and collector_id != self._collector_id:
+            # the collector restarted and lost its view: resend everything
+            self.tracker.mark_all_dirty()
+            self._event.set()
+        if collector_id:
+            self._collector_id = collector_id
 
     def after_fork(self) -> None:
         """In a forked child: the parent's thread, connection and locks are not ours;
@@ -115,6 +181,8 @@ class Reporter:
         self._event = threading.Event()
         self._send_lock = threading.Lock()
         self._sender.after_fork()
+        if self._loop_export is not None:
+            self._loop_export.after_fork()
         self._collector_id = None
         self._failures = 0
         self._window, self._last_prompt, self._wakes, self._rate = self.flush_interval, 0.0, 0, 0.0
@@ -135,6 +203,8 @@ class Reporter:
         if self._thread is not None:
             self._thread.join(timeout=self.timeout + 1)
             self._thread = None
+        if self._loop_export is not None:
+            self._loop_export.abandon(force=True)  # what the loop has in flight ships with the flush
         if flush:
             self.flush()
         self.tracker.wake = lambda: None
@@ -155,9 +225,12 @@ class Reporter:
                 # prompt export has passed
                 start = self._woken_at if self._woken_at is not None else time.monotonic()
                 until = max(start + self.flush_interval, self._last_prompt + self._window)
-                time.sleep(max(0.0, until - time.monotonic()))
+                if (pause := until - time.monotonic()) > 0:  # a sleep of 0 still gives up the GIL
+                    time.sleep(pause)
             self._event.clear()
             self._woken_at = None
+            if self._loop_export is not None:
+                self._serve_loop_export()
             if time.monotonic() >= next_beat:
                 self.tracker.heartbeat()
                 next_beat = time.monotonic() + self.heartbeat
@@ -172,6 +245,19 @@ class Reporter:
             if not ok and not self._stop:
                 # back off, but keep the dirty state: nothing is lost, only late
                 time.sleep(min(2.0, 0.05 * (2 ** min(self._failures, 6))))
+
+    def _serve_loop_export(self) -> None:
+        """The thread's part of the loop's exports: give back what waited too long for its
+        answer (or whose loop closed), and connect the socket the loop asked for."""
+        loop_export = self._loop_export
+        if loop_export is None:
+            return
+        try:
+            loop_export.abandon(timeout=self.timeout)
+            if not self._failures:
+                loop_export.offer(self.timeout)
+        except OSError:
+            pass  # the collector is not there: the thread's own export finds out and backs off
 
     def _adapt(self) -> None:
         """The load-adaptive window: while prompt wakes come often enough that a
@@ -221,11 +307,6 @@ class Reporter:
                     return False
                 self._failures = 0
                 self.exports += 1
-                if collector_id and self._collector_id and collector_id != self._collector_id:
-                    # the collector restarted and lost its view: resend everything
-                    self.tracker.mark_all_dirty()
-                    self._event.set()
-                if collector_id:
-                    self._collector_id = collector_id
+                self._note_collector(collector_id)
             return True
 

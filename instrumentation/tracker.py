@@ -2,7 +2,7 @@
 cascade's record: ``CascadeRecord``, instrumentation/cascade_record.py).
 
 One ``HopTracker`` per process incarnation. Every mutation happens under one
-lock and marks what changed as dirty; the reporter thread takes atomic
+lock and marks what changed as dirty; the reporter takes atomic
 snapshots of the dirty parts under the same lock (docs/settlement.md: a snapshot
 must never mix fields from different moments).
 

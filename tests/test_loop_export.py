@@ -1,0 +1,205 @@
+"""Prompt exports on the agent's own event loop (instrumentation/loop_export.py):
+they happen there and reach the collector; a refused, unanswered or orphaned
+request loses nothing (the thread ships it again); wakes from elsewhere, and
+``A2A_QUIESCENCE_LOOP_EXPORT=false``, keep to the thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+from typing import Iterator
+
+import pytest
+
+from a2a_quiescence import environment_variables as variables
+from a2a_quiescence import names
+from a2a_quiescence.instrumentation.reporter import Reporter
+from a2a_quiescence.instrumentation.tracker import HopTracker
+from tests.support import wait_until, wait_until_async
+from tests.test_reporter import Sink
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    yield s
+    s.close()
+
+
+def _reporter(tracker: HopTracker, port: int, start: bool = True, **kwargs: float) -> Reporter:
+    """A reporter (``start``: with its thread; without, only the loop exports)."""
+    rep = Reporter(tracker, "agent", endpoint=f"http://127.0.0.1:{port}/v1/logs", headers={},
+                   heartbeat=60.0, **kwargs)
+    if start:
+        rep.start()
+    return rep
+
+
+def _cascades(sink: Sink) -> int:
+    return sum(r.count(names.EVENT_CASCADE_SNAPSHOT) for r in sink.requests)
+
+
+async def _passive_cascade(tracker: HopTracker) -> str:
+    """A root receipt and its release, on the running loop (both wake the reporter)."""
+    trace_id = uuid.uuid4().hex
+    tracker.release(tracker.receive(trace_id, None, uuid.uuid4().hex, None))
+    return trace_id
+
+
+def test_a_wake_on_the_loop_exports_on_the_loop(sink: Sink) -> None:
+    tracker = HopTracker()
+    rep = _reporter(tracker, sink.port)
+    loop_export = rep.loop_export
+    assert loop_export is not None
+
+    async def body() -> None:
+        # the first wake asks the thread for a socket (exported by the thread meanwhile)
+        await _passive_cascade(tracker)
+        await wait_until_async(lambda: loop_export.offered or loop_export.sock, "a socket for the loop",
+                               timeout=10, every=0.01)
+        before = loop_export.exports
+        for _ in range(3):
+            await _passive_cascade(tracker)
+            await wait_until_async(lambda: not tracker.has_dirty() and loop_export.in_flight is None,
+                                   "the export answered", timeout=10, every=0.005)
+        assert loop_export.exports > before
+
+    try:
+        asyncio.run(body())
+        wait_until(lambda: _cascades(sink) >= 4, "every cascade delivered", timeout=10, every=0.01)
+        assert rep.export_failures == 0
+    finally:
+        rep.stop()
+
+
+def test_a_refused_export_on_the_loop_is_shipped_again_by_the_thread(sink: Sink) -> None:
+    tracker = HopTracker()
+    rep = _reporter(tracker, sink.port)
+    loop_export = rep.loop_export
+    assert loop_export is not None
+
+    async def body() -> str:
+        await _passive_cascade(tracker)
+        await wait_until_async(lambda: loop_export.offered or loop_export.sock, "a socket for the loop",
+                               timeout=10, every=0.01)
+        await wait_until_async(lambda: not tracker.has_dirty(), "the first delivered", timeout=10, every=0.01)
+        sink.fail = {len(sink.requests)}  # the next request is refused
+        refused_before = rep.export_failures
+        trace_id = await _passive_cascade(tracker)
+        await wait_until_async(lambda: rep.export_failures > refused_before, "the refusal", timeout=10,
+                               every=0.005)
+        return trace_id
+
+    try:
+        asyncio.run(body())
+        wait_until(lambda: not tracker.has_dirty() and len(sink.requests) >= 3, "the resend", timeout=10,
+                   every=0.01)
+        # the refused cascade's snapshot arrived after the refusal
+        assert any(names.EVENT_CASCADE_SNAPSHOT in r for r in sink.requests[sink.fail.pop() + 1:])
+    finally:
+        rep.stop()
+
+
+class Silent:
+    """Accepts connections and reads, and never answers."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.received = 0
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            threading.Thread(target=self.read, args=(conn,), daemon=True).start()
+
+    def read(self, conn: socket.socket) -> None:
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.received += data.count(b"POST ")
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join()
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
+
+
+def test_an_export_left_in_flight_by_a_closed_loop_is_given_back() -> None:
+    silent = Silent()
+    tracker = HopTracker()
+    rep = _reporter(tracker, silent.port, start=False, timeout=30.0)
+    loop_export = rep.loop_export
+    assert loop_export is not None
+    try:
+        async def body() -> None:
+            loop_export.want_socket = True
+            loop_export.offer(5.0)  # as the thread would (this test's collector never answers)
+            tracker_id = await _passive_cascade(tracker)
+            await wait_until_async(lambda: loop_export.in_flight is not None, "a request in flight",
+                                   timeout=10, every=0.005)
+            assert tracker_id in loop_export.in_flight[1]
+
+        asyncio.run(body())  # the loop closes with the request unanswered
+        assert not tracker.has_dirty()  # taken: only the loop's request holds it
+        loop_export.abandon()
+        assert loop_export.in_flight is None and tracker.has_dirty()  # given back to the thread
+    finally:
+        rep.stop(flush=False)
+        silent.close()
+
+
+def test_an_unanswered_export_is_given_back_after_the_timeout() -> None:
+    silent = Silent()
+    tracker = HopTracker()
+    rep = _reporter(tracker, silent.port, start=False, timeout=30.0)
+    loop_export = rep.loop_export
+    assert loop_export is not None
+    try:
+        async def body() -> None:
+            loop_export.want_socket = True
+            loop_export.offer(5.0)
+            await _passive_cascade(tracker)
+            await wait_until_async(lambda: loop_export.in_flight is not None, "a request in flight",
+                                   timeout=10, every=0.005)
+            loop_export.abandon(timeout=60.0)  # the loop runs and it has not waited that long
+            assert loop_export.in_flight is not None and not tracker.has_dirty()
+            loop_export.abandon(timeout=0.0)
+            assert loop_export.in_flight is None and tracker.has_dirty()
+
+        asyncio.run(body())
+    finally:
+        rep.stop(flush=False)
+        silent.close()
+
+
+def test_wakes_off_the_loop_and_the_switch_keep_to_the_thread(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = HopTracker()
+    rep = _reporter(tracker, sink.port)
+    try:
+        assert rep.loop_export is not None
+        tracker.release(tracker.receive(uuid.uuid4().hex, None, uuid.uuid4().hex, None))  # no loop here
+        wait_until(lambda: not tracker.has_dirty(), "delivered by the thread", timeout=10, every=0.01)
+        assert rep.loop_export.exports == 0 and rep.loop_export.loop is None
+    finally:
+        rep.stop()
+    monkeypatch.setenv(variables.LOOP_EXPORT.name, "false")
+    assert Reporter(HopTracker(), "agent", endpoint=f"http://127.0.0.1:{sink.port}/v1/logs",
+                    headers={}).loop_export is None
