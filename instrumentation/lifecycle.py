@@ -18,7 +18,7 @@ from a2a_quiescence.instrumentation.loop import (
 )
 from a2a_quiescence.instrumentation.runtime import (
     ActiveTaskState,
-    CASCADE, OWNER, Runtime, add_metric, client_cancel_requested, current, current_cascade, end_span, guard,
+    CASCADE, OWNER, Runtime, client_cancel_requested, current, current_cascade, end_span, guard,
     new_ending, note_task_state, record_ending, run_executor, start_span,
 )
 
@@ -184,9 +184,7 @@ def producer_started(rt: Runtime, task_id: str, producer: asyncio.Task, key: str
         if len(rt.task_trace) > 10_000:
             rt.task_trace.pop(next(iter(rt.task_trace)))
     rt.producers[key or producer.get_name()] = producer
-    rt.tracker.producer_started()
-    add_metric(rt.started, 1)
-    add_metric(rt.in_flight, 1)
+    rt.tracker.producer_started()  # the producer metrics read the tracker's counts (Runtime)
 
 
 def producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: str | None = None,
@@ -195,8 +193,6 @@ def producer_finished(rt: Runtime, span: trace.Span | None, outcome: str, key: s
     if key is not None:
         rt.producers.pop(key, None)
     rt.tracker.producer_finished(outcome)
-    add_metric(rt.finished, 1, {names.ATTR_OUTCOME: outcome})
-    add_metric(rt.in_flight, -1)
     with guard("producer span"):
         span.set_attribute(names.ATTR_OUTCOME, outcome)
         if state:

@@ -153,6 +153,31 @@ def add_metric(instrument: Any, value: int, attributes: dict[str, Any] | None = 
         report_internal_error("metric", exc)
 
 
+def observe_producers(meter: Any, tracker: HopTracker) -> None:
+    """``a2a.producers.in_flight`` / ``.started`` / ``.finished`` (by outcome), read from
+    ``tracker`` at each collection: the same sums as counters added to on every
+    producer, without the four recordings per request."""
+    from opentelemetry.metrics import Observation
+
+    def in_flight(_options: Any) -> list[Observation]:
+        return [Observation(tracker.producers_in_flight)]
+
+    def started(_options: Any) -> list[Observation]:
+        return [Observation(tracker.producers_started)]
+
+    def finished(_options: Any) -> list[Observation]:
+        with tracker.lock:
+            counts = list(tracker.producers_finished.items())
+        return [Observation(n, {names.ATTR_OUTCOME: outcome}) for outcome, n in counts]
+
+    meter.create_observable_up_down_counter(names.OTEL_PRODUCERS_IN_FLIGHT, callbacks=[in_flight], unit="{producer}",
+                                            description="ActiveTask producers spawned and not yet finished")
+    meter.create_observable_counter(names.OTEL_PRODUCERS_STARTED, callbacks=[started], unit="{producer}",
+                                    description="ActiveTask producers spawned")
+    meter.create_observable_counter(names.OTEL_PRODUCERS_FINISHED, callbacks=[finished], unit="{producer}",
+                                    description="ActiveTask producers finished, by outcome")
+
+
 class Runtime:
     """What the wrappers need: tracer, instruments, the hop tracker, settings."""
 
@@ -167,15 +192,9 @@ class Runtime:
         self.service_name = service_name
         self.stall_seconds = stall_seconds
         self.flush: Callable[[], None] = lambda: None
-        self.in_flight = meter.create_up_down_counter(
-            names.OTEL_PRODUCERS_IN_FLIGHT, unit="{producer}", description="ActiveTask producers spawned and not yet finished"
-        )
-        self.started = meter.create_counter(
-            names.OTEL_PRODUCERS_STARTED, unit="{producer}", description="ActiveTask producers spawned"
-        )
-        self.finished = meter.create_counter(
-            names.OTEL_PRODUCERS_FINISHED, unit="{producer}", description="ActiveTask producers finished, by outcome"
-        )
+        # the producer counts are the tracker's own (kept for the hop snapshot anyway):
+        # observed when the metrics are collected, not recorded on every request
+        observe_producers(meter, tracker)
         self.stalled = meter.create_up_down_counter(
             names.OTEL_STALLED_CLOSES,
             unit="{close}",
