@@ -20,7 +20,7 @@ and refuses newer ones (it cannot know what they mean).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, NamedTuple
 
 from a2a_quiescence import names
@@ -290,7 +290,12 @@ class HopSnapshot:
     unsupported: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": SCHEMA_VERSION, **asdict(self)}
+        # a shallow dict (``asdict`` deep-copied every value: 10x the cost, once per hop
+        # snapshot); the containers are the snapshot's own copies
+        body: dict[str, Any] = {"v": SCHEMA_VERSION}
+        for name in _HOP_FIELDS:
+            body[name] = getattr(self, name)
+        return body
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "HopSnapshot":
@@ -339,3 +344,6 @@ class HopSnapshot:
             shutdown=shutdown,
             unsupported=[dict(u) for u in unsupported[:8]],
         )
+
+
+_HOP_FIELDS = tuple(f.name for f in fields(HopSnapshot))

@@ -446,7 +446,7 @@ class HopTracker:
             shutdown_cancelled_total=self.cancelled_by_shutdown,
             recent=list(self.recent),
             shutdown=self.shutdown,
-            unsupported=self.unsupported,
+            unsupported=list(self.unsupported),
         ).to_json()
 
     def requeue(self, hop: bool, trace_ids: list[str]) -> None:
