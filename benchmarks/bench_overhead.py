@@ -16,7 +16,9 @@ next), in an order that rotates every round, against one live
   now makes the default), snapshots shipped to the live collector (the headline);
 - ``ours_sdk``: the same with a2a-sdk's own tracing left on, which is what the
   README's two lines gave before that default (and what an explicit
-  ``OTEL_INSTRUMENTATION_A2A_SDK_ENABLED=true`` gives now).
+  ``OTEL_INSTRUMENTATION_A2A_SDK_ENABLED=true`` gives now);
+- ``ours_thread``: ``ours`` with ``A2A_QUIESCENCE_LOOP_EXPORT=false``: prompt
+  exports through the reporter thread, as before they moved onto the agent's loop.
 
 Two relay shapes, each with every kind (``--shapes``): ``bare``, where the agents
 do nothing but delegate (every microsecond of telemetry shows), and ``agent``,
@@ -50,7 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("bare", "sdk", "contrib", "ours_local", "ours", "ours_sdk")
+KINDS = ("bare", "sdk", "contrib", "ours_local", "ours", "ours_sdk", "ours_thread")
+OURS = ("ours_local", "ours", "ours_sdk", "ours_thread")
 HOPS = 3
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +83,21 @@ def _thread_cpu() -> dict[str, float]:
                 else "span export" if "Otel" in name or "Batch" in name or "Processor" in name else "other")
         out[what] = out.get(what, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
+
+
+def _switches() -> int:
+    """Context switches (voluntary and not) of every thread of this process so far: each
+    hand-over of the interpreter between threads is some of them."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
 
 
 # --- child: one kind, one measurement -----------------------------------------------------
@@ -119,8 +137,11 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: fl
         HTTPXClientInstrumentor().instrument(tracer_provider=provider)
         wrap_asgi = lambda app: OpenTelemetryMiddleware(app, tracer_provider=provider)  # noqa: E731
     inst = None
-    if kind in ("ours_local", "ours", "ours_sdk"):
+    if kind in OURS:
+        from a2a_quiescence import environment_variables as env
         from a2a_quiescence.instrumentation import A2AQuiescenceInstrumentor
+
+        os.environ[env.LOOP_EXPORT.name] = "false" if kind == "ours_thread" else "true"
 
         inst = A2AQuiescenceInstrumentor()
         inst.instrument(
@@ -132,10 +153,11 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: fl
         async with relay_servers(wrap_asgi) as url:
             await drive(url, 10, concurrency, warmup=0, cpu_ms=cpu_ms, wait_ms=wait_ms)  # warm up, not counted
             spans_before, cpu_before, threads_before = counting.ended, time.process_time(), _thread_cpu()
-            posts_before = _posts()
+            posts_before, switches_before = _posts(), _switches()
             rate = await drive(url, requests, concurrency, warmup=0, cpu_ms=cpu_ms, wait_ms=wait_ms)
             threads_after = _thread_cpu()
             threads["posts"] = _posts() - posts_before
+            threads["switches"] = _switches() - switches_before
             threads.update({k: v - threads_before.get(k, 0.0) for k, v in threads_after.items()})
             return rate, time.process_time() - cpu_before, counting.ended - spans_before
 
@@ -146,10 +168,12 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: fl
     threads: dict[str, float] = {}
     rate, cpu, spans = asyncio.run(run())
     posts = threads.pop("posts")
+    switches = threads.pop("switches")
     if provider is not None:
         provider.force_flush()
     return {"kind": kind, "rate": rate, "cpu_us_per_hop_request": cpu * 1e6 / (HOPS * requests),
             "spans_per_hop_request": spans / (HOPS * requests), "snapshot_posts_per_request": posts / requests,
+            "switches_per_request": switches / requests,
             "threads_us_per_hop_request": {k: v * 1e6 / (HOPS * requests) for k, v in sorted(threads.items())}}
 
 
@@ -282,10 +306,13 @@ def _report(kinds: list[str], results: dict[str, list[dict[str, Any]]], collecto
         posts = statistics.median(x.get("snapshot_posts_per_request", 0.0) for x in results[kind])
         if posts:
             by_thread += f"; snapshot POSTs/request {posts:.2f}"
+        switches = statistics.median(x.get("switches_per_request", 0.0) for x in results[kind])
+        by_thread += f"; context switches/request {switches:.0f}"
         print(f"{kind:10s} {statistics.median(rates):8.1f} {statistics.median(ratios):6.3f} {min(ratios):6.3f} "
               f"{cpu:15.0f} {spans:14.2f} {coll:16.0f}  {by_thread}")
     print("collector us/req: the collector's CPU per request while that kind ran (its spans, and for `ours` "
-          "its snapshots); it shares the machine's cores with the agents")
+          "its snapshots); it shares the machine's cores with the agents. Context switches: every thread of "
+          "the process (three agents and the load generator), per request")
     if latency.get(float("inf")):
         print(f"`ours` under this load: {latency[float('inf')]:.0f} cascades settled; detection latency (settle - last "
               f"hop passive, the collector's histogram) p50 <= {_quantile(latency, 0.5) * 1000:g} ms, "

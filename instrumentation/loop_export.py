@@ -46,10 +46,11 @@ class LoopExport:
     another loop's wakes go to the thread)."""
 
     def __init__(self, conn: PlainConnection, take: Callable[[], Taken | None],
-                 result: Callable[[bool, bool, list[str], str | None, str], None]) -> None:
+                 result: Callable[[bool, bool, list[str], str | None, str], None], fallback: Callable[[], None]) -> None:
         self.conn = conn  # the request head and the address; its own socket stays the thread's
         self.take = take
         self.result = result  # (ok, hop, trace ids, collector id, why)
+        self.fallback = fallback  # wake the thread instead (a scheduled export that cannot run here)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sock: socket.socket | None = None  # in use on the loop (non-blocking)
         self.offered: socket.socket | None = None  # connected by the thread, not yet adopted
@@ -60,11 +61,14 @@ class LoopExport:
         self.lock = threading.Lock()  # guards in_flight between the loop and the thread
         self.in_flight: tuple[bool, list[str], float] | None = None
         self.exports = 0  # requests answered on the loop (for benchmarks and tests)
+        self.disabled = False  # a loop that cannot watch sockets (no add_reader): the thread's job
 
     # -- from any thread ----------------------------------------------------------------
     def schedule(self, delay: float) -> bool:
         """Run a prompt export ``delay`` seconds from now on the calling thread's loop;
         False where that cannot be done here (no loop, another loop, no socket yet)."""
+        if self.disabled:
+            return False
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -116,11 +120,19 @@ class LoopExport:
                 self.again = True  # one request at a time: this one follows the answer
                 return
             if self.sock is None:
-                if self.offered is None:
+                if self.offered is None:  # the connection broke since: the thread exports
+                    self.fallback()
                     return
-                self.sock, self.offered = self.offered, None
+                sock, self.offered = self.offered, None
                 self.buf = b""
-                asyncio.get_running_loop().add_reader(self.sock, self.readable)
+                try:
+                    asyncio.get_running_loop().add_reader(sock, self.readable)
+                except Exception:  # noqa: BLE001 - e.g. NotImplementedError: this loop cannot
+                    self.disabled = True
+                    sock.close()
+                    self.fallback()
+                    return
+                self.sock = sock
             taken = self.take()
             if taken is None:
                 return

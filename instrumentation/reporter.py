@@ -102,7 +102,7 @@ class Reporter:
         self._sender = Sender(parsed, self.headers, timeout)
         # prompt exports as callbacks on the agent's loop (see loop_export); plain HTTP only
         plain = self._sender.plain
-        self._loop_export = (LoopExport(plain, self._take_prompt, self._loop_result)
+        self._loop_export = (LoopExport(plain, self._take_prompt, self._loop_result, self._wake_thread)
                              if plain is not None and env.LOOP_EXPORT.get() else None)
         self.exports = 0
         self.export_failures = 0
@@ -129,6 +129,9 @@ class Reporter:
                 return
         if not self._event.is_set():
             self._event.set()
+
+    def _wake_thread(self) -> None:
+        self._event.set()
 
     def _take_prompt(self) -> Taken | None:
         """On the loop: the due snapshots as one request, or None (nothing due, or the

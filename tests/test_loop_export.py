@@ -15,6 +15,7 @@ import pytest
 
 from a2a_quiescence import environment_variables as variables
 from a2a_quiescence import names
+from a2a_quiescence.instrumentation.loop_export import LoopExport
 from a2a_quiescence.instrumentation.reporter import Reporter
 from a2a_quiescence.instrumentation.tracker import HopTracker
 from tests.support import wait_until, wait_until_async
@@ -41,6 +42,20 @@ def _cascades(sink: Sink) -> int:
     return sum(r.count(names.EVENT_CASCADE_SNAPSHOT) for r in sink.requests)
 
 
+def _started(port: int) -> tuple[HopTracker, Reporter, LoopExport]:
+    tracker = HopTracker()
+    rep = _reporter(tracker, port)
+    assert rep.loop_export is not None
+    return tracker, rep, rep.loop_export
+
+
+async def _first_wake(tracker: HopTracker, loop_export: LoopExport) -> None:
+    """The first wake on a loop asks the thread for a socket (and is exported by it)."""
+    await _passive_cascade(tracker)
+    await wait_until_async(lambda: loop_export.offered or loop_export.sock or loop_export.disabled,
+                           "a socket for the loop", timeout=10, every=0.01)
+
+
 async def _passive_cascade(tracker: HopTracker) -> str:
     """A root receipt and its release, on the running loop (both wake the reporter)."""
     trace_id = uuid.uuid4().hex
@@ -49,16 +64,10 @@ async def _passive_cascade(tracker: HopTracker) -> str:
 
 
 def test_a_wake_on_the_loop_exports_on_the_loop(sink: Sink) -> None:
-    tracker = HopTracker()
-    rep = _reporter(tracker, sink.port)
-    loop_export = rep.loop_export
-    assert loop_export is not None
+    tracker, rep, loop_export = _started(sink.port)
 
     async def body() -> None:
-        # the first wake asks the thread for a socket (exported by the thread meanwhile)
-        await _passive_cascade(tracker)
-        await wait_until_async(lambda: loop_export.offered or loop_export.sock, "a socket for the loop",
-                               timeout=10, every=0.01)
+        await _first_wake(tracker, loop_export)
         before = loop_export.exports
         for _ in range(3):
             await _passive_cascade(tracker)
@@ -75,15 +84,10 @@ def test_a_wake_on_the_loop_exports_on_the_loop(sink: Sink) -> None:
 
 
 def test_a_refused_export_on_the_loop_is_shipped_again_by_the_thread(sink: Sink) -> None:
-    tracker = HopTracker()
-    rep = _reporter(tracker, sink.port)
-    loop_export = rep.loop_export
-    assert loop_export is not None
+    tracker, rep, loop_export = _started(sink.port)
 
     async def body() -> str:
-        await _passive_cascade(tracker)
-        await wait_until_async(lambda: loop_export.offered or loop_export.sock, "a socket for the loop",
-                               timeout=10, every=0.01)
+        await _first_wake(tracker, loop_export)
         await wait_until_async(lambda: not tracker.has_dirty(), "the first delivered", timeout=10, every=0.01)
         sink.fail = {len(sink.requests)}  # the next request is refused
         refused_before = rep.export_failures
@@ -203,3 +207,29 @@ def test_wakes_off_the_loop_and_the_switch_keep_to_the_thread(sink: Sink, monkey
     monkeypatch.setenv(variables.LOOP_EXPORT.name, "false")
     assert Reporter(HopTracker(), "agent", endpoint=f"http://127.0.0.1:{sink.port}/v1/logs",
                     headers={}).loop_export is None
+
+
+class NoReaderLoop(asyncio.SelectorEventLoop):
+    """A loop that cannot watch sockets (as some alternative loops)."""
+
+    def add_reader(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError
+
+
+def test_a_loop_that_cannot_watch_sockets_leaves_the_exports_to_the_thread(sink: Sink) -> None:
+    tracker, rep, loop_export = _started(sink.port)
+
+    async def body() -> None:
+        await _first_wake(tracker, loop_export)
+        await _passive_cascade(tracker)  # scheduled on the loop, which then finds it cannot
+        await wait_until_async(lambda: loop_export.disabled, "the loop path given up", timeout=10, every=0.005)
+        await wait_until_async(lambda: not tracker.has_dirty(), "delivered by the thread", timeout=10, every=0.01)
+
+    loop = NoReaderLoop()
+    try:
+        loop.run_until_complete(body())
+        assert loop_export.exports == 0 and rep.export_failures == 0
+        assert _cascades(sink) >= 2
+    finally:
+        loop.close()
+        rep.stop()
