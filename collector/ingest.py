@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, Callable
+import json
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from a2a_quiescence import names
@@ -62,57 +62,96 @@ class Ingest:
                 bad += 1
         return bad
 
-    async def otlp_http(self, request: Request) -> Response:
-        signal = request.path_params["signal"]
-        headers = {names.HEADER_COLLECTOR_ID: self.collector_id()}
+    async def receive_export(self, signal: str, headers: Mapping[str, str],
+                             body: AsyncIterator[bytes]) -> tuple[int, bytes, str, dict[str, str]]:
+        """One OTLP/HTTP export request, whatever server carries it: ``headers``
+        lower-cased, ``body`` its chunks. Returns (status, body, media type, headers)."""
+        out = {names.HEADER_COLLECTOR_ID: self.collector_id()}
         if signal not in otlp.SIGNALS:
             self.state.reject(names.REJECT_NOT_FOUND)
-            return JSONResponse({"error": f"unknown signal {signal!r}"}, 404, headers=headers)
-        if not self.authorized(request.headers.get("authorization")):
+            return _json(404, {"error": f"unknown signal {signal!r}"}, out)
+        if not self.authorized(headers.get("authorization")):
             self.state.reject(names.REJECT_UNAUTHORIZED)
-            return JSONResponse(
-                {"error": "missing or wrong bearer token"}, 401, headers={**headers, "www-authenticate": "Bearer"}
-            )
+            return _json(401, {"error": "missing or wrong bearer token"}, {**out, "www-authenticate": "Bearer"})
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             self.state.reject(names.REJECT_TOO_LARGE)
-            return JSONResponse({"error": f"body larger than {limit} bytes"}, 413, headers=headers)
+            return _json(413, {"error": f"body larger than {limit} bytes"}, out)
         chunks = []
         size = 0
-        async for chunk in request.stream():
+        async for chunk in body:
             size += len(chunk)
             if size > limit:
                 self.state.reject(names.REJECT_TOO_LARGE)
-                return JSONResponse({"error": f"body larger than {limit} bytes"}, 413, headers=headers)
+                return _json(413, {"error": f"body larger than {limit} bytes"}, out)
             chunks.append(chunk)
         raw = b"".join(chunks)
-        content_type = request.headers.get("content-type")
+        content_type = headers.get("content-type")
         try:
             kind = otlp.media_type(content_type)
             if kind not in (otlp.PROTOBUF, otlp.JSON):
                 raise otlp.PayloadError(415, names.REJECT_CONTENT_TYPE, f"unsupported content-type {kind!r}")
-            body = otlp.decompress(raw, request.headers.get("content-encoding"), limit)
-            message = otlp.decode(signal, body, content_type)
+            decoded = otlp.decompress(raw, headers.get("content-encoding"), limit)
+            message = otlp.decode(signal, decoded, content_type)
         except otlp.PayloadError as exc:
             self.state.reject(exc.reason)
-            return JSONResponse({"error": str(exc), "reason": exc.reason}, exc.status, headers=headers)
+            return _json(exc.status, {"error": str(exc), "reason": exc.reason}, out)
         bad = self.apply(signal, message)
         if self.forward is not None:
-            self.forward(signal, raw, request.headers)
+            self.forward(signal, raw, headers)
         if bad:
             # OTLP partial success: accepted, with the count of records refused
-            return JSONResponse(
-                {"partialSuccess": {"rejectedLogRecords": bad, "errorMessage": "malformed a2a-quiescence snapshot(s)"}},
-                200,
-                headers=headers,
-            )
+            return _json(200, {"partialSuccess": {"rejectedLogRecords": bad,
+                                                  "errorMessage": "malformed a2a-quiescence snapshot(s)"}}, out)
         if kind == otlp.PROTOBUF:
-            return Response(b"", 200, media_type=otlp.PROTOBUF, headers=headers)
-        return JSONResponse({}, 200, headers=headers)
+            return 200, b"", otlp.PROTOBUF, out
+        return _json(200, {}, out)
+
+    async def otlp_http(self, request: Request) -> Response:
+        """The Starlette route (where OTLP shares the API's port)."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status, body, media_type, out = await self.receive_export(request.path_params["signal"], headers,
+                                                                  request.stream())
+        return Response(body, status, media_type=media_type, headers=out)
+
+    async def asgi(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                   send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """The OTLP port's whole application: ``POST /v1/{signal}`` and nothing else,
+        without a framework's routing and middleware (a third of the collector's CPU per
+        snapshot request went there)."""
+        if scope["type"] != "http":
+            return  # lifespan is off; anything else is not ours
+        path, method = scope["path"], scope["method"]
+        if not path.startswith("/v1/") or "/" in path[4:]:
+            status, body, media_type, out = 404, b"Not Found", "text/plain", {}
+        elif method != "POST":
+            status, body, media_type, out = 405, b"Method Not Allowed", "text/plain", {"allow": "POST"}
+        else:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    yield message.get("body", b"")
+                    if not message.get("more_body", False):
+                        return
+
+            status, body, media_type, out = await self.receive_export(path[4:], headers, chunks())
+        raw_headers = [(b"content-type", media_type.encode()), (b"content-length", str(len(body)).encode())]
+        raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
 
     def route(self) -> Route:
         return Route("/v1/{signal}", self.otlp_http, methods=["POST"])
 
-    def app(self) -> Starlette:
-        return Starlette(routes=[self.route()])
+    def app(self) -> Callable[..., Awaitable[None]]:
+        """The OTLP port's ASGI application (see ``asgi``)."""
+        return self.asgi
+
+
+def _json(status: int, value: Any, headers: dict[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+    return status, json.dumps(value, separators=(",", ":")).encode(), "application/json", headers

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import socket
 import uuid
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.applications import Starlette
@@ -115,7 +115,7 @@ class Collector:
     def _listening(self) -> dict[str, str] | None:
         return {k: f"{h}:{p}" for k, (h, p) in self.bound.items()} if self.ready else None
 
-    def otlp_app(self) -> Starlette:
+    def otlp_app(self) -> Callable[..., Awaitable[None]]:
         return self.ingest.app()
 
     def api_app(self) -> Starlette:
@@ -154,7 +154,8 @@ class Collector:
             self.bound["otlp_http"] = self.bound["http"]
         servers = []
         for (_name, _listen, app), sock in zip(listens, sockets):
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                                   interface="asgi3"))
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             servers.append((server, sock))
         grpc_server = None
