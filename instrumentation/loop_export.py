@@ -46,7 +46,8 @@ class LoopExport:
     another loop's wakes go to the thread)."""
 
     def __init__(self, conn: PlainConnection, take: Callable[[], Taken | None],
-                 result: Callable[[bool, bool, list[str], str | None, str], None], fallback: Callable[[], None]) -> None:
+                 result: Callable[[bool, bool, list[str], str | None, str], None],
+                 fallback: Callable[[], None]) -> None:
         self.conn = conn  # the request head and the address; its own socket stays the thread's
         self.take = take
         self.result = result  # (ok, hop, trace ids, collector id, why)

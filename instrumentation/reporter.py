@@ -118,17 +118,21 @@ class Reporter:
         """What the tracker calls when something can settle a cascade (any thread:
         the count is a load estimate, not exact)."""
         self._wakes += 1
-        if self._woken_at is None:
-            self._woken_at = time.monotonic()  # the gathering delay counts from here, not from when we run
+        woken = self._woken_at  # read once: the thread may clear it meanwhile
+        if woken is None:
+            woken = self._woken_at = time.monotonic()  # the gathering delay counts from here, not from when we run
         loop_export = self._loop_export
         if loop_export is not None and not self._failures:
-            # the same delay as the thread's: flush_interval from the first wake, and under
-            # load the adaptive window since the last prompt export
-            until = max(self._woken_at + self.flush_interval, self._last_prompt + self._window)
-            if loop_export.schedule(max(0.0, until - time.monotonic())):
+            if loop_export.schedule(max(0.0, self._prompt_due(woken) - time.monotonic())):
                 return
         if not self._event.is_set():
             self._event.set()
+
+    def _prompt_due(self, woken_at: float) -> float:
+        """When a prompt export woken at ``woken_at`` runs (monotonic), on the loop or the
+        thread: ``flush_interval`` after the wake, and under load not before the adaptive
+        window since the last prompt export has passed."""
+        return max(woken_at + self.flush_interval, self._last_prompt + self._window)
 
     def _wake_thread(self) -> None:
         self._event.set()
@@ -159,16 +163,21 @@ class Reporter:
     def _loop_result(self, ok: bool, hop: bool, trace_ids: list[str], collector_id: str | None, why: str) -> None:
         """An export on the loop was answered (or given up): as ``flush`` does for its own."""
         if not ok:
-            self.export_failures += 1
-            self._failures += 1  # the thread retries, with its backoff; the loop waits for it
-            if not self._warned:
-                self._warned = True
-                logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, why)
-            self.tracker.requeue(hop, trace_ids)
-            self._event.set()
+            self._delivery_failed(why, hop, trace_ids)
+            self._event.set()  # the thread retries, with its backoff; the loop waits for it
             return
         self.exports += 1
         self._note_collector(collector_id)
+
+    def _delivery_failed(self, why: object, hop: bool, trace_ids: list[str]) -> None:
+        """An export failed: counted, warned of once, and what it carried owed again
+        (nothing is lost: it is sent again later)."""
+        self._failures += 1
+        self.export_failures += 1
+        if not self._warned:
+            self._warned = True
+            logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, why)
+        self.tracker.requeue(hop, trace_ids)
 
     def _note_collector(self, collector_id: str | None) -> None:
         if collector_id and self._collector_id and collector_id != self._collector_id:
@@ -227,13 +236,12 @@ class Reporter:
                 # first wake, and under load until the adaptive window since the last
                 # prompt export has passed
                 start = self._woken_at if self._woken_at is not None else time.monotonic()
-                until = max(start + self.flush_interval, self._last_prompt + self._window)
-                if (pause := until - time.monotonic()) > 0:  # a sleep of 0 still gives up the GIL
+                pause = self._prompt_due(start) - time.monotonic()
+                if pause > 0:  # a sleep of 0 still gives up the GIL
                     time.sleep(pause)
             self._event.clear()
             self._woken_at = None
-            if self._loop_export is not None:
-                self._serve_loop_export()
+            self._serve_loop_export()
             if time.monotonic() >= next_beat:
                 self.tracker.heartbeat()
                 next_beat = time.monotonic() + self.heartbeat
@@ -300,13 +308,8 @@ class Reporter:
                     body = encode(self.service_name, self.tracker.incarnation, hop if n == 0 else None, chunk)
                     collector_id = self._sender.post(body)
                 except Exception as exc:  # noqa: BLE001 - fail-open: never reach the agent
-                    self._failures += 1
-                    self.export_failures += 1
-                    if not self._warned:
-                        self._warned = True
-                        logger.warning("a2a-quiescence: cannot deliver snapshots to %s: %s", self.endpoint, exc)
-                    # nothing is lost: what was not delivered is sent again later
-                    self.tracker.requeue(hop is not None and n == 0, [t for rest in chunks[n:] for t, _ in rest])
+                    owed = [t for rest in chunks[n:] for t, _ in rest]
+                    self._delivery_failed(exc, hop is not None and n == 0, owed)
                     return False
                 self._failures = 0
                 self.exports += 1
