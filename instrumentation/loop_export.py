@@ -78,6 +78,7 @@ class LoopExport:
             if self.loop is not None and not self.loop.is_closed():
                 return False  # another loop has it: this one's wakes go to the thread
             self.abandon()
+            self.close()  # the closed loop's socket: this loop never watched it
             self.loop = loop
         if self.sock is None and self.offered is None:
             self.want_socket = True  # the thread connects one (a blocking connect has no place here)

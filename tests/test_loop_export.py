@@ -24,7 +24,7 @@ from tests.test_reporter import Sink
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    s = Sink()
+    s = Sink(keep_alive=True)  # connections kept open, as the collector keeps them
     yield s
     s.close()
 
@@ -78,6 +78,24 @@ def test_a_wake_on_the_loop_exports_on_the_loop(sink: Sink) -> None:
     try:
         asyncio.run(body())
         wait_until(lambda: _cascades(sink) >= 4, "every cascade delivered", timeout=10, every=0.01)
+        assert rep.export_failures == 0
+    finally:
+        rep.stop()
+
+
+def test_a_new_loop_after_the_first_closed_gets_its_own_connection(sink: Sink) -> None:
+    tracker, rep, loop_export = _started(sink.port)  # its kept connection outlives the first loop
+
+    async def exports_on_this_loop() -> None:
+        await _first_wake(tracker, loop_export)
+        before = loop_export.exports
+        await _passive_cascade(tracker)
+        await wait_until_async(lambda: loop_export.exports > before and loop_export.in_flight is None,
+                               "an export answered on this loop", timeout=10, every=0.005)
+
+    try:
+        asyncio.run(exports_on_this_loop())
+        asyncio.run(exports_on_this_loop())  # as an agent that runs a second loop, or a test suite
         assert rep.export_failures == 0
     finally:
         rep.stop()

@@ -19,14 +19,17 @@ from a2a_quiescence.instrumentation.tracker import HopTracker
 
 
 class Sink:
-    """Records each request's log records; answers 503 to the requests listed in ``fail``."""
+    """Records each request's log records; answers 503 to the requests listed in ``fail``
+    (``keep_alive``: HTTP/1.1, connections kept open as a collector keeps them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_alive: bool = False) -> None:
         self.requests: list[list[str]] = []
         self.fail: set[int] = set()
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["content-length"]))
                 number = len(sink.requests)
