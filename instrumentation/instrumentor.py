@@ -17,7 +17,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from a2a_quiescence import __version__, names
 from a2a_quiescence import environment_variables as env
 from a2a_quiescence.instrumentation import lifecycle, semconv
-from a2a_quiescence.instrumentation.backends import Hook, choose, generic_hooks
+from a2a_quiescence.instrumentation.backends import Hook, choose, generic_hooks, resolve_awaited
 from a2a_quiescence.instrumentation.loop import forget_inherited_units, remove_loop_hooks
 from a2a_quiescence.instrumentation.package import INSTRUMENTS_ANY
 from a2a_quiescence.instrumentation.reporter import Reporter
@@ -108,9 +108,10 @@ class A2AQuiescenceInstrumentor(BaseInstrumentor):
         rt.backends = [f"{backend.name} ({version})" for backend, version, _ in choice.chosen]
         if not choice.chosen:
             return
-        for _backend, _version, hooks in choice.chosen:
+        for backend, _version, hooks in choice.chosen:
             for hook, cls in hooks:
                 self._wrap(hook, cls)
+            rt.awaited.update(resolve_awaited(backend))
         for hook in generic_hooks():
             try:
                 cls = getattr(importlib.import_module(hook.module), hook.owner, None)

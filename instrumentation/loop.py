@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import sys
 import weakref
 from typing import Any
 
@@ -78,6 +79,28 @@ def _task_collected(ref: _TaskRef) -> None:
         ref.tracker.release_later(ref, new_ending(names.END_DESTROYED_PENDING, ref.owner, detail=ref.what))
 
 
+def _rides_on_parent(parent: Any, loop: asyncio.AbstractEventLoop, cascade: str, owner: Any) -> bool:
+    """Whether a task being created is a child the frame running code ``parent``
+    gathers and awaits (``backends.Awaited``), in a task that holds a unit of the same
+    cascade and ActiveTask: that unit then counts the child too. The child cannot
+    outlive it: the parent's task is neither done nor collected while the child is
+    pending (the gather it awaits refers to the child). Anything else is counted as
+    any task: late, never early."""
+    frame = sys._getframe(2)  # the factory's caller: the loop's create_task, or gather's
+    for _ in range(6):
+        if frame is None:
+            return False
+        if frame.f_code is parent:
+            break
+        frame = frame.f_back
+    else:
+        return False
+    task = asyncio.current_task(loop)
+    ref = _LIVE.get(id(task)) if task is not None else None
+    return (ref is not None and not ref.released and ref.trace_id == cascade and ref() is task
+            and ref.owner == (owner.task_id if owner is not None else None))
+
+
 def ensure_loop_hooks(rt: Runtime) -> None:
     try:
         loop = asyncio.get_running_loop()
@@ -108,10 +131,13 @@ def ensure_loop_hooks(rt: Runtime) -> None:
                     cascade = ctx.get(CASCADE)
                     owner = ctx.get(OWNER) if cascade else None
                 if cascade:
+                    what = getattr(coro, "__qualname__", None)
+                    parent = runtime.awaited.get(what) if runtime.awaited else None
+                    if parent is not None and _rides_on_parent(parent, loop_, cascade, owner):
+                        return task
                     # ``task`` holds a unit of ``cascade`` until it is done (or collected)
                     ref = _TaskRef(task, _task_collected)
-                    ref.trace_id, ref.owner, ref.what = (
-                        cascade, owner.task_id if owner is not None else None, getattr(coro, "__qualname__", None))
+                    ref.trace_id, ref.owner, ref.what = cascade, owner.task_id if owner is not None else None, what
                     ref.released = ref.plumbing = False
                     ref.state = owner
                     ref.tracker = tracker = runtime.tracker

@@ -208,6 +208,9 @@ class Runtime:
         )
         # the backends the version guard chose, "name (version)"
         self.backends: list[str] = []
+        # a child coroutine's qualified name -> the code of the parent frame that gathers
+        # and awaits it (``backends.Awaited``): such tasks ride on their parent's unit
+        self.awaited: dict[str, Any] = {}
         # a shutdown began (handler aclose, server shutdown): cancellations now are the drain's
         self.shutting_down = False
         # a2a task ids a client asked to cancel (tasks/cancel), newest last, bounded

@@ -76,6 +76,7 @@ async def main() -> dict:
         "received": received,
         "roots": cascade.roots.count,
         "patched": sorted(f"{cls.__name__}.{attr}" for cls, attr in inst._patched),
+        "awaited": sorted(rt.awaited),
     }
     inst.uninstrument()
     return result

@@ -49,6 +49,9 @@ def test_older_sdk(version: str) -> None:
     has_aclose = version not in ("1.0.3", "1.1.1")
     assert ("DefaultRequestHandlerV2.aclose" in result["patched"]) == has_aclose
     assert ("ActiveTask.start" in result["patched"])
+    # the dispatcher's per-sink tasks, counted by the dispatcher's unit (tests/test_awaited_children.py)
+    assert result["awaited"] == [{"1.0.3": "EventQueueSink._put_internal", "1.1.1": "EventQueueSink._put_internal"}
+                                 .get(version, "EventQueueSource._deliver_to_sink")]
     # the call spans follow the A2A semantic conventions (tests/semconv_check.py), as on 1.3
     assert result["spans"]["SendMessage"] == 6  # this process -> A -> B -> C, both ends of each
     cards = result["cards"]  # the client's target card is the server's own

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -49,6 +50,22 @@ class Hook:
 
 
 @dataclass(frozen=True)
+class Awaited:
+    """Tasks running ``module.child`` (``Class.method``) that ``module.parent`` creates
+    with ``asyncio.gather(..., return_exceptions=True)`` and awaits there: the parent's
+    task cannot go on, nor be done, before every such child is done (a cancel of the
+    parent cancels the children and still waits for them). Such a child is counted
+    by its parent's unit of work instead of one of its own (``loop.factory``), when
+    the parent's task holds one of the same cascade and ActiveTask. A shape the
+    parent's code does not show (``resolve_awaited``) is not trusted: its children
+    are counted as any task."""
+
+    module: str
+    child: str
+    parent: str
+
+
+@dataclass(frozen=True)
 class Backend:
     """One library's releases in ``supported`` (a PEP 440 specifier), tested on ``tested``."""
 
@@ -58,6 +75,7 @@ class Backend:
     tested: tuple[str, ...]
     hooks: Callable[[], list[Hook]]
     doc: str = ""
+    awaited: tuple[Awaited, ...] = ()
 
     def covers(self, version: Version) -> bool:
         return SpecifierSet(self.supported).contains(version, prereleases=True)
@@ -164,6 +182,42 @@ def choose(backends: Iterable[Backend] | None = None, version_of: Callable[[str]
             choice.untested.append(f"{distribution} {raw}")
         choice.chosen.append((backend, raw, hooks))
     return choice
+
+
+def _function(module: Any, dotted: str) -> Any:
+    obj: Any = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    try:
+        return inspect.unwrap(obj)  # a2a-sdk decorates its methods for its own tracing
+    except ValueError:
+        return None
+
+
+def resolve_awaited(backend: Backend) -> dict[str, Any]:
+    """``backend.awaited`` as {the child coroutine's qualified name: the parent's code
+    object}, for the pairs whose parent's code still shows the shape: a call of
+    ``gather`` with ``return_exceptions`` that names the child (a release that changed
+    it loses only the saving, never a count). The child is known by its name, not its
+    code: a2a-sdk's tracing decorator (there even when its tracing is off) makes every
+    method's coroutine its own wrapper's; the parent is the frame that calls ``gather``."""
+    found: dict[str, Any] = {}
+    for pair in backend.awaited:
+        try:
+            module = importlib.import_module(pair.module)
+        except ImportError:
+            continue
+        child, parent = _function(module, pair.child), _function(module, pair.parent)
+        if not inspect.iscoroutinefunction(child) or not inspect.iscoroutinefunction(parent):
+            continue
+        code = parent.__code__
+        nested = [c for c in code.co_consts if inspect.iscode(c)]  # the generator of the children
+        names = set(code.co_names).union(*(c.co_names for c in nested))
+        keywords = {name for const in code.co_consts if isinstance(const, (str, tuple))
+                    for name in ((const,) if isinstance(const, str) else const)}
+        if {"gather", child.__name__} <= names and "return_exceptions" in keywords:
+            found[child.__qualname__] = code
+    return found
 
 
 def generic_hooks() -> list[Hook]:

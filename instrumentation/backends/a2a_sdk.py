@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from a2a_quiescence import names
 from a2a_quiescence.instrumentation import client, lifecycle, server
-from a2a_quiescence.instrumentation.backends import Backend, Hook
+from a2a_quiescence.instrumentation.backends import Awaited, Backend, Hook
 from a2a_quiescence.instrumentation.runtime import TRACECONTEXT, guard, trace_hex
 
 _AT = "a2a.server.agent_execution.active_task"
@@ -302,6 +302,12 @@ V1 = Backend(
     tested=("1.0.3", "1.1.1", "1.2.3", "1.3.0"),
     hooks=v1_hooks,
     doc="ActiveTask producers (V2 handler) and _run_event_stream (legacy handler), aclose drain from 1.1.2",
+    # the event queue's dispatcher hands each event to every sink in a task of its own
+    # (about ten per hop and request), gathered and awaited before the next event
+    awaited=(
+        Awaited(_EQ2, "EventQueueSource._deliver_to_sink", "EventQueueSource._dispatch_loop"),  # from 1.2
+        Awaited(_EQ2, "EventQueueSink._put_internal", "EventQueueSource._dispatch_loop"),  # 1.0, 1.1
+    ),
 )
 V03 = Backend(
     name="a2a-sdk 0.3",
