@@ -37,6 +37,22 @@ latency histogram over ``ours``' cascades (what the flush policy does under
 this load). A -> B -> C run in one process
 (three uvicorn servers), so CPU per hop is the process's CPU / (3 x requests).
 The machine is shared and noisy: ratios, never a threshold.
+
+``--instructions`` measures the same kinds in instructions instead of time:
+each child runs under valgrind's callgrind (``apt-get install valgrind``), which
+counts the instructions of every thread of the process from just before the
+measured requests to just after them (``callgrind_control`` switches counting
+on and off; the imports, servers' start and warm-up are not counted). A count
+does not move with the machine's load, so two kinds' costs can be compared on a
+noisy machine, where the throughput ratios cannot; what it leaves out is what
+time adds: cache misses, the kernel's work (sockets), threads waiting for the
+interpreter, and the collector. Valgrind runs the child some 50 times slower,
+so time-driven behaviour changes under it (the reporter's windows gather fewer
+changes per export: more snapshot POSTs per request than at full speed; the
+table says how many), and only the bare relay is counted (the agent shape's
+work and waits are a time). One round is enough; use fewer requests:
+
+    python -m benchmarks.bench_overhead --instructions --rounds 1 --requests 60 --kinds bare,contrib,ours_local,ours
 """
 
 from __future__ import annotations
@@ -46,8 +62,10 @@ import asyncio
 import json
 import os
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -101,7 +119,14 @@ def _switches() -> int:
 
 
 # --- child: one kind, one measurement -----------------------------------------------------
-def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: float, collector: str) -> dict[str, Any]:
+def _count_instructions(on: bool) -> None:
+    """Switch callgrind's counting for this process (the child runs under valgrind)."""
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+
+def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: float, collector: str,
+          instructions: bool = False) -> dict[str, Any]:
     # a2a-sdk decides at import whether it traces itself: import it with the setting
     # of this kind before anything else does (bench_instrumentation turns it off)
     os.environ["OTEL_INSTRUMENTATION_A2A_SDK_ENABLED"] = "true" if kind in ("sdk", "ours_sdk") else "false"
@@ -154,7 +179,11 @@ def child(kind: str, requests: int, concurrency: int, cpu_ms: float, wait_ms: fl
             await drive(url, 10, concurrency, warmup=0, cpu_ms=cpu_ms, wait_ms=wait_ms)  # warm up, not counted
             spans_before, cpu_before, threads_before = counting.ended, time.process_time(), _thread_cpu()
             posts_before, switches_before = _posts(), _switches()
+            if instructions:
+                _count_instructions(True)
             rate = await drive(url, requests, concurrency, warmup=0, cpu_ms=cpu_ms, wait_ms=wait_ms)
+            if instructions:
+                _count_instructions(False)
             threads_after = _thread_cpu()
             threads["posts"] = _posts() - posts_before
             threads["switches"] = _switches() - switches_before
@@ -210,21 +239,33 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--shapes", default="bare,agent",
+    parser.add_argument("--shapes", default=None,
                         help="relay shapes, each with every kind: bare (agents only delegate), agent (each hop "
-                             "computes --agent-cpu-ms and waits --agent-wait-ms); default: both")
+                             "computes --agent-cpu-ms and waits --agent-wait-ms); default: both (with "
+                             "--instructions: bare)")
     parser.add_argument("--agent-cpu-ms", type=float, default=SHAPES["agent"][0],
                         help="the agent shape: CPU each hop spends per request (default 5)")
     parser.add_argument("--agent-wait-ms", type=float, default=SHAPES["agent"][1],
                         help="the agent shape: time each hop waits per request, as for a model (default 50)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"which kinds (default: {','.join(KINDS)})")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per hop and request under valgrind's callgrind instead of timing "
+                             "(steady on a noisy machine; see above)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--collector", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.shapes is None:
+        args.shapes = "bare" if args.instructions else "bare,agent"
     if args.child:
         print(json.dumps(child(args.child, args.requests, args.concurrency, args.agent_cpu_ms, args.agent_wait_ms,
-                               args.collector)))
+                               args.collector, args.instructions)))
         return
+    if args.instructions and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        parser.error("--instructions needs valgrind and callgrind_control on PATH (apt-get install valgrind)")
+    if args.instructions and args.shapes != "bare":
+        # the agent shape's work and waits are measured in time, which valgrind stretches
+        parser.error("--instructions counts the bare relay only (--shapes bare): the agent shape computes and "
+                     "waits for a time, not for a number of instructions")
     kinds = [k for k in args.kinds.split(",") if k]
     unknown = set(kinds) - set(KINDS)
     if unknown or "bare" not in kinds:
@@ -255,7 +296,10 @@ def main() -> None:
     for what, results, collector_cpu_per_request, latency in tables:
         print()
         print(f"## {what}")
-        _report(kinds, results, collector_cpu_per_request, latency)
+        if args.instructions:
+            _report_instructions(kinds, results)
+        else:
+            _report(kinds, results, collector_cpu_per_request, latency)
 
 
 def _measure(args: Any, kinds: list[str], cpu_ms: float, wait_ms: float, collector: Any, http_port: int,
@@ -268,23 +312,31 @@ def _measure(args: Any, kinds: list[str], cpu_ms: float, wait_ms: float, collect
         for kind in order:
             before = _cpu_of(collector.pid)
             buckets_before = _latency_buckets(f"http://127.0.0.1:{http_port}") if kind == "ours" else {}
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_overhead", "--child", kind, "--requests",
-                 str(args.requests), "--concurrency", str(args.concurrency), "--agent-cpu-ms", str(cpu_ms),
-                 "--agent-wait-ms", str(wait_ms), "--collector", f"http://127.0.0.1:{otlp_port}"],
-                capture_output=True, text=True, timeout=900, cwd=ROOT,
-            )
-            lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-            if out.returncode != 0 or not lines:
-                raise RuntimeError(f"{kind} failed: {out.stderr[-2000:]}")
-            result = json.loads(lines[-1])
+            command = [sys.executable, "-m", "benchmarks.bench_overhead", "--child", kind, "--requests",
+                       str(args.requests), "--concurrency", str(args.concurrency), "--agent-cpu-ms", str(cpu_ms),
+                       "--agent-wait-ms", str(wait_ms), "--collector", f"http://127.0.0.1:{otlp_port}"]
+            with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+                if args.instructions:
+                    command = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--log-file={tmp}/valgrind.log",
+                               f"--callgrind-out-file={tmp}/callgrind.out", *command, "--instructions"]
+                out = subprocess.run(command, capture_output=True, text=True, timeout=3600 if args.instructions else 900,
+                                     cwd=ROOT)
+                lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+                if out.returncode != 0 or not lines:
+                    raise RuntimeError(f"{kind} failed: {out.stderr[-2000:]}")
+                result = json.loads(lines[-1])
+                if args.instructions:
+                    result["instructions_per_hop_request"] = _collected(Path(tmp) / "valgrind.log") / (
+                        HOPS * args.requests)
             results[kind].append(result)
             # spans (and for `ours` snapshots) of this run: the collector idles otherwise
             collector_cpu_per_request[kind].append((_cpu_of(collector.pid) - before) * 1e6 / (args.requests + 10))
             if kind == "ours":
                 for bound, count in _latency_buckets(f"http://127.0.0.1:{http_port}").items():
                     latency[bound] = latency.get(bound, 0.0) + count - buckets_before.get(bound, 0.0)
-            print(f"round {r + 1}: {kind:10s} {result['rate']:8.1f} req/s", flush=True)
+            counted = (f", {result['instructions_per_hop_request'] / 1e6:.3f} M instructions/hop/req"
+                       if args.instructions else "")
+            print(f"round {r + 1}: {kind:10s} {result['rate']:8.1f} req/s{counted}", flush=True)
     return results, collector_cpu_per_request, latency
 
 
@@ -317,6 +369,31 @@ def _report(kinds: list[str], results: dict[str, list[dict[str, Any]]], collecto
         print(f"`ours` under this load: {latency[float('inf')]:.0f} cascades settled; detection latency (settle - last "
               f"hop passive, the collector's histogram) p50 <= {_quantile(latency, 0.5) * 1000:g} ms, "
               f"p99 <= {_quantile(latency, 0.99) * 1000:g} ms (bucket upper bounds)")
+
+
+def _collected(log: Path) -> int:
+    """The instructions callgrind counted while counting was on (its log's "Collected")."""
+    for line in log.read_text().splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1].strip().replace(",", ""))
+    raise RuntimeError(f"no instruction count in {log}")
+
+
+def _report_instructions(kinds: list[str], results: dict[str, list[dict[str, Any]]]) -> None:
+    """Instructions per hop and request (every thread of the process), and what each kind adds to ``bare``."""
+    counts = {k: statistics.median(x["instructions_per_hop_request"] for x in results[k]) for k in kinds}
+    added = {k: counts[k] - counts["bare"] for k in kinds}
+    print(f"{'kind':10s} {'M instr/hop/req':>16s} {'added M':>8s} {'of bare':>8s} {'vs contrib':>11s} "
+          f"{'spans/hop/req':>14s} {'POSTs/req':>10s}")
+    for kind in kinds:
+        spans = statistics.median(x["spans_per_hop_request"] for x in results[kind])
+        posts = statistics.median(x.get("snapshot_posts_per_request", 0.0) for x in results[kind])
+        versus = f"{added[kind] / added['contrib']:11.3f}" if added.get("contrib", 0) > 0 else f"{'-':>11s}"
+        print(f"{kind:10s} {counts[kind] / 1e6:16.3f} {added[kind] / 1e6:8.3f} {counts[kind] / counts['bare']:8.3f} "
+              f"{versus} {spans:14.2f} {posts:10.2f}")
+    print("every thread of the agents' process, counting switched on for the measured requests only; 'vs contrib': "
+          "what the kind adds to bare, over what contrib adds. Under valgrind the reporter's windows see some 50 "
+          "times fewer requests each: POSTs/request is higher than at full speed")
 
 
 if __name__ == "__main__":

@@ -86,14 +86,13 @@ def _rides_on_parent(parent: Any, loop: asyncio.AbstractEventLoop, cascade: str,
     outlive it: the parent's task is neither done nor collected while the child is
     pending (the gather it awaits refers to the child). Anything else is counted as
     any task: late, never early."""
-    frame = sys._getframe(2)  # the factory's caller: the loop's create_task, or gather's
-    for _ in range(6):
-        if frame is None:
+    # the caller of gather, from here: this function, the factory, the loop's create_task
+    # (a Python method in asyncio's loops, not in uvloop's), gather's _ensure_future, gather.
+    # One frame looked up at each depth (walking f_back would build every frame object)
+    try:
+        if sys._getframe(5).f_code is not parent and sys._getframe(4).f_code is not parent:
             return False
-        if frame.f_code is parent:
-            break
-        frame = frame.f_back
-    else:
+    except ValueError:  # a shallower stack: not the parent's gather
         return False
     task = asyncio.current_task(loop)
     ref = _LIVE.get(id(task)) if task is not None else None

@@ -19,6 +19,7 @@ import types
 from typing import Any, Iterator
 
 import pytest
+import uvloop
 
 from a2a_quiescence.instrumentation import loop as loop_hooks
 from a2a_quiescence.instrumentation.backends import Awaited, Backend, resolve_awaited
@@ -114,7 +115,17 @@ async def _until(condition: Any, turns: int = 10_000) -> None:
     raise AssertionError("not reached within the loop's turns")
 
 
-def _run(tel: Any, shapes: types.ModuleType, body: Any) -> Any:
+# asyncio's own loop (its create_task is Python code, one frame more) and uvloop's, which
+# uvicorn picks where it is installed
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def loop_factory(request: pytest.FixtureRequest) -> Any:
+    return LOOPS[request.param]
+
+
+def _run(tel: Any, shapes: types.ModuleType, body: Any, loop_factory: Any = asyncio.new_event_loop) -> Any:
     rt = tel.runtime
     rt.awaited = resolve_awaited(_backend("Source.parent"))
 
@@ -122,10 +133,12 @@ def _run(tel: Any, shapes: types.ModuleType, body: Any) -> Any:
         loop_hooks.ensure_loop_hooks(rt)
         return await body(rt, shapes.Source())
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
 
 
-def test_gathered_children_ride_on_the_parent_and_hold_the_cascade_open(shapes: types.ModuleType) -> None:
+def test_gathered_children_ride_on_the_parent_and_hold_the_cascade_open(shapes: types.ModuleType,
+                                                                        loop_factory: Any) -> None:
     with instrumented(stall_seconds=0) as tel:
         async def body(rt: Any, source: Any) -> list[int]:
             CASCADE.set(CASCADE_A)
@@ -137,7 +150,7 @@ def test_gathered_children_ride_on_the_parent_and_hold_the_cascade_open(shapes: 
             counts.append(_held(rt, CASCADE_A))
             return counts
 
-        pending, after = _run(tel, shapes, body)
+        pending, after = _run(tel, shapes, body, loop_factory)
         assert pending == 1, "four children pending, counted by their parent's one unit"
         assert after == 0
 
@@ -195,7 +208,7 @@ def test_children_are_counted_wherever_the_shape_does_not_hold(shapes: types.Mod
         assert seen == {"spawned": 2, "no parent unit": 2, "switched": 2, "after A": 0, "after B": 0}
 
 
-def test_the_sdk_dispatchers_children_are_not_counted_one_by_one() -> None:
+def test_the_sdk_dispatchers_children_are_not_counted_one_by_one(loop_factory: Any) -> None:
     """A real a2a-sdk event queue: one event to two sinks, the default sink full, so the
     dispatcher waits in its gather; the cascade stays held by the dispatcher's unit
     alone, and is released once the sink drains and the queue closes."""
@@ -224,7 +237,8 @@ def test_the_sdk_dispatchers_children_are_not_counted_one_by_one() -> None:
             await asyncio.gather(queue._dispatcher_task, return_exceptions=True)  # noqa: SLF001
             return held, delivering, _held(rt, CASCADE_A)
 
-        held, delivering, after = asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            held, delivering, after = runner.run(main())
         assert delivering == 0, "no delivering child holds a unit of its own"
         assert held == 1, "the dispatcher's unit alone holds the cascade while its children wait"
         assert after == 0
