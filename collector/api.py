@@ -29,6 +29,17 @@ MESH_LISTED = 100  # open, stuck and awaiting-input cascades described in /v1/me
 MESH_SETTLED_LISTED = 50  # recently settled cascades listed in /v1/mesh
 
 
+
+async def _woken(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set or ``timeout`` seconds pass. In the request's own task:
+    ``asyncio.wait_for`` ran the wait as a task of its own, one more turn of a busy
+    loop between the change and the answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+
 class _AsgiEndpoint:
     """An ASGI app as a Starlette route endpoint (a plain function would be taken for a request handler)."""
 
@@ -187,9 +198,7 @@ class Api:
             event = self._changed.setdefault(trace_id, asyncio.Event())
             self._waiting[trace_id] = self._waiting.get(trace_id, 0) + 1
             try:
-                await asyncio.wait_for(event.wait(), timeout=remaining)
-            except asyncio.TimeoutError:
-                pass
+                await _woken(event, remaining)
             finally:
                 # the last waiter for an id that never changed takes its event away (bounded memory)
                 left = self._waiting.pop(trace_id) - 1
@@ -263,10 +272,7 @@ class Api:
                 self._mesh_changed = asyncio.Event()
             wake = self._mesh_changed
             pause = left if not done else min(left, reported_by - time.monotonic())
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=max(0.0, pause))
-            except asyncio.TimeoutError:
-                pass
+            await _woken(wake, max(0.0, pause))
 
     async def api_mesh(self, request: Request) -> Response:
         if (denied := self._api_auth(request)) is not None:
