@@ -55,6 +55,10 @@ class Source:
     async def parent_without_keyword(self, k):
         return await asyncio.gather(*(self.child(n) for n in range(k)))
 
+    async def parent_gathering_and_spawning(self, k):
+        spare = asyncio.create_task(self.child(k))
+        return await asyncio.gather(*(self.child(n) for n in range(k)), return_exceptions=True), spare
+
     async def parent_spawning(self, k):
         tasks = [asyncio.create_task(self.child(n)) for n in range(k)]
         return tasks
@@ -95,6 +99,7 @@ def test_only_a_gather_with_return_exceptions_is_trusted(shapes: types.ModuleTyp
     assert resolve_awaited(_backend("Source.parent_without_keyword")) == {}
     # spawned and not awaited: the children may outlive the parent
     assert resolve_awaited(_backend("Source.parent_spawning")) == {}
+    assert resolve_awaited(_backend("Source.parent_gathering_and_spawning")) == {}
     assert resolve_awaited(_backend("Source.missing")) == {}
     assert resolve_awaited(Backend("test", "none", ">=0", ("0",), hooks=list,
                                    awaited=(Awaited("a2aq_no_such_module", "A.b", "A.c"),))) == {}

@@ -197,8 +197,8 @@ def _function(module: Any, dotted: str) -> Any:
 def resolve_awaited(backend: Backend) -> dict[str, Any]:
     """``backend.awaited`` as {the child coroutine's qualified name: the parent's code
     object}, for the pairs whose parent's code still shows the shape: a call of
-    ``gather`` with ``return_exceptions`` that names the child (a release that changed
-    it loses only the saving, never a count). The child is known by its name, not its
+    ``gather`` with ``return_exceptions`` that names the child, and no other way to
+    start a task (a release that changed it loses only the saving, never a count). The child is known by its name, not its
     code: a2a-sdk's tracing decorator (there even when its tracing is off) makes every
     method's coroutine its own wrapper's; the parent is the frame that calls ``gather``."""
     found: dict[str, Any] = {}
@@ -215,7 +215,8 @@ def resolve_awaited(backend: Backend) -> dict[str, Any]:
         names = set(code.co_names).union(*(c.co_names for c in nested))
         keywords = {name for const in code.co_consts if isinstance(const, (str, tuple))
                     for name in ((const,) if isinstance(const, str) else const)}
-        if {"gather", child.__name__} <= names and "return_exceptions" in keywords:
+        spawns = names & {"create_task", "ensure_future", "TaskGroup", "run_coroutine_threadsafe"}
+        if {"gather", child.__name__} <= names and "return_exceptions" in keywords and not spawns:
             found[child.__qualname__] = code
     return found
 
