@@ -29,7 +29,6 @@ MESH_LISTED = 100  # open, stuck and awaiting-input cascades described in /v1/me
 MESH_SETTLED_LISTED = 50  # recently settled cascades listed in /v1/mesh
 
 
-
 async def _woken(event: asyncio.Event, timeout: float) -> None:
     """Until ``event`` is set or ``timeout`` seconds pass. In the request's own task:
     ``asyncio.wait_for`` ran the wait as a task of its own, one more turn of a busy
@@ -39,6 +38,7 @@ async def _woken(event: asyncio.Event, timeout: float) -> None:
             await event.wait()
     except TimeoutError:
         pass
+
 
 class _AsgiEndpoint:
     """An ASGI app as a Starlette route endpoint (a plain function would be taken for a request handler)."""
