@@ -250,3 +250,76 @@ def test_a_loop_that_cannot_watch_sockets_leaves_the_exports_to_the_thread(sink:
     finally:
         loop.close()
         rep.stop()
+
+
+async def _ready(tracker: HopTracker, rep: Reporter, loop_export: LoopExport) -> tuple[int, int]:
+    """The loop export adopted and idle, nothing owed: (thread's exports, loop's exports)."""
+    await _first_wake(tracker, loop_export)
+    await wait_until_async(lambda: not tracker.has_dirty() and loop_export.in_flight is None
+                           and loop_export.is_active(), "nothing owed", timeout=10, every=0.005)
+    return rep.exports - loop_export.exports, loop_export.exports
+
+
+def _working(tracker: HopTracker) -> tuple[str, object]:
+    """A cascade this hop received from a peer and still works on: a change that can wait."""
+    trace_id = uuid.uuid4().hex
+    return trace_id, tracker.receive(trace_id, "peer", uuid.uuid4().hex, None)
+
+
+def test_a_change_that_can_wait_ships_from_the_loop_not_the_thread(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variables.LAZY_MS.name, "1000")  # the loop's pass at 0.75 s, the thread's backstop at 2 s
+    tracker, rep, loop_export = _started(sink.port)
+
+    async def body() -> None:
+        thread_before, loop_before = await _ready(tracker, rep, loop_export)
+        trace_id, token = _working(tracker)
+        assert loop_export.scheduled is not None and loop_export.scheduled_lazy  # armed on the loop
+        await wait_until_async(lambda: trace_id not in tracker.dirty and loop_export.in_flight is None
+                               and loop_export.exports > loop_before, "shipped", timeout=10, every=0.01)
+        assert rep.exports - loop_export.exports == thread_before  # no thread switch, no request of its own
+        tracker.release(token)
+
+    try:
+        asyncio.run(body())
+        assert rep.export_failures == 0
+    finally:
+        rep.stop()
+
+
+def test_a_change_that_can_wait_made_off_the_loop_ships_from_the_thread(sink: Sink,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variables.LAZY_MS.name, "100")
+    tracker, rep, loop_export = _started(sink.port)
+
+    async def body() -> None:
+        thread_before, loop_before = await _ready(tracker, rep, loop_export)
+        trace_id, token = await asyncio.to_thread(_working, tracker)  # another thread: not armed here
+        assert loop_export.scheduled is None
+        await wait_until_async(lambda: trace_id not in tracker.dirty and rep.exports - loop_export.exports > thread_before,
+                               "shipped by the thread", timeout=10, every=0.01)
+        assert loop_export.exports == loop_before
+        tracker.release(token)
+
+    try:
+        asyncio.run(body())
+    finally:
+        rep.stop()
+
+
+def test_a_change_armed_on_a_blocked_loop_is_shipped_by_the_thread(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variables.LAZY_MS.name, "100")
+    tracker, rep, loop_export = _started(sink.port)
+
+    async def body() -> None:
+        thread_before, loop_before = await _ready(tracker, rep, loop_export)
+        trace_id, token = _working(tracker)
+        assert loop_export.scheduled is not None  # armed on the loop, which blocks from here on
+        wait_until(lambda: trace_id not in tracker.dirty and rep.exports - loop_export.exports > thread_before,
+                   "the thread's backstop", timeout=10, every=0.01)
+        assert loop_export.exports == loop_before
+        tracker.release(token)
+
+    try:
+        asyncio.run(body())
+    finally:
+        rep.stop()
