@@ -183,23 +183,26 @@ class Reporter:
             self._event.set()
             return None
         try:
-            self._woken_at = None
-            if not self.tracker.has_dirty():
-                return None
-            hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * (0.5 if lazy else 0.75))
-            if not lazy:
-                self._adapt()
-            if hop is None and not cascades:
-                return None
-            if len(cascades) > MAX_SNAPSHOTS_PER_REQUEST:  # a resend of everything: the thread splits it
-                self.tracker.requeue(hop is not None, [t for t, _ in cascades])
-                self._event.set()
-                return None
-            body = encode(self.service_name, self.tracker.incarnation, hop, cascades)
-            return body, hop is not None, [t for t, _ in cascades]
+            return self._take_locked(lazy)
         finally:
             self._send_lock.release()
             self._arm_lazy()
+
+    def _take_locked(self, lazy: bool) -> Taken | None:
+        self._woken_at = None
+        if not self.tracker.has_dirty():
+            return None
+        hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * (0.5 if lazy else 0.75))
+        if not lazy:
+            self._adapt()
+        if hop is None and not cascades:
+            return None
+        if len(cascades) > MAX_SNAPSHOTS_PER_REQUEST:  # a resend of everything: the thread splits it
+            self.tracker.requeue(hop is not None, [t for t, _ in cascades])
+            self._event.set()
+            return None
+        body = encode(self.service_name, self.tracker.incarnation, hop, cascades)
+        return body, hop is not None, [t for t, _ in cascades]
 
     def _loop_result(self, ok: bool, hop: bool, trace_ids: list[str], collector_id: str | None, why: str) -> None:
         """An export on the loop was answered (or given up): as ``flush`` does for its own."""

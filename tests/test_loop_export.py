@@ -9,7 +9,7 @@ import asyncio
 import socket
 import threading
 import uuid
-from typing import Awaitable, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -266,40 +266,33 @@ def _working(tracker: HopTracker) -> tuple[str, object]:
     return trace_id, tracker.receive(trace_id, "peer", uuid.uuid4().hex, None)
 
 
-def _on_loop(sink: Sink, monkeypatch: pytest.MonkeyPatch, lazy_ms: str,
-             body: Callable[[HopTracker, Reporter, LoopExport, int, int], Awaitable[None]]) -> None:
-    """``body(tracker, reporter, loop export, thread's exports, loop's exports)`` on a loop whose
-    export is ready, with ``A2A_QUIESCENCE_LAZY_MS`` at ``lazy_ms``; the reporter stopped after."""
-    monkeypatch.setenv(variables.LAZY_MS.name, lazy_ms)
+def test_a_change_that_can_wait_ships_from_the_loop_not_the_thread(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variables.LAZY_MS.name, "1000")  # the loop's pass at 0.75 s, the thread's backstop at 2 s
     tracker, rep, loop_export = _started(sink.port)
 
-    async def run() -> None:
-        await body(tracker, rep, loop_export, *await _ready(tracker, rep, loop_export))
-
-    try:
-        asyncio.run(run())
-    finally:
-        rep.stop()
-
-
-def test_a_change_that_can_wait_ships_from_the_loop_not_the_thread(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def body(tracker: HopTracker, rep: Reporter, loop_export: LoopExport, thread_before: int,
-                   loop_before: int) -> None:
+    async def body() -> None:
+        thread_before, loop_before = await _ready(tracker, rep, loop_export)
         trace_id, token = _working(tracker)
         assert loop_export.scheduled is not None and loop_export.scheduled_lazy  # armed on the loop
         await wait_until_async(lambda: trace_id not in tracker.dirty and loop_export.in_flight is None
                                and loop_export.exports > loop_before, "shipped", timeout=10, every=0.01)
         assert rep.exports - loop_export.exports == thread_before  # no thread switch, no request of its own
         tracker.release(token)
-        assert rep.export_failures == 0
 
-    _on_loop(sink, monkeypatch, "1000", body)  # the loop's pass at 0.75 s, the thread's backstop at 2 s
+    try:
+        asyncio.run(body())
+        assert rep.export_failures == 0
+    finally:
+        rep.stop()
 
 
 def test_a_change_that_can_wait_made_off_the_loop_ships_from_the_thread(sink: Sink,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    async def body(tracker: HopTracker, rep: Reporter, loop_export: LoopExport, thread_before: int,
-                   loop_before: int) -> None:
+    monkeypatch.setenv(variables.LAZY_MS.name, "100")
+    tracker, rep, loop_export = _started(sink.port)
+
+    async def body() -> None:
+        thread_before, loop_before = await _ready(tracker, rep, loop_export)
         trace_id, token = await asyncio.to_thread(_working, tracker)  # another thread: not armed here
         assert loop_export.scheduled is None
         await wait_until_async(lambda: trace_id not in tracker.dirty and rep.exports - loop_export.exports > thread_before,
@@ -307,12 +300,18 @@ def test_a_change_that_can_wait_made_off_the_loop_ships_from_the_thread(sink: Si
         assert loop_export.exports == loop_before
         tracker.release(token)
 
-    _on_loop(sink, monkeypatch, "100", body)
+    try:
+        asyncio.run(body())
+    finally:
+        rep.stop()
 
 
 def test_a_change_armed_on_a_blocked_loop_is_shipped_by_the_thread(sink: Sink, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def body(tracker: HopTracker, rep: Reporter, loop_export: LoopExport, thread_before: int,
-                   loop_before: int) -> None:
+    monkeypatch.setenv(variables.LAZY_MS.name, "100")
+    tracker, rep, loop_export = _started(sink.port)
+
+    async def body() -> None:
+        thread_before, loop_before = await _ready(tracker, rep, loop_export)
         trace_id, token = _working(tracker)
         assert loop_export.scheduled is not None  # armed on the loop, which blocks from here on
         wait_until(lambda: trace_id not in tracker.dirty and rep.exports - loop_export.exports > thread_before,
@@ -320,4 +319,7 @@ def test_a_change_armed_on_a_blocked_loop_is_shipped_by_the_thread(sink: Sink, m
         assert loop_export.exports == loop_before
         tracker.release(token)
 
-    _on_loop(sink, monkeypatch, "100", body)
+    try:
+        asyncio.run(body())
+    finally:
+        rep.stop()
