@@ -123,8 +123,7 @@ STALL_SECONDS = _define(
 FLUSH_MS = _define(
     PREFIX + "FLUSH_MS", 5.0, "coalescing delay after a change that can settle a cascade (a hop going passive, "
     "a root request, a shutdown)", AGENT, kind="float")
-LAZY_MS = _define(PREFIX + "LAZY_MS", 200.0, "how late every other change (activity, counters) may ship from "
-                  "the agent's event loop (twice that when it is made off the loop, or the loop is blocked)", AGENT,
+LAZY_MS = _define(PREFIX + "LAZY_MS", 200.0, "how late every other change (activity, counters) may ship", AGENT,
                   kind="float")
 COALESCE_MS = _define(
     PREFIX + "COALESCE_MS", 20.0, "under load, prompt exports at least this far apart (the cap of the reporter's "

@@ -28,7 +28,6 @@ Ordering rules that make settlement sound, enforced here:
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import threading
 import time
@@ -468,14 +467,19 @@ class HopTracker:
         return self.hop_dirty or bool(self.dirty) or bool(self.deferred)
 
     def next_lazy(self, lazy: float) -> float | None:
-        """Monotonic time at which the oldest lazily kept change (a cascade's, or the hop
-        snapshot's) has waited ``lazy``: now for one kept without a mark time (a requeue);
-        None when nothing is kept."""
+        """Monotonic time at which the next lazily kept change (a cascade's, or the hop
+        snapshot's) has waited ``lazy``; None when nothing is kept."""
         with self.lock:
-            dues = [first + lazy for first in itertools.islice(self.dirty_since.values(), 1)]
+            due = None
+            for first in self.dirty_since.values():  # insertion order: the oldest first
+                due = first + lazy
+                break
             if self.hop_dirty:
-                dues.append(self.hop_shipped_at + lazy)
-            return min(dues) if dues else _monotonic() if self.dirty or self.deferred else None
+                hop = self.hop_shipped_at + lazy
+                due = hop if due is None else min(due, hop)
+            if due is None and (self.dirty or self.deferred):
+                due = _monotonic()  # dirty without a mark time (a requeue): due now
+            return due
 
     def next_due(self, lazy: float) -> float:
         """Monotonic time at which the oldest lazily kept change becomes due."""
