@@ -9,11 +9,9 @@ some 75 futex calls per export, more CPU than the export itself
 the export is now a callback on that loop instead: after the same gathering delay
 it takes the due snapshots (``take``, under the tracker's lock as before), writes
 the request to a non-blocking kept-alive socket, and reads the answer when it
-arrives, with no thread switch at all. Changes that can wait (a cascade still
-working, the hop's counters) are exported here too, by a lazy timer on the same
-loop (``schedule(..., lazy=True)``); the reporter thread keeps everything else:
-heartbeats, retries after a failure, exports woken from other threads, HTTPS,
-flushes at shutdown, and whatever lazy change the loop has not shipped in time.
+arrives, with no thread switch at all. The reporter thread keeps everything else:
+the lazy timer, heartbeats, retries after a failure, exports woken from other
+threads, HTTPS, and flushes at shutdown.
 
 What this changes for soundness: nothing. Each snapshot is still the whole state
 of one cascade at one moment, numbered by the incarnation's ``seq``, and the
@@ -41,15 +39,13 @@ from a2a_quiescence.instrumentation.runtime import report_internal_error
 
 # (request bytes, hop snapshot included, cascade trace ids) or None: nothing due
 Taken = tuple[bytes, bool, list[str]]
-# take(lazy): the due snapshots as one request (``lazy``: a pass of the lazy timer)
-Take = Callable[[bool], "Taken | None"]
 
 
 class LoopExport:
     """One kept-alive connection used from one event loop (the first that wakes it;
     another loop's wakes go to the thread)."""
 
-    def __init__(self, conn: PlainConnection, take: Take,
+    def __init__(self, conn: PlainConnection, take: Callable[[], Taken | None],
                  result: Callable[[bool, bool, list[str], str | None, str], None],
                  fallback: Callable[[], None]) -> None:
         self.conn = conn  # the request head and the address; its own socket stays the thread's
@@ -61,7 +57,6 @@ class LoopExport:
         self.offered: socket.socket | None = None  # connected by the thread, not yet adopted
         self.want_socket = False
         self.scheduled: asyncio.TimerHandle | None = None
-        self.scheduled_lazy = False  # the scheduled run is the lazy timer's (no prompt wake waits on it)
         self.again = False
         self.buf = b""
         self.lock = threading.Lock()  # guards in_flight between the loop and the thread
@@ -70,11 +65,9 @@ class LoopExport:
         self.disabled = False  # a loop that cannot watch sockets (no add_reader): the thread's job
 
     # -- from any thread ----------------------------------------------------------------
-    def schedule(self, delay: float, lazy: bool = False) -> bool:
-        """Run an export ``delay`` seconds from now on the calling thread's loop (``lazy``:
-        the lazy timer's pass, else a prompt one); False where that cannot be done here
-        (no loop, another loop, no socket yet). One run at a time is scheduled, the
-        earliest asked for: it takes whatever is due then, the urgent included."""
+    def schedule(self, delay: float) -> bool:
+        """Run a prompt export ``delay`` seconds from now on the calling thread's loop;
+        False where that cannot be done here (no loop, another loop, no socket yet)."""
         if self.disabled:
             return False
         try:
@@ -90,22 +83,9 @@ class LoopExport:
         if self.sock is None and self.offered is None:
             self.want_socket = True  # the thread connects one (a blocking connect has no place here)
             return False
-        handle = self.scheduled
-        if handle is not None:
-            if handle.when() <= loop.time() + delay:
-                self.scheduled_lazy = self.scheduled_lazy and lazy
-                return True  # an earlier run takes this along
-            handle.cancel()
-        self.scheduled = loop.call_later(delay, self.run)
-        self.scheduled_lazy = lazy
+        if self.scheduled is None:
+            self.scheduled = loop.call_later(delay, self.run)
         return True
-
-    def is_active(self) -> bool:
-        """Whether this loop export runs (a live loop, a socket, not switched off): then
-        it also ships the lazy changes, and the thread only takes what it left overdue."""
-        loop = self.loop
-        return (not self.disabled and loop is not None and not loop.is_closed()
-                and (self.sock is not None or self.offered is not None))
 
     def offer(self, timeout: float) -> None:
         """The thread: connect the socket the loop will use."""
@@ -136,11 +116,7 @@ class LoopExport:
 
     # -- on the loop ------------------------------------------------------------------
     def run(self) -> None:
-        """The scheduled run."""
-        lazy, self.scheduled, self.scheduled_lazy = self.scheduled_lazy, None, False
-        self.export(lazy)
-
-    def export(self, lazy: bool = False) -> None:
+        self.scheduled = None
         try:
             if self.in_flight is not None:
                 self.again = True  # one request at a time: this one follows the answer
@@ -159,7 +135,7 @@ class LoopExport:
                     self.fallback()
                     return
                 self.sock = sock
-            taken = self.take(lazy)
+            taken = self.take()
             if taken is None:
                 return
             body, hop, ids = taken
@@ -207,7 +183,7 @@ class LoopExport:
                             f"collector answered {status} {reason}")
             if self.again and status < 300:
                 self.again = False
-                asyncio.get_running_loop().call_soon(self.export)
+                asyncio.get_running_loop().call_soon(self.run)
         except Exception as exc:  # noqa: BLE001 - fail-open
             report_internal_error("loop export answer", exc)
             self.fail("internal error")
@@ -237,6 +213,6 @@ class LoopExport:
         """In a forked child: the parent's loop and sockets are not ours (not closed here)."""
         self.loop = self.sock = self.offered = self.scheduled = None
         self.in_flight = None
-        self.want_socket = self.again = self.scheduled_lazy = False
+        self.want_socket = self.again = False
         self.buf = b""
         self.lock = threading.Lock()

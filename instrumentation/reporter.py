@@ -7,16 +7,13 @@ the cascade's, ``event.name`` says which kind, and whose body is a JSON object
 (see docs/wire.md). Nothing here runs inside the agent's own code: the agent only
 flips dirty bits and wakes the reporter. A prompt export (something that can
 settle a cascade changed) woken on the agent's event loop runs as a callback on
-that loop after the gathering delay (``loop_export``: no thread switch), and so do
-the lazy exports of changes that can wait, on a timer of that loop; a background
-thread does the rest (heartbeats, retries, wakes from other threads, HTTPS, the
-flush at shutdown, and a lazy change the loop has not shipped within twice the
-lazy interval).
+that loop after the gathering delay (``loop_export``: no thread switch); a
+background thread does the rest (the lazy timer, heartbeats, retries, wakes from
+other threads, HTTPS, the flush at shutdown).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -105,13 +102,12 @@ class Reporter:
         self._sender = Sender(parsed, self.headers, timeout)
         # prompt exports as callbacks on the agent's loop (see loop_export); plain HTTP only
         plain = self._sender.plain
-        self._loop_export = (LoopExport(plain, self._take, self._loop_result, self._wake_thread)
+        self._loop_export = (LoopExport(plain, self._take_prompt, self._loop_result, self._wake_thread)
                              if plain is not None and env.LOOP_EXPORT.get() else None)
         self.exports = 0
         self.export_failures = 0
         self._thread: threading.Thread | None = None
         tracker.wake = self._wake
-        tracker.lazy_wake = self._lazy_wake
 
     @property
     def loop_export(self) -> LoopExport | None:
@@ -141,68 +137,28 @@ class Reporter:
     def _wake_thread(self) -> None:
         self._event.set()
 
-    def _lazy_wake(self) -> None:
-        """What the tracker calls, under its lock, when a change that can wait makes
-        something dirty that was clean. On the loop that exports, and unless a run is
-        already scheduled or an answer awaited (both arm the timer again: ``_arm_lazy``),
-        the loop's lazy timer is armed for 3/4 of the lazy interval; anywhere else the
-        thread's timer ships it. Takes no lock (the tracker's is held)."""
-        loop_export = self._loop_export
-        if (loop_export is None or self._failures or loop_export.scheduled is not None
-                or loop_export.in_flight is not None or loop_export.loop is None):
-            return
-        try:
-            if asyncio.get_running_loop() is not loop_export.loop:
-                return
-        except RuntimeError:  # not on a loop
-            return
-        loop_export.schedule(self.lazy_interval * 0.75, lazy=True)
-
-    def _arm_lazy(self) -> None:
-        """On the loop, after a run or an answer: the lazy timer for what is still kept
-        (when its oldest has waited 3/4 of the lazy interval, and not sooner than a
-        quarter of it from now: a pass takes everything kept half the interval or more)."""
-        loop_export = self._loop_export
-        if loop_export is None or self._failures or loop_export.scheduled is not None:
-            return
-        due = self.tracker.next_lazy(self.lazy_interval * 0.75)
-        if due is not None:
-            loop_export.schedule(max(self.lazy_interval * 0.25, due - time.monotonic()), lazy=True)
-
-    def _loop_ships_lazy(self) -> bool:
-        """Whether the loop export runs, and so ships the lazy changes itself."""
-        loop_export = self._loop_export
-        return loop_export is not None and not self._failures and loop_export.is_active()
-
-    def _take(self, lazy: bool) -> Taken | None:
+    def _take_prompt(self) -> Taken | None:
         """On the loop: the due snapshots as one request, or None (nothing due, or the
-        thread is exporting: then it is told to take them). ``lazy``: a pass of the lazy
-        timer, which takes what was kept half the lazy interval or more (a prompt pass:
-        3/4 of it, as the thread's); either takes everything urgent."""
+        thread is exporting: then it is told to take them)."""
         if not self._send_lock.acquire(blocking=False):
             self._event.set()
             return None
         try:
-            return self._take_locked(lazy)
+            self._woken_at = None
+            if not self.tracker.has_dirty():
+                return None
+            hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * 0.75)
+            self._adapt()
+            if hop is None and not cascades:
+                return None
+            if len(cascades) > MAX_SNAPSHOTS_PER_REQUEST:  # a resend of everything: the thread splits it
+                self.tracker.requeue(hop is not None, [t for t, _ in cascades])
+                self._event.set()
+                return None
+            body = encode(self.service_name, self.tracker.incarnation, hop, cascades)
+            return body, hop is not None, [t for t, _ in cascades]
         finally:
             self._send_lock.release()
-            self._arm_lazy()
-
-    def _take_locked(self, lazy: bool) -> Taken | None:
-        self._woken_at = None
-        if not self.tracker.has_dirty():
-            return None
-        hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * (0.5 if lazy else 0.75))
-        if not lazy:
-            self._adapt()
-        if hop is None and not cascades:
-            return None
-        if len(cascades) > MAX_SNAPSHOTS_PER_REQUEST:  # a resend of everything: the thread splits it
-            self.tracker.requeue(hop is not None, [t for t, _ in cascades])
-            self._event.set()
-            return None
-        body = encode(self.service_name, self.tracker.incarnation, hop, cascades)
-        return body, hop is not None, [t for t, _ in cascades]
 
     def _loop_result(self, ok: bool, hop: bool, trace_ids: list[str], collector_id: str | None, why: str) -> None:
         """An export on the loop was answered (or given up): as ``flush`` does for its own."""
@@ -212,7 +168,6 @@ class Reporter:
             return
         self.exports += 1
         self._note_collector(collector_id)
-        self._arm_lazy()
 
     def _delivery_failed(self, why: object, hop: bool, trace_ids: list[str]) -> None:
         """An export failed: counted, warned of once, and what it carried owed again
@@ -246,7 +201,6 @@ class Reporter:
         self._woken_at = None
         self._thread = None
         self.tracker.wake = self._wake
-        self.tracker.lazy_wake = self._lazy_wake
         if not self._stop:
             self.start()
 
@@ -266,7 +220,6 @@ class Reporter:
         if flush:
             self.flush()
         self.tracker.wake = lambda: None
-        self.tracker.lazy_wake = lambda: None
 
     def _run(self) -> None:
         next_beat = time.monotonic() + self.heartbeat
@@ -274,11 +227,7 @@ class Reporter:
             # woken by what can settle a cascade (see HopTracker); the rest of what changed
             # is shipped with it when it is due, or when its lazy interval runs out
             now = time.monotonic()
-            # while the loop export runs, it ships the lazy changes itself (``_arm_lazy``):
-            # this timer is then only the backstop, for what it has left twice as long
-            loop_lazy = self._loop_ships_lazy()
-            lazy = self.lazy_interval * (2.0 if loop_lazy else 1.0)
-            wait = min(next_beat, self.tracker.next_due(lazy), now + lazy) - now
+            wait = min(next_beat, self.tracker.next_due(self.lazy_interval), now + self.lazy_interval) - now
             woke = self._event.wait(timeout=max(0.0, wait))
             if self._stop:
                 break
@@ -293,24 +242,15 @@ class Reporter:
             self._event.clear()
             self._woken_at = None
             self._serve_loop_export()
-            beat = time.monotonic() >= next_beat
-            if beat:
+            if time.monotonic() >= next_beat:
                 self.tracker.heartbeat()
                 next_beat = time.monotonic() + self.heartbeat
-            elif not woke and loop_lazy:
-                # the backstop's pass: only when the loop has left something overdue (else
-                # it would take along what the loop is about to ship: a thread switch and a
-                # request for nothing)
-                due = self.tracker.next_lazy(lazy)
-                if due is None or due > time.monotonic():
-                    continue
             # what is due: urgent cascades, and changes kept lazily for 3/4 of the lazy
             # interval (a prompt export) or half of it (the lazy timer, which fires when
             # the oldest change reaches the whole interval): under load the prompt
             # exports take them along before the timer fires, and when the timer does
-            # fire it takes a batch; none waits longer than the lazy interval. While the
-            # loop ships the lazy changes, this timer's pass takes what it left overdue
-            ok = self.flush(due=self.lazy_interval * (0.75 if woke or beat else 2.0 if loop_lazy else 0.5))
+            # fire it takes a batch; none waits longer than the lazy interval
+            ok = self.flush(due=self.lazy_interval * (0.75 if woke else 0.5))
             if woke:
                 self._adapt()
             if not ok and not self._stop:

@@ -65,10 +65,6 @@ class HopTracker:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.wake: Callable[[], None] = lambda: None
-        # called, under the lock, when a change that can wait (``take_snapshots``'s lazy
-        # ones) makes a cascade or the hop snapshot dirty that was clean: the reporter
-        # arms its lazy export on the agent's loop (it must take no lock of its own)
-        self.lazy_wake: Callable[[], None] = lambda: None
         # libraries this hop runs that the version guard refused (kept across a fork)
         self.unsupported: list[dict[str, str]] = []
         self._fresh()
@@ -126,9 +122,7 @@ class HopTracker:
 
     # -- per-hop counters -------------------------------------------------------
     def _touch_hop(self) -> None:
-        if not self.hop_dirty:
-            self.hop_dirty = True
-            self.lazy_wake()
+        self.hop_dirty = True
 
     def producer_started(self) -> None:
         with self.lock:
@@ -221,8 +215,6 @@ class HopTracker:
         if trace_id not in self.dirty:
             self.dirty.add(trace_id)
             self.dirty_since[trace_id] = _monotonic()
-            if trace_id not in self.urgent:  # an urgent change wakes the reporter itself
-                self.lazy_wake()
 
     def receive(
         self, trace_id: str, sender: str | None, message_id: str, alias: str | None
@@ -241,9 +233,9 @@ class HopTracker:
                 c.aliases.add(alias)
             c.active += 1
             c.passive_since = None
+            self._mark(trace_id, c)
             if not sender:
                 self.urgent.add(trace_id)
-            self._mark(trace_id, c)
         if not sender:
             self.wake()  # a root receipt: a mesh wait must hear of it within the flush interval
         return WorkToken(trace_id)
@@ -371,8 +363,8 @@ class HopTracker:
         with self.lock:
             c = self._cascade(token.trace_id)
             c.sent[destination] = c.sent.get(destination, EMPTY).without_id(message_id)
-            self.urgent.add(token.trace_id)
             self._mark(token.trace_id, c)
+            self.urgent.add(token.trace_id)
         self.wake()
 
     # -- snapshots ----------------------------------------------------------------
@@ -465,21 +457,6 @@ class HopTracker:
 
     def has_dirty(self) -> bool:
         return self.hop_dirty or bool(self.dirty) or bool(self.deferred)
-
-    def next_lazy(self, lazy: float) -> float | None:
-        """Monotonic time at which the next lazily kept change (a cascade's, or the hop
-        snapshot's) has waited ``lazy``; None when nothing is kept."""
-        with self.lock:
-            due = None
-            for first in self.dirty_since.values():  # insertion order: the oldest first
-                due = first + lazy
-                break
-            if self.hop_dirty:
-                hop = self.hop_shipped_at + lazy
-                due = hop if due is None else min(due, hop)
-            if due is None and (self.dirty or self.deferred):
-                due = _monotonic()  # dirty without a mark time (a requeue): due now
-            return due
 
     def next_due(self, lazy: float) -> float:
         """Monotonic time at which the oldest lazily kept change becomes due."""
