@@ -33,6 +33,10 @@ MAX_SNAPSHOTS_PER_REQUEST = 1000
 # the adaptive window opens once it would gather this many wakes on average: below that
 # it saves few requests and delays every settle by up to its length (see Reporter._adapt)
 GATHERED_WAKES = 2.0
+# a change that can wait rides along with any export once it has been kept this share of
+# the lazy interval; the lazy timer ships it at the whole interval only when no export
+# came by (under load prompt exports, on the agent's loop, take nearly all of them)
+RIDE_ALONG = 0.5
 
 
 def resolve_endpoint(environ: dict[str, str] | None = None) -> str:
@@ -147,7 +151,7 @@ class Reporter:
             self._woken_at = None
             if not self.tracker.has_dirty():
                 return None
-            hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * 0.75)
+            hop, cascades = self.tracker.take_snapshots(lazy=self.lazy_interval * RIDE_ALONG)
             self._adapt()
             if hop is None and not cascades:
                 return None
@@ -227,7 +231,8 @@ class Reporter:
             # woken by what can settle a cascade (see HopTracker); the rest of what changed
             # is shipped with it when it is due, or when its lazy interval runs out
             now = time.monotonic()
-            wait = min(next_beat, self.tracker.next_due(self.lazy_interval), now + self.lazy_interval) - now
+            due = self.tracker.next_due(self.lazy_interval)
+            wait = min(next_beat, now + self.lazy_interval if due is None else due) - now
             woke = self._event.wait(timeout=max(0.0, wait))
             if self._stop:
                 break
@@ -245,12 +250,19 @@ class Reporter:
             if time.monotonic() >= next_beat:
                 self.tracker.heartbeat()
                 next_beat = time.monotonic() + self.heartbeat
-            # what is due: urgent cascades, and changes kept lazily for 3/4 of the lazy
-            # interval (a prompt export) or half of it (the lazy timer, which fires when
-            # the oldest change reaches the whole interval): under load the prompt
-            # exports take them along before the timer fires, and when the timer does
-            # fire it takes a batch; none waits longer than the lazy interval
-            ok = self.flush(due=self.lazy_interval * (0.75 if woke else 0.5))
+            elif not woke and self._failures == 0:
+                # the lazy timer: a pass only for what has waited the whole lazy interval
+                # (else it would take along what the next prompt export, often on the
+                # agent's loop, ships anyway: a thread switch and a request for nothing)
+                due = self.tracker.next_due(self.lazy_interval)
+                if due is None or due > time.monotonic():
+                    continue
+            # what is due: urgent cascades, and changes kept lazily for half the lazy
+            # interval or more (RIDE_ALONG; the lazy timer fires when the oldest reaches
+            # the whole interval): under load the prompt exports take them along before
+            # the timer fires, and when it does fire it takes a batch; none waits longer
+            # than the lazy interval
+            ok = self.flush(due=self.lazy_interval * RIDE_ALONG)
             if woke:
                 self._adapt()
             if not ok and not self._stop:

@@ -28,6 +28,7 @@ Ordering rules that make settlement sound, enforced here:
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 import time
@@ -458,11 +459,18 @@ class HopTracker:
     def has_dirty(self) -> bool:
         return self.hop_dirty or bool(self.dirty) or bool(self.deferred)
 
-    def next_due(self, lazy: float) -> float:
-        """Monotonic time at which the oldest lazily kept change becomes due."""
-        for first in self.dirty_since.values():  # insertion order: the oldest first
-            return first + lazy
-        return _monotonic() + lazy
+    def next_due(self, lazy: float) -> float | None:
+        """Monotonic time at which the oldest change kept lazily has waited ``lazy`` (a
+        cascade's, the hop snapshot's; now for one that is due at once: a requeue, a
+        resend, a new shutdown, a release handed over by the garbage collector), or
+        None when nothing is kept."""
+        with self.lock:
+            dues = [first + lazy for first in itertools.islice(self.dirty_since.values(), 1)]  # the oldest
+            if self.hop_dirty:
+                dues.append(self.hop_shipped_at + lazy if self.shutdown is self.shutdown_shipped else -1e18)
+            if self.deferred or len(self.dirty) > len(self.dirty_since):
+                dues.append(-1e18)
+            return min(dues) if dues else None
 
     def settle_deferred(self) -> None:
         """Apply what garbage-collector callbacks handed over (snapshots do this too)."""

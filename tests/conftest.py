@@ -24,7 +24,7 @@ TIERS = {
              "test_structure", "test_tier_bookkeeping", "test_tier_property", "test_tier_state", "test_wire"),
     # real a2a-sdk agents and servers on loopback, in the test's own process
     "inprocess": ("test_coexistence", "test_destroyed_pending", "test_fork", "test_forward", "test_grpc_transport",
-                  "test_instrumentation", "test_issue1101", "test_loop_export", "test_awaited_children", "test_reporter", "test_semconv", "test_verdicts",
+                  "test_instrumentation", "test_issue1101", "test_loop_export", "test_lazy_exports", "test_awaited_children", "test_reporter", "test_semconv", "test_verdicts",
                   "test_dashboards_push"),
     # real processes: the collector, agents under opentelemetry-instrument, other SDKs' and frameworks' venvs
     "integration": ("test_chaos", "test_collector", "test_collector_fuzz", "test_compat", "test_defaults",

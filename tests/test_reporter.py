@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 import uuid
 from typing import Iterator
 
@@ -24,6 +25,7 @@ class Sink:
 
     def __init__(self, keep_alive: bool = False) -> None:
         self.requests: list[list[str]] = []
+        self.arrived: list[float] = []  # monotonic, one per request
         self.fail: set[int] = set()
         sink = self
 
@@ -42,6 +44,7 @@ class Sink:
                     for kv in r.attributes
                     if kv.key == names.LOG_ATTR_EVENT_NAME
                 ]
+                sink.arrived.append(time.monotonic())
                 sink.requests.append(records)
                 self.send_response(503 if number in sink.fail else 200)
                 self.send_header("content-length", "0")
