@@ -79,6 +79,10 @@ class LoopExport:
                 return False  # another loop has it: this one's wakes go to the thread
             self.abandon()
             self.close()  # the closed loop's socket: this loop never watched it
+            # a run the closed loop never got to: left set, it would make every wake here
+            # look scheduled, and nothing would export on this loop again
+            self.scheduled = None
+            self.again = False
             self.loop = loop
         if self.sock is None and self.offered is None:
             self.want_socket = True  # the thread connects one (a blocking connect has no place here)
