@@ -51,13 +51,13 @@ def _started(port: int) -> tuple[HopTracker, Reporter, LoopExport]:
 
 async def _first_wake(tracker: HopTracker, loop_export: LoopExport) -> None:
     """The first wake on a loop asks the thread for a socket (and is exported by it)."""
-    await _passive_cascade(tracker)
+    _passive_cascade(tracker)
     await wait_until_async(lambda: loop_export.offered or loop_export.sock or loop_export.disabled,
                            "a socket for the loop", timeout=10, every=0.01)
 
 
-async def _passive_cascade(tracker: HopTracker) -> str:
-    """A root receipt and its release, on the running loop (both wake the reporter)."""
+def _passive_cascade(tracker: HopTracker) -> str:
+    """A root receipt and its release (both wake the reporter; on the running loop, if any)."""
     trace_id = uuid.uuid4().hex
     tracker.release(tracker.receive(trace_id, None, uuid.uuid4().hex, None))
     return trace_id
@@ -72,7 +72,7 @@ async def _an_export_on_this_loop(tracker: HopTracker, loop_export: LoopExport) 
         if loop_export.exports > before:
             return True
         if not tracker.has_dirty() and loop_export.in_flight is None and loop_export.scheduled is None:
-            tracker.release(tracker.receive(uuid.uuid4().hex, None, uuid.uuid4().hex, None))
+            _passive_cascade(tracker)
         return False
 
     await wait_until_async(exported, "an export answered on this loop", timeout=10, every=0.005)
@@ -85,7 +85,7 @@ def test_a_wake_on_the_loop_exports_on_the_loop(sink: Sink) -> None:
         await _first_wake(tracker, loop_export)
         before = loop_export.exports
         for _ in range(3):
-            await _passive_cascade(tracker)
+            _passive_cascade(tracker)
             await wait_until_async(lambda: not tracker.has_dirty() and loop_export.in_flight is None,
                                    "the export answered", timeout=10, every=0.005)
         assert loop_export.exports > before
@@ -140,7 +140,7 @@ def test_a_refused_export_on_the_loop_is_shipped_again_by_the_thread(sink: Sink)
         await wait_until_async(lambda: not tracker.has_dirty(), "the first delivered", timeout=10, every=0.01)
         sink.fail = {len(sink.requests)}  # the next request is refused
         refused_before = rep.export_failures
-        trace_id = await _passive_cascade(tracker)
+        trace_id = _passive_cascade(tracker)
         await wait_until_async(lambda: rep.export_failures > refused_before, "the refusal", timeout=10,
                                every=0.005)
         return trace_id
@@ -212,7 +212,7 @@ def unanswered() -> Iterator[tuple[HopTracker, LoopExport]]:
 
 
 async def _sent_unanswered(tracker: HopTracker, loop_export: LoopExport) -> str:
-    trace_id = await _passive_cascade(tracker)
+    trace_id = _passive_cascade(tracker)
     await wait_until_async(lambda: loop_export.in_flight is not None, "a request in flight", timeout=10, every=0.005)
     return trace_id
 
@@ -249,7 +249,7 @@ def test_wakes_off_the_loop_and_the_switch_keep_to_the_thread(sink: Sink, monkey
     rep = _reporter(tracker, sink.port)
     try:
         assert rep.loop_export is not None
-        tracker.release(tracker.receive(uuid.uuid4().hex, None, uuid.uuid4().hex, None))  # no loop here
+        _passive_cascade(tracker)  # no loop here
         wait_until(lambda: not tracker.has_dirty(), "delivered by the thread", timeout=10, every=0.01)
         assert rep.loop_export.exports == 0 and rep.loop_export.loop is None
     finally:
@@ -271,7 +271,7 @@ def test_a_loop_that_cannot_watch_sockets_leaves_the_exports_to_the_thread(sink:
 
     async def body() -> None:
         await _first_wake(tracker, loop_export)
-        await _passive_cascade(tracker)  # scheduled on the loop, which then finds it cannot
+        _passive_cascade(tracker)  # scheduled on the loop, which then finds it cannot
         await wait_until_async(lambda: loop_export.disabled, "the loop path given up", timeout=10, every=0.005)
         # delivered by the thread (a clean tracker is not enough: it takes before it posts)
         await wait_until_async(lambda: _cascades(sink) >= 2, "delivered by the thread", timeout=10, every=0.01)
